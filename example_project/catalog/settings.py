@@ -1,0 +1,32 @@
+# Scrapy settings for the catalog example project.
+#
+# Credentials never live in this file: export JUSTPROXIES_GATEWAY,
+# JUSTPROXIES_USER and JUSTPROXIES_PASSWORD in the environment.
+
+BOT_NAME = "catalog"
+SPIDER_MODULES = ["catalog.spiders"]
+NEWSPIDER_MODULE = "catalog.spiders"
+
+# One line turns on the whole plugin: gateway routing, pool presets and the
+# per-domain concurrency cap.
+ADDONS = {
+    "scrapy_justproxies.Addon": 100,
+}
+
+# The pool you bought; `JUSTPROXIES_POOL=mobile scrapy crawl catalog` or
+# `scrapy crawl catalog -s JUSTPROXIES_POOL=mobile` override it.
+JUSTPROXIES_POOL = "residential"
+
+# Left as `scrapy startproject` writes them: with a pool chosen, the plugin
+# replaces these two lines by the preset and says so at start-up
+# (JUSTPROXIES_OVERRIDE_TEMPLATE_THROTTLE = False keeps them).
+CONCURRENT_REQUESTS_PER_DOMAIN = 1
+DOWNLOAD_DELAY = 1
+
+ROBOTSTXT_OBEY = True
+FEED_EXPORT_ENCODING = "utf-8"
+
+EXTENSIONS = {
+    # Writes the crawl's stats as JSON where CATALOG_STATS_FILE points (demo).
+    "catalog.extensions.StatsFile": 500,
+}

@@ -1,0 +1,75 @@
+"""Tell gateway trouble from everything else, across Scrapy versions.
+
+Scrapy 2.19 wraps Twisted's connection errors in its own exceptions
+(``DownloadConnectionRefusedError`` from ``ConnectionRefusedError`` …) and
+keeps the original as ``__cause__``; 2.13 raises Twisted's directly. So the
+checks walk the cause chain.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Final
+
+from twisted.internet.error import ConnectError, DNSLookupError
+
+from .controller import Outcome
+
+_TUNNEL_STATUS: Final = re.compile(r"['\"]status['\"]: (\d{3})\b")
+
+
+def causes(exception: BaseException) -> Iterator[BaseException]:
+    """The exception, then what caused it, and so on (cycle-safe)."""
+    seen: set[int] = set()
+    current: BaseException | None = exception
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def is_gateway_connection_failure(exception: BaseException) -> bool:
+    """True when no connection to the proxy could be made at all.
+
+    Behind a forward proxy Scrapy connects only to the gateway, so a refused
+    or timed-out connect, or a failed name lookup, is the gateway's.
+    """
+    return any(isinstance(e, (ConnectError, DNSLookupError)) for e in causes(exception))
+
+
+def tunnel_status(exception: BaseException) -> int | None:
+    """The HTTP status of a refused CONNECT (Scrapy's TunnelError), if any."""
+    for e in causes(exception):
+        if type(e).__name__ == "TunnelError":
+            match = _TUNNEL_STATUS.search(str(e))
+            return int(match.group(1)) if match else None
+    return None
+
+
+def proxy_generated(headers: Mapping[bytes, object] | None) -> bool:
+    """True when a response was made by a proxy, not forwarded from the site:
+    an RFC 9209 ``Proxy-Status`` with an ``error`` (JustProxies, and the
+    sandbox) or Squid's ``X-Squid-Error``."""
+    if not headers:
+        return False
+    if headers.get(b"X-Squid-Error"):
+        return True
+    value = headers.get(b"Proxy-Status")
+    if isinstance(value, list):
+        value = b",".join(v for v in value if isinstance(v, bytes))
+    return isinstance(value, bytes) and b"error=" in value
+
+
+def classify_response(status: int, headers: Mapping[bytes, object] | None) -> Outcome:
+    """What one answer says about the site's limit.
+
+    Only the site's own 429 is rate-limit evidence. A 407, or anything the
+    gateway generated itself (a 502/503 of its own, even a 429 for the
+    account's plan), says nothing about the site and must not shrink it.
+    """
+    if status == 407 or proxy_generated(headers):
+        return Outcome.IGNORED
+    if status == 429:
+        return Outcome.RATE_LIMITED
+    return Outcome.OK

@@ -1,0 +1,384 @@
+"""The downloader middleware: every request goes through the gateway.
+
+Thin Scrapy glue. Settings come from :class:`~scrapy_justproxies.config.Config`,
+the routing decision from :func:`route`, and Scrapy's own
+``HttpProxyMiddleware`` (priority 750, after this one) turns the credentials
+in ``meta['proxy']`` into ``Proxy-Authorization`` and takes them back out of
+``meta``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Coroutine
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final
+
+from scrapy import signals
+from scrapy.downloadermiddlewares.httpproxy import HttpProxyMiddleware
+from scrapy.exceptions import IgnoreRequest, NotConfigured
+from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
+from scrapy.utils.httpobj import urlparse_cached
+from scrapy.utils.misc import load_object
+from twisted.internet.task import deferLater
+
+from .config import (
+    Concurrency,
+    Config,
+    JustProxiesConfigError,
+    ThrottleConfig,
+    effective_settings,
+    has_startproject_throttle,
+    replaced_startproject_throttle,
+)
+from .failures import is_gateway_connection_failure, proxy_generated, tunnel_status
+from .retry import RETRIES_META, get_429_retry_request, parse_retry_after, retry_delay
+from .slots import SlotGuard, reactor_time
+
+if TYPE_CHECKING:
+    from scrapy import Request, Spider
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+    from scrapy.settings import BaseSettings
+
+logger = logging.getLogger(__name__)
+
+PRIORITY: Final = 745
+"""Where the middleware goes in ``DOWNLOADER_MIDDLEWARES``: just before
+Scrapy's ``HttpProxyMiddleware`` (750), so the credentials it puts in
+``meta['proxy']`` stay there for as short a stretch as possible."""
+
+# Per-request meta keys users may set.
+META_DIRECT: Final = "justproxies_direct"
+META_COUNTRY: Final = "justproxies_country"
+META_SESSION: Final = "justproxies_session"
+# Private: the credential-free gateway URL this middleware routed the request to.
+META_ROUTED: Final = "_justproxies_gateway"
+
+# After this many connection failures in a row with no response in between,
+# the gateway is unusable: stop instead of burning every URL's retries.
+MAX_CONSECUTIVE_GATEWAY_FAILURES: Final = 10
+
+
+class Route(Enum):
+    GATEWAY = "proxied"
+    DIRECT = "direct"
+    OWN_PROXY = "own_proxy"
+
+
+def route(meta: dict[str, Any]) -> Route:
+    """Decide how one request travels, from its meta alone."""
+    if meta.get(META_DIRECT):
+        return Route.DIRECT
+    proxy = meta.get("proxy", ...)
+    if proxy is ... or (META_ROUTED in meta and proxy == meta[META_ROUTED]):
+        return Route.GATEWAY
+    return Route.OWN_PROXY
+
+
+class JustProxiesMiddleware:
+    """Route every request through the JustProxies gateway.
+
+    Enable it with ``ADDONS = {"scrapy_justproxies.Addon": 100}``, or by hand
+    with ``DOWNLOADER_MIDDLEWARES = {"scrapy_justproxies.JustProxiesMiddleware":
+    745}``.
+    """
+
+    def __init__(
+        self,
+        crawler: Crawler,
+        config: Config,
+        concurrency: Concurrency,
+        throttle: ThrottleConfig | None = None,
+    ):
+        assert config.gateway is not None
+        self.crawler = crawler
+        self.config = config
+        self.concurrency = concurrency
+        self.stats = crawler.stats
+        self.throttle = throttle or ThrottleConfig()
+        self.guard = SlotGuard.of(crawler)
+        self._gateway_url = config.gateway.url
+        self._stopping: str | None = None
+        self._consecutive_failures = 0
+        self._warned_direct = False
+        # Without the add-on the preset never reached Scrapy's settings, so
+        # DOWNLOAD_TIMEOUT and RETRY_TIMES are applied per request.
+        settings = crawler.settings
+        self._meta_defaults: dict[str, Any] = {}
+        if settings.getfloat("DOWNLOAD_TIMEOUT") != concurrency.download_timeout:
+            self._meta_defaults["download_timeout"] = concurrency.download_timeout
+        if settings.getint("RETRY_TIMES") != concurrency.retry_times:
+            self._meta_defaults["max_retry_times"] = concurrency.retry_times
+        self._scrapy_timeout = settings.getfloat("DOWNLOAD_TIMEOUT")
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> JustProxiesMiddleware:
+        config = Config.from_settings(crawler.settings, os.environ)
+        if not config.enabled:
+            logger.info(
+                "JustProxies is disabled (JUSTPROXIES_ENABLED is false): "
+                "requests go out without the gateway."
+            )
+            raise NotConfigured("JUSTPROXIES_ENABLED is false")
+        _check_httpproxy_middleware(crawler.settings, cls)
+        concurrency = Concurrency.resolve(crawler.settings, config, os.environ)
+        throttle = ThrottleConfig.from_settings(crawler.settings, os.environ)
+        middleware = cls(crawler, config, concurrency, throttle)
+        crawler.signals.connect(middleware._engine_started, signals.engine_started)
+        middleware.guard.start_concurrency = concurrency.domain_start
+        middleware.guard.start_delay = concurrency.delay
+        middleware._log_startup()
+        return middleware
+
+    # -- Scrapy hooks --------------------------------------------------------
+
+    def process_request(
+        self, request: Request, spider: Spider | None = None
+    ) -> Request | Response | None:
+        if self._stopping:
+            raise IgnoreRequest(f"JustProxies stopped the crawl: {self._stopping}")
+        how = route(request.meta)
+        self._inc(f"justproxies/requests/{how.value}")
+        if "download_slot" not in request.meta:
+            hostname = urlparse_cached(request).hostname or ""
+            key = self.throttle.slot_key(hostname)
+            if key != hostname:
+                request.meta["download_slot"] = key
+        if how is Route.DIRECT:
+            if "proxy" not in request.meta:
+                # Keep HttpProxyMiddleware from picking up http_proxy from the
+                # environment: the user asked for direct.
+                request.meta["proxy"] = None
+            return None
+        if how is Route.OWN_PROXY:
+            if request.meta.get("proxy") is None and not self._warned_direct:
+                self._warned_direct = True
+                logger.warning(
+                    "%s has meta['proxy'] = None, so it goes out WITHOUT the "
+                    "JustProxies gateway. Use meta['%s'] = True to say so "
+                    "explicitly (this warning is shown once).",
+                    request,
+                    META_DIRECT,
+                )
+            return None
+        request.meta["proxy"] = self.config.proxy_url(
+            country=request.meta.get(META_COUNTRY),
+            session=request.meta.get(META_SESSION),
+        )
+        request.meta[META_ROUTED] = self._gateway_url
+        for key, value in self._meta_defaults.items():
+            if key == "download_timeout":
+                # DownloadTimeoutMiddleware (350) already set Scrapy's default.
+                if request.meta.get(key, self._scrapy_timeout) == self._scrapy_timeout:
+                    request.meta[key] = value
+            else:
+                request.meta.setdefault(key, value)
+        return None
+
+    def process_response(
+        self, request: Request, response: Response, spider: Spider | None = None
+    ) -> Request | Response | Coroutine[Any, Any, Request | Response]:
+        if META_ROUTED in request.meta:
+            self._consecutive_failures = 0
+            if response.status == 407:
+                self._credentials_rejected(request)
+        if (
+            response.status == 429
+            and not request.meta.get("dont_retry")
+            and not proxy_generated(response.headers)
+        ):
+            return self._retry_rate_limited(request, response)
+        return response
+
+    def process_exception(
+        self, request: Request, exception: Exception, spider: Spider | None = None
+    ) -> Request | Response | None:
+        if META_ROUTED not in request.meta:
+            return None
+        if tunnel_status(exception) == 407:
+            self._credentials_rejected(request)
+        if is_gateway_connection_failure(exception):
+            self._inc("justproxies/gateway/connection_errors")
+            self._consecutive_failures += 1
+            if self._consecutive_failures >= MAX_CONSECUTIVE_GATEWAY_FAILURES:
+                self._stop(
+                    "justproxies_gateway_unreachable",
+                    "The JustProxies gateway %s could not be reached %d times in a "
+                    "row (last error: %s). Check JUSTPROXIES_GATEWAY and your "
+                    "network. Stopping the crawl; nothing is sent direct.",
+                    self._gateway_url,
+                    self._consecutive_failures,
+                    type(exception).__name__,
+                )
+        return None
+
+    def _retry_rate_limited(
+        self, request: Request, response: Response
+    ) -> Request | Response | Coroutine[Any, Any, Request | Response]:
+        """A 429 from the site: retry later, outside RETRY_TIMES."""
+        retry = get_429_retry_request(
+            request, max_retries=self.throttle.retry_429_times
+        )
+        if retry is None:
+            # Ours was the 429 budget: RetryMiddleware must not spend RETRY_TIMES
+            # on it too.
+            request.meta["dont_retry"] = True
+            self._inc("justproxies/retries/rate_limited_gave_up")
+            logger.error(
+                "Gave up on %s after %d retries on HTTP 429 "
+                "(JUSTPROXIES_RETRY_429_TIMES); the site kept rate-limiting it.",
+                request, self.throttle.retry_429_times,
+            )  # fmt: skip
+            return response
+        self._inc("justproxies/retries/rate_limited")
+        delay = retry_delay(
+            parse_retry_after(response.headers.get(b"Retry-After"), time.time()),
+            attempt=retry.meta[RETRIES_META],
+            maximum=self.throttle.retry_after_max,
+        )
+        if self.throttle.retry_after_mode == "slot":
+            # Hold the whole slot: nothing more goes to the site until then.
+            self.guard.pause(request.meta.get("download_slot", ""), delay)
+            return retry
+        return _later(delay, retry)
+
+    # -- signals -------------------------------------------------------------
+
+    def _engine_started(self) -> None:
+        engine = self.crawler.engine
+        assert engine is not None
+        downloader = engine.downloader
+        downloader.total_concurrency = self.concurrency.total
+        # Through a forward proxy every http request shares one pooled host
+        # key (the gateway), so Scrapy's default pool of
+        # CONCURRENT_REQUESTS_PER_DOMAIN idle connections would close most
+        # connections after each response.
+        _size_connection_pools(downloader, self.concurrency.total)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _inc(self, key: str) -> None:
+        if self.stats is not None:
+            self.stats.inc_value(key)
+
+    def _credentials_rejected(self, request: Request) -> None:
+        self._inc("justproxies/gateway/auth_rejected")
+        self._stop(
+            "justproxies_credentials_rejected",
+            "Credentials rejected by the gateway %s (HTTP 407 Proxy Authentication "
+            "Required) for user %r. Check JUSTPROXIES_USER and JUSTPROXIES_PASSWORD. "
+            "Stopping the crawl; nothing is sent direct.",
+            self._gateway_url,
+            self.config.user,
+        )
+        raise IgnoreRequest("credentials rejected by the gateway (HTTP 407)")
+
+    def _stop(self, reason: str, message: str, *args: Any) -> None:
+        if self._stopping:
+            return
+        self._stopping = reason
+        logger.error(message, *args)
+        # Typed loosely: the close API differs between Scrapy 2.13 and 2.14+.
+        engine: Any = self.crawler.engine
+        if engine is None:
+            return
+        if hasattr(engine, "close_spider_async"):  # Scrapy 2.14+
+            deferred_from_coro(engine.close_spider_async(reason=reason))
+        else:
+            engine.close_spider(self.crawler.spider, reason)
+
+    def _log_startup(self) -> None:
+        config = self.config
+        settings = self.crawler.settings
+        values = effective_settings(settings, config)
+        lines = [
+            f"JustProxies: routing through gateway {self._gateway_url} as user "
+            f"{config.user!r} (password from the "
+            f"{config.sources.get('JUSTPROXIES_PASSWORD', 'settings')}), pool "
+            + (f"{config.pool.name!r}" if config.pool else "not set (no preset)")
+        ]
+        for name, effective in values.items():
+            lines.append(f"  {name} = {effective.value!r} ({effective.source})")
+        lines.append(
+            f"  JUSTPROXIES_DOMAIN_CONCURRENCY_MAX = {self.concurrency.domain_max}"
+        )
+        lines.append(
+            f"  per-domain cap enforced on every download slot; gateway keep-alive "
+            f"pool sized to {self.concurrency.total} connections"
+        )
+        logger.info("\n".join(lines))
+        if config.pool and (
+            replaced_startproject_throttle(settings)
+            or (
+                config.override_template_throttle
+                and has_startproject_throttle(settings)
+            )
+        ):
+            logger.warning(
+                "JustProxies: settings.py has the startproject template lines "
+                "CONCURRENT_REQUESTS_PER_DOMAIN = 1 and DOWNLOAD_DELAY = 1, which "
+                "would hold every site to one request per second. The %r preset "
+                "replaces them (per domain %d, no delay). To keep them, set "
+                "JUSTPROXIES_OVERRIDE_TEMPLATE_THROTTLE = False.",
+                config.pool.name,
+                self.concurrency.domain_start,
+            )
+
+
+async def _later(delay: float, retry: Request) -> Request:
+    """Hand ``retry`` back to Scrapy after ``delay`` seconds.
+
+    Returned as a coroutine from a plain method, which Scrapy 2.13 and 2.19
+    both await, so only 429s pay for it.
+    """
+    if delay > 0:
+        await maybe_deferred_to_future(deferLater(reactor_time(), delay, lambda: None))
+    return retry
+
+
+def _check_httpproxy_middleware(settings: BaseSettings, own_class: type) -> None:
+    """Fail at start-up unless Scrapy's HttpProxyMiddleware runs after ours."""
+    fix = (
+        "The plugin relies on scrapy.downloadermiddlewares.httpproxy."
+        "HttpProxyMiddleware to send the credentials as Proxy-Authorization"
+    )
+    if not settings.getbool("HTTPPROXY_ENABLED"):
+        raise JustProxiesConfigError(
+            f"HTTPPROXY_ENABLED is false. {fix}; set HTTPPROXY_ENABLED = True."
+        )
+    own: int | None = None
+    httpproxy: int | None = None
+    for path, priority in settings.getwithbase("DOWNLOADER_MIDDLEWARES").items():
+        cls = load_object(path) if isinstance(path, str) else path
+        if priority is None or not isinstance(cls, type):
+            continue
+        if issubclass(cls, own_class):
+            own = priority
+        elif issubclass(cls, HttpProxyMiddleware):
+            httpproxy = priority
+    if httpproxy is None:
+        raise JustProxiesConfigError(
+            f"HttpProxyMiddleware is disabled in DOWNLOADER_MIDDLEWARES. {fix}; "
+            "remove the entry that sets it to None."
+        )
+    if own is not None and own >= httpproxy:
+        raise JustProxiesConfigError(
+            f"JustProxiesMiddleware has priority {own} in DOWNLOADER_MIDDLEWARES, "
+            f"not below HttpProxyMiddleware's {httpproxy}. {fix}; use {PRIORITY}."
+        )
+
+
+def _size_connection_pools(downloader: Any, size: int) -> None:
+    """Let Scrapy's HTTP/1.1 handlers keep ``size`` idle connections per host.
+
+    The handler sizes its twisted HTTPConnectionPool once, from
+    CONCURRENT_REQUESTS_PER_DOMAIN, and offers no setting for it.
+    """
+    handlers = getattr(downloader.handlers, "_handlers", {})
+    for scheme in ("http", "https"):
+        pool = getattr(handlers.get(scheme), "_pool", None)
+        if pool is not None and hasattr(pool, "maxPersistentPerHost"):
+            pool.maxPersistentPerHost = max(pool.maxPersistentPerHost, size)

@@ -1,0 +1,119 @@
+"""Run one real Scrapy crawl in a subprocess and collect what happened.
+
+Tests and the benchmark use this: each crawl gets a fresh process, hence a
+fresh reactor of the kind asked for (``asyncio`` or ``epoll``) and the Scrapy
+of the interpreter given (so one run can compare Scrapy versions). The child
+is :mod:`scrapy_justproxies.sandbox.crawl_child`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REACTORS = ("asyncio", "epoll")
+CHILD = Path(__file__).with_name("crawl_child.py")
+
+
+@dataclass
+class CrawlResult:
+    returncode: int
+    reason: str | None
+    stats: dict[str, Any]
+    outcomes: dict[str, Any]
+    log: str
+    output: str
+    scrapy_version: str = ""
+    cpu_seconds: float = 0.0
+    """User + system CPU time of the crawl process (the crawler's cost)."""
+    wall_seconds: float = 0.0
+
+    @property
+    def statuses(self) -> dict[int | None, int]:
+        """How many URLs ended with each final status (None: an error)."""
+        return dict(Counter(o.get("status") for o in self.outcomes.values()))
+
+    def everything_written(self) -> str:
+        """Every byte the crawl wrote: log, stdout/stderr, stats, results."""
+        return "\n".join(
+            [self.log, self.output, json.dumps(self.stats), json.dumps(self.outcomes)]
+        )
+
+
+def run_crawl(
+    workdir: Path,
+    *,
+    reactor: str,
+    requests: list[dict[str, Any]],
+    settings: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
+    timeout: float = 180,
+    log_level: str = "DEBUG",
+) -> CrawlResult:
+    """Crawl ``requests`` (``{"url": ..., "meta": {...}}``) and report.
+
+    The child's environment is this one minus ``JUSTPROXIES_*`` and proxy
+    variables, plus ``env``: nothing leaks in from the caller's shell.
+    """
+    if reactor not in REACTORS:
+        raise ValueError(f"reactor must be one of {REACTORS}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_path = workdir / "spec.json"
+    result_path = workdir / "result.json"
+    log_path = workdir / "crawl.log"
+    for stale in (result_path, log_path):
+        stale.unlink(missing_ok=True)
+    spec_path.write_text(
+        json.dumps(
+            {
+                "reactor": reactor,
+                "requests": requests,
+                "settings": {"LOG_LEVEL": log_level, **(settings or {})},
+                "log_file": str(log_path),
+                "result_file": str(result_path),
+            }
+        )
+    )
+    child_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("JUSTPROXIES_")
+        and k.lower() not in {"http_proxy", "https_proxy", "all_proxy"}
+    }
+    child_env.update(env or {})
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    done = subprocess.run(  # noqa: S603 - our own child script
+        [python, str(CHILD), str(spec_path)],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    wall_seconds = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result: dict[str, Any] = (
+        json.loads(result_path.read_text()) if result_path.exists() else {}
+    )
+    return CrawlResult(
+        returncode=done.returncode,
+        reason=result.get("reason"),
+        stats=result.get("stats", {}),
+        outcomes=result.get("outcomes", {}),
+        log=log_path.read_text() if log_path.exists() else "",
+        output=done.stdout + done.stderr,
+        scrapy_version=result.get("scrapy_version", ""),
+        cpu_seconds=(after.ru_utime - before.ru_utime)
+        + (after.ru_stime - before.ru_stime),
+        wall_seconds=wall_seconds,
+    )

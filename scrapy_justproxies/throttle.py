@@ -1,0 +1,238 @@
+"""The extension that owns each download slot's concurrency.
+
+Thin glue: the limit algorithm is :mod:`scrapy_justproxies.controller`
+(pure, simulation-tested); this module feeds it samples from Scrapy's
+signals and applies its decisions to the download slots through
+:class:`~scrapy_justproxies.slots.SlotGuard`, which also makes the limits
+real on Scrapy 2.14+. Samples are taken where they mean something: a request
+is "sent" when it leaves its slot's queue (not when it is scheduled), and
+its answer is judged when the download handler returns, before any
+middleware turns a 429 into a retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from scrapy import signals
+from scrapy.exceptions import NotConfigured
+
+from .config import Concurrency, Config, JustProxiesConfigError, ThrottleConfig
+from .controller import (
+    ControllerSettings,
+    ControllerSettingsError,
+    Decision,
+    DomainController,
+    Outcome,
+    Reason,
+    Ticket,
+)
+from .failures import classify_response
+from .slots import SlotGuard
+
+if TYPE_CHECKING:
+    from scrapy import Request, Spider
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+
+logger = logging.getLogger(__name__)
+
+# ControllerSettings field -> the setting a user changes for it.
+_SETTING_FOR_FIELD = {
+    "start": "CONCURRENT_REQUESTS_PER_DOMAIN",
+    "ceiling": "JUSTPROXIES_DOMAIN_CONCURRENCY_MAX",
+    "increase_factor": "JUSTPROXIES_THROTTLE_INCREASE",
+    "tolerated_share": "JUSTPROXIES_THROTTLE_TOLERATED_429_SHARE",
+}
+
+
+@dataclass
+class _Domain:
+    """One slot's controller and what we tell the user about it."""
+
+    controller: DomainController
+    peak: int
+    answers: int = 0
+    rate_limited: int = 0
+    changes: Counter[Reason] = field(default_factory=Counter)
+    last_logged: float = -float("inf")
+    unlogged: list[Decision] = field(default_factory=list)
+
+
+class JustProxiesThrottle:
+    """Adjust each domain's concurrency live from its 429 ratio.
+
+    Enabled by the add-on, or by hand with
+    ``EXTENSIONS = {"scrapy_justproxies.JustProxiesThrottle": 0}`` next to the
+    middleware.
+    """
+
+    def __init__(
+        self,
+        crawler: Crawler,
+        throttle: ThrottleConfig,
+        controller_settings: ControllerSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.crawler = crawler
+        self.throttle = throttle
+        self.controller_settings = controller_settings
+        self.clock = clock
+        self.stats = crawler.stats
+        self.domains: dict[str, _Domain] = {}
+        self._tickets: dict[Request, tuple[str, Ticket]] = {}
+        self.guard = SlotGuard.of(crawler)
+        self.guard.limit_for = self._limit_for
+        self.guard.listeners.append(self._sent)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> JustProxiesThrottle:
+        settings = crawler.settings
+        config = Config.from_settings(settings, os.environ)
+        throttle = ThrottleConfig.from_settings(settings, os.environ)
+        if not config.enabled or not throttle.enabled:
+            raise NotConfigured(
+                "JUSTPROXIES_ENABLED or JUSTPROXIES_THROTTLE_ENABLED is off"
+            )
+        if settings.getbool("AUTOTHROTTLE_ENABLED"):
+            raise JustProxiesConfigError(
+                "AUTOTHROTTLE_ENABLED and JUSTPROXIES_THROTTLE_ENABLED are both on, "
+                "and both would steer the same download slots (AutoThrottle through "
+                "delays, JustProxies through concurrency). Set AUTOTHROTTLE_ENABLED = "
+                "False, or JUSTPROXIES_THROTTLE_ENABLED = False to keep Scrapy's "
+                "AutoThrottle."
+            )
+        concurrency = Concurrency.resolve(settings, config, os.environ)
+        try:
+            controller_settings = ControllerSettings(
+                start=concurrency.domain_start,
+                ceiling=concurrency.domain_max,
+                increase_factor=throttle.increase_factor,
+                tolerated_share=throttle.tolerated_share,
+            )
+        except ControllerSettingsError as exc:
+            name = _SETTING_FOR_FIELD.get(exc.field, exc.field)
+            raise JustProxiesConfigError(f"{name}: {exc}") from None
+        extension = cls(crawler, throttle, controller_settings)
+        crawler.signals.connect(extension._answered, signals.response_downloaded)
+        crawler.signals.connect(extension._left, signals.request_left_downloader)
+        crawler.signals.connect(extension._closed, signals.spider_closed)
+        return extension
+
+    # -- samples in ----------------------------------------------------------
+
+    def _domain(self, key: str) -> _Domain:
+        domain = self.domains.get(key)
+        if domain is None:
+            controller = DomainController(self.controller_settings, self.clock())
+            domain = self.domains[key] = _Domain(controller, peak=controller.limit)
+            self._set_stat(f"justproxies/limit/{key}", controller.limit)
+            self._max_stat(f"justproxies/limit_peak/{key}", controller.limit)
+        return domain
+
+    def _limit_for(self, key: str) -> int:
+        # A slot Scrapy garbage-collected and made again keeps its limit.
+        return self._domain(key).controller.limit
+
+    def _sent(self, key: str, request: Request, in_flight: int) -> None:
+        ticket = self._domain(key).controller.on_sent(self.clock(), in_flight)
+        self._tickets[request] = (key, ticket)
+
+    def _answered(self, response: Response, request: Request, spider: Spider) -> None:
+        entry = self._tickets.pop(request, None)
+        if entry is not None:
+            self._record(*entry, classify_response(response.status, response.headers))
+
+    def _left(self, request: Request, spider: Spider) -> None:
+        # Still here: the download failed (timeout, connection error) and
+        # said nothing about the site's limit.
+        entry = self._tickets.pop(request, None)
+        if entry is not None:
+            self._record(*entry, Outcome.IGNORED)
+
+    def _record(self, key: str, ticket: Ticket, outcome: Outcome) -> None:
+        now = self.clock()
+        domain = self._domain(key)
+        domain.controller.record(ticket, outcome, now)
+        if outcome is not Outcome.IGNORED:
+            domain.answers += 1
+            self._inc_stat(f"justproxies/answers/{key}")
+        if outcome is Outcome.RATE_LIMITED:
+            domain.rate_limited += 1
+            self._inc_stat(f"justproxies/rate_limited/{key}")
+        decision = domain.controller.decide(now)
+        if decision is not None and decision.changed:
+            self._apply(key, domain, decision, now)
+
+    # -- decisions out -------------------------------------------------------
+
+    def _apply(self, key: str, domain: _Domain, decision: Decision, now: float) -> None:
+        self.guard.set_concurrency(key, decision.new_limit)
+        domain.peak = max(domain.peak, decision.new_limit)
+        domain.changes[decision.reason] += 1
+        self._set_stat(f"justproxies/limit/{key}", decision.new_limit)
+        self._max_stat(f"justproxies/limit_peak/{key}", decision.new_limit)
+        self._inc_stat(f"justproxies/limit_changes/{decision.reason.value}")
+        domain.unlogged.append(decision)
+        if now - domain.last_logged >= self.throttle.log_interval:
+            self._log_changes(key, domain, now)
+
+    def _log_changes(self, key: str, domain: _Domain, now: float) -> None:
+        decisions, domain.unlogged = domain.unlogged, []
+        domain.last_logged = now
+        last = decisions[-1]
+        estimate = (
+            f"; 429s begin near {last.ceiling_estimate}"
+            if last.ceiling_estimate is not None
+            else ""
+        )
+        earlier = (
+            f" (after {len(decisions) - 1} more changes from {decisions[0].old_limit})"
+            if len(decisions) > 1
+            else ""
+        )
+        logger.info(
+            "JustProxies: %s concurrency %d -> %d, %s: %d of %d answers were 429%s%s",
+            key, last.old_limit, last.new_limit, last.reason.value,
+            last.rate_limited, last.samples, estimate, earlier,
+        )  # fmt: skip
+
+    def _closed(self, spider: Spider, reason: str) -> None:
+        if not self.domains:
+            return
+        lines = ["JustProxies concurrency by domain:"]
+        for key, domain in sorted(self.domains.items()):
+            final = domain.controller.limit
+            share = domain.rate_limited / domain.answers if domain.answers else 0.0
+            self._set_stat(f"justproxies/limit_final/{key}", final)
+            self._set_stat(f"justproxies/rate_limited_share/{key}", round(share, 4))
+            changes = ", ".join(
+                f"{count} {reason.value}"
+                for reason, count in sorted(domain.changes.items())
+            )
+            lines.append(
+                f"  {key}: final {final}, peak {domain.peak}; {domain.rate_limited} of "
+                f"{domain.answers} answers were 429 ({share:.1%}); "
+                f"changes: {changes or 'none'}"
+            )
+        logger.info("\n".join(lines))
+
+    # -- stats ---------------------------------------------------------------
+
+    def _inc_stat(self, key: str) -> None:
+        if self.stats is not None:
+            self.stats.inc_value(key)
+
+    def _set_stat(self, key: str, value: Any) -> None:
+        if self.stats is not None:
+            self.stats.set_value(key, value)
+
+    def _max_stat(self, key: str, value: Any) -> None:
+        if self.stats is not None:
+            self.stats.max_value(key, value)

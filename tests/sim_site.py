@@ -1,0 +1,286 @@
+"""A discrete-event fake site and crawler for the concurrency controller.
+
+No real time passes: a heap of events and a seeded ``random.Random`` drive
+a crawler that keeps ``limit`` requests in flight to one site, retries 429s
+later (nothing is lost), feeds every outcome to a
+:class:`~scrapy_justproxies.controller.DomainController` and applies its
+decisions. Minutes of crawling run in milliseconds.
+
+Sites: a token bucket (rate and burst, the rate may follow a schedule), an
+in-flight cap, or no limit at all. Latency is lognormal with P50 200 ms and
+P95 350 ms (mean about 212 ms), the same for 200s and 429s.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from scrapy_justproxies.controller import (
+    ControllerSettings,
+    Decision,
+    DomainController,
+    Outcome,
+    Ticket,
+)
+
+LATENCY_P50 = 0.200
+LATENCY_P95 = 0.350
+_Z95 = 1.6448536269514722
+LATENCY_SIGMA = math.log(LATENCY_P95 / LATENCY_P50) / _Z95
+LATENCY_MEAN = LATENCY_P50 * math.exp(LATENCY_SIGMA**2 / 2)
+
+
+class Site(Protocol):
+    def admit(self, now: float) -> bool: ...
+
+    def release(self, now: float) -> None: ...
+
+    def capacity(self, now: float) -> float:
+        """Answers per second the site lets through at ``now`` (inf: no limit)."""
+        ...
+
+
+class TokenBucket:
+    """Admits ``rate`` requests per second with bursts of ``burst``.
+
+    ``schedule`` is ``[(t, rate), ...]`` sorted by ``t``, the first at 0.
+    """
+
+    def __init__(self, schedule: Sequence[tuple[float, float]], burst: float) -> None:
+        assert schedule and schedule[0][0] == 0
+        self.times = [t for t, _ in schedule]
+        self.rates = [r for _, r in schedule]
+        self.burst = burst
+        self.tokens = burst
+        self.last = 0.0
+
+    @classmethod
+    def steady(cls, rate: float, burst: float = 10) -> TokenBucket:
+        return cls([(0.0, rate)], burst)
+
+    def capacity(self, now: float) -> float:
+        return self.rates[bisect.bisect_right(self.times, now) - 1]
+
+    def _refill(self, now: float) -> None:
+        t = self.last
+        i = bisect.bisect_right(self.times, t) - 1
+        while t < now:
+            end = self.times[i + 1] if i + 1 < len(self.times) else math.inf
+            step_end = min(end, now)
+            self.tokens = min(self.burst, self.tokens + (step_end - t) * self.rates[i])
+            t = step_end
+            i += 1
+        self.last = now
+
+    def admit(self, now: float) -> bool:
+        self._refill(now)
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+    def release(self, now: float) -> None:
+        pass
+
+
+class InflightCap:
+    """Answers 429 to a request that finds ``cap`` others in progress."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.active = 0
+
+    def capacity(self, now: float) -> float:
+        return self.cap / LATENCY_MEAN
+
+    def admit(self, now: float) -> bool:
+        if self.active < self.cap:
+            self.active += 1
+            return True
+        return False
+
+    def release(self, now: float) -> None:
+        self.active -= 1
+
+
+class Unlimited:
+    def capacity(self, now: float) -> float:
+        return math.inf
+
+    def admit(self, now: float) -> bool:
+        return True
+
+    def release(self, now: float) -> None:
+        pass
+
+
+@dataclass
+class Run:
+    """What happened: answer times by outcome, the limit over time."""
+
+    duration: float
+    ok: list[float] = field(default_factory=list)
+    limited: list[float] = field(default_factory=list)
+    ignored: list[float] = field(default_factory=list)
+    limits: list[tuple[float, int]] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    issued: int = 0
+    """Distinct requests the crawler created."""
+    inflight_end: int = 0
+    retry_queue_end: int = 0
+
+    def goodput(self, t0: float, t1: float) -> float:
+        """Successful answers per second in ``[t0, t1)``."""
+        return _count(self.ok, t0, t1) / (t1 - t0)
+
+    def share_429(self, t0: float = 0.0, t1: float | None = None) -> float:
+        """Share of the site's answers in ``[t0, t1)`` that were 429."""
+        t1 = self.duration if t1 is None else t1
+        ok = _count(self.ok, t0, t1)
+        limited = _count(self.limited, t0, t1)
+        return limited / (ok + limited) if ok + limited else 0.0
+
+    def time_to(self, rate: float, t0: float = 0.0, span: float = 2.0) -> float:
+        """Seconds after ``t0`` until a ``span``-second stretch first
+        averages ``rate`` successful answers per second (inf: never)."""
+        step = 0.1
+        t = t0
+        while t + span <= self.duration:
+            if self.goodput(t, t + span) >= rate:
+                return t - t0
+            t += step
+        return math.inf
+
+    def limit_at(self, t: float) -> int:
+        i = bisect.bisect_right([x for x, _ in self.limits], t) - 1
+        return self.limits[i][1]
+
+    def mean_limit(self, t0: float, t1: float) -> float:
+        """Time-weighted mean limit over ``[t0, t1)``."""
+        total = 0.0
+        for i, (t, limit) in enumerate(self.limits):
+            end = self.limits[i + 1][0] if i + 1 < len(self.limits) else math.inf
+            overlap = min(end, t1) - max(t, t0)
+            if overlap > 0:
+                total += overlap * limit
+        return total / (t1 - t0)
+
+    def changes(self) -> list[Decision]:
+        return [d for d in self.decisions if d.changed]
+
+
+def _count(times: list[float], t0: float, t1: float) -> int:
+    return bisect.bisect_left(times, t1) - bisect.bisect_left(times, t0)
+
+
+_DONE = 0
+_WAKE = 1
+
+
+def simulate(
+    site: Site,
+    settings: ControllerSettings | None,
+    *,
+    seed: int,
+    duration: float,
+    fixed_limit: int | None = None,
+    gateway_failure: float = 0.0,
+    parallel: int | None = None,
+    retry_delay: float = 1.0,
+    random_429: float = 0.0,
+    latency_p50: float = LATENCY_P50,
+    latency_p95: float = LATENCY_P95,
+) -> Run:
+    """Crawl ``site`` for ``duration`` simulated seconds.
+
+    With ``settings`` a controller sets the limit; with ``fixed_limit``
+    (and ``settings=None``) the limit never changes. ``gateway_failure`` is
+    the share of requests the gateway fails before they reach the site
+    (recorded as ignored, retried like 429s). ``parallel`` caps how many
+    requests the spider has to give at once (``None``: always more), which
+    leaves slots idle when it is below the limit. ``random_429`` is a share
+    of admitted requests the site answers 429 whatever the load (a site
+    that rate-limits some pages, or some exits, regardless of concurrency).
+    """
+    rng = random.Random(seed)
+    mu = math.log(latency_p50)
+    sigma = math.log(latency_p95 / latency_p50) / _Z95
+    controller = DomainController(settings, now=0.0) if settings is not None else None
+    if controller is not None:
+        limit = controller.limit
+    else:
+        assert fixed_limit is not None
+        limit = fixed_limit
+    run = Run(duration=duration, limits=[(0.0, limit)])
+    events: list[tuple[float, int, int, Ticket | None, Outcome, bool]] = []
+    seq = 0
+    inflight = 0
+    retries: deque[float] = deque()  # due times of requests waiting to retry
+    now = 0.0
+
+    def fill() -> None:
+        nonlocal inflight, seq
+        while inflight < limit:
+            due_retry = bool(retries) and retries[0] <= now
+            if not due_retry:
+                outstanding = inflight + len(retries)
+                if parallel is not None and outstanding >= parallel:
+                    return
+                run.issued += 1
+            else:
+                retries.popleft()
+            inflight += 1
+            ticket = controller.on_sent(now, inflight) if controller else None
+            if rng.random() < gateway_failure:
+                outcome, admitted = Outcome.IGNORED, False
+            else:
+                admitted = site.admit(now)
+                ok = admitted and not (random_429 and rng.random() < random_429)
+                outcome = Outcome.OK if ok else Outcome.RATE_LIMITED
+            latency = rng.lognormvariate(mu, sigma)
+            seq += 1
+            heapq.heappush(
+                events, (now + latency, seq, _DONE, ticket, outcome, admitted)
+            )
+
+    fill()
+    while events:
+        now, _, kind, ticket, outcome, admitted = heapq.heappop(events)
+        if now >= duration:
+            break
+        if kind == _DONE:
+            inflight -= 1
+            if admitted:
+                site.release(now)
+            if outcome is Outcome.OK:
+                run.ok.append(now)
+            else:
+                (
+                    run.limited if outcome is Outcome.RATE_LIMITED else run.ignored
+                ).append(now)
+                retries.append(now + retry_delay)
+                seq += 1
+                heapq.heappush(
+                    events,
+                    (now + retry_delay, seq, _WAKE, None, Outcome.IGNORED, False),
+                )
+            if controller is not None:
+                assert ticket is not None
+                controller.record(ticket, outcome, now)
+                decision = controller.decide(now)
+                if decision is not None:
+                    run.decisions.append(decision)
+                    if decision.changed:
+                        limit = decision.new_limit
+                        run.limits.append((now, limit))
+        fill()
+    run.inflight_end = inflight
+    run.retry_queue_end = len(retries)
+    return run

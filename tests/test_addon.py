@@ -1,0 +1,142 @@
+"""The add-on's effect on settings: what `ADDONS = {...: 100}` writes."""
+
+from __future__ import annotations
+
+import pytest
+from scrapy.settings import Settings
+
+from scrapy_justproxies import (
+    Addon,
+    JustProxiesConfigError,
+    JustProxiesMiddleware,
+    JustProxiesThrottle,
+)
+from scrapy_justproxies.config import TEMPLATE_OVERRIDE_PRIORITY
+
+CREDENTIALS = {
+    "JUSTPROXIES_GATEWAY": "127.0.0.1:9",
+    "JUSTPROXIES_USER": "u",
+    "JUSTPROXIES_PASSWORD": "p",
+}
+
+
+def project(values: dict[str, object]) -> Settings:
+    settings = Settings()
+    settings.setdict({**CREDENTIALS, **values}, priority="project")
+    return settings
+
+
+def middlewares(settings: Settings) -> dict[object, object]:
+    return dict(settings.getdict("DOWNLOADER_MIDDLEWARES"))
+
+
+def test_enables_the_middleware_before_httpproxy() -> None:
+    settings = project({})
+    Addon().update_settings(settings)
+    assert middlewares(settings) == {JustProxiesMiddleware: 745}
+
+
+def test_keeps_the_projects_own_middlewares_and_extensions() -> None:
+    settings = project(
+        {
+            "DOWNLOADER_MIDDLEWARES": {
+                "scrapy.downloadermiddlewares.stats.DownloaderStats": 543
+            },
+            "EXTENSIONS": {"scrapy.extensions.logstats.LogStats": 500},
+        }
+    )
+    Addon().update_settings(settings)
+    assert middlewares(settings) == {
+        "scrapy.downloadermiddlewares.stats.DownloaderStats": 543,
+        JustProxiesMiddleware: 745,
+    }
+    assert dict(settings.getdict("EXTENSIONS")) == {
+        "scrapy.extensions.logstats.LogStats": 500,
+        JustProxiesThrottle: 0,
+    }
+
+
+def test_respects_a_placement_the_user_chose() -> None:
+    path = "scrapy_justproxies.JustProxiesMiddleware"
+    settings = project({"DOWNLOADER_MIDDLEWARES": {path: 700}})
+    Addon().update_settings(settings)
+    assert middlewares(settings) == {path: 700}
+
+
+def test_is_idempotent() -> None:
+    once = project(
+        {
+            "JUSTPROXIES_POOL": "mobile",
+            "CONCURRENT_REQUESTS_PER_DOMAIN": 1,
+            "DOWNLOAD_DELAY": 1,
+        }
+    )
+    Addon().update_settings(once)
+    twice = once.copy()
+    Addon().update_settings(twice)
+    keys = [
+        "CONCURRENT_REQUESTS",
+        "CONCURRENT_REQUESTS_PER_DOMAIN",
+        "DOWNLOAD_DELAY",
+        "RETRY_TIMES",
+        "DOWNLOAD_TIMEOUT",
+    ]
+    assert {k: once[k] for k in keys} == {k: twice[k] for k in keys}
+    assert {k: once.getpriority(k) for k in keys} == {
+        k: twice.getpriority(k) for k in keys
+    }
+    assert middlewares(once) == middlewares(twice)
+
+
+def test_writes_the_preset_below_the_users_values() -> None:
+    settings = project({"JUSTPROXIES_POOL": "residential", "RETRY_TIMES": 5})
+    Addon().update_settings(settings)
+    assert settings.getint("CONCURRENT_REQUESTS") == 100
+    assert settings.getpriority("CONCURRENT_REQUESTS") == 15  # add-on priority
+    assert settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN") == 30
+    assert settings.getint("RETRY_TIMES") == 5
+    assert settings.getfloat("DOWNLOAD_TIMEOUT") == 20
+
+
+def test_replaces_the_startproject_template_lines() -> None:
+    settings = project(
+        {
+            "JUSTPROXIES_POOL": "mobile",
+            "CONCURRENT_REQUESTS_PER_DOMAIN": 1,
+            "DOWNLOAD_DELAY": 1,
+        }
+    )
+    Addon().update_settings(settings)
+    assert settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN") == 16
+    assert settings.getfloat("DOWNLOAD_DELAY") == 0
+    assert settings.getpriority("DOWNLOAD_DELAY") == TEMPLATE_OVERRIDE_PRIORITY
+    # A spider's custom_settings still win over the replacement.
+    settings.set("DOWNLOAD_DELAY", 2, priority="spider")
+    assert settings.getfloat("DOWNLOAD_DELAY") == 2
+
+
+def test_reads_the_pool_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUSTPROXIES_POOL", "datacenter")
+    settings = project({"JUSTPROXIES_POOL": "mobile"})
+    Addon().update_settings(settings)
+    assert settings.getint("CONCURRENT_REQUESTS") == 200
+
+
+def test_disabled_changes_nothing() -> None:
+    settings = Settings()
+    settings.set("JUSTPROXIES_ENABLED", False, priority="project")
+    Addon().update_settings(settings)
+    assert middlewares(settings) == {}
+
+
+def test_bad_input_stops_at_startup() -> None:
+    settings = project({"JUSTPROXIES_POOL": "fast"})
+    with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_POOL"):
+        Addon().update_settings(settings)
+
+
+def test_throttle_can_be_left_out() -> None:
+    settings = project({"JUSTPROXIES_THROTTLE_ENABLED": False})
+    Addon().update_settings(settings)
+    assert dict(settings.getdict("EXTENSIONS")) == {}
+    assert middlewares(settings) == {JustProxiesMiddleware: 745}

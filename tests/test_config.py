@@ -1,0 +1,366 @@
+"""Settings resolution and validation: pure, no crawl."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from scrapy.settings import Settings
+
+from scrapy_justproxies.config import (
+    Concurrency,
+    Config,
+    JustProxiesConfigError,
+    Secret,
+    UsernameTemplate,
+    effective_settings,
+)
+from scrapy_justproxies.presets import PRESETS
+
+PASSWORD = "s3cr3t:p@ss/word"
+GOOD = {
+    "JUSTPROXIES_GATEWAY": "gw.example.net:8000",
+    "JUSTPROXIES_USER": "alice",
+    "JUSTPROXIES_PASSWORD": PASSWORD,
+}
+
+
+def settings(
+    values: dict[str, object] | None = None, priority: str = "project"
+) -> Settings:
+    result = Settings()
+    result.setdict(values or {}, priority=priority)
+    return result
+
+
+def test_reads_settings_py() -> None:
+    config = Config.from_settings(settings(GOOD), {})
+    assert config.enabled
+    assert config.gateway is not None
+    assert (config.gateway.host, config.gateway.port) == ("gw.example.net", 8000)
+    assert config.user == "alice"
+    assert config.password.reveal() == PASSWORD
+    assert config.pool is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("gw.example.net", ("gw.example.net", 8080)),
+        ("http://gw.example.net", ("gw.example.net", 8080)),
+        ("http://gw.example.net:3128/", ("gw.example.net", 3128)),
+        ("127.0.0.1:9", ("127.0.0.1", 9)),
+        ("[::1]:8081", ("::1", 8081)),
+    ],
+)
+def test_gateway_forms(value: str, expected: tuple[str, int]) -> None:
+    config = Config.from_settings(settings({**GOOD, "JUSTPROXIES_GATEWAY": value}), {})
+    assert config.gateway is not None
+    assert (config.gateway.host, config.gateway.port) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("https://gw.example.net:8000", "scheme 'https'"),
+        ("gw.example.net:notaport", "invalid port"),
+        ("gw.example.net:70000", "invalid port"),
+        ("gw.example.net:0", "port 0"),
+        ("http://gw.example.net/path", "malformed"),
+        ("http://:8000", "malformed"),
+        ("socks5://gw.example.net:1080", "scheme 'socks5'"),
+    ],
+)
+def test_malformed_gateway(value: str, message: str) -> None:
+    with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_GATEWAY") as info:
+        Config.from_settings(settings({**GOOD, "JUSTPROXIES_GATEWAY": value}), {})
+    assert message in str(info.value)
+
+
+def test_gateway_with_credentials_is_refused_without_echoing_them() -> None:
+    value = f"http://alice:{PASSWORD}@gw.example.net:8000"
+    with pytest.raises(JustProxiesConfigError, match="contains credentials") as info:
+        Config.from_settings(settings({**GOOD, "JUSTPROXIES_GATEWAY": value}), {})
+    assert PASSWORD not in str(info.value)
+    assert "s3cr3t" not in str(info.value)
+
+
+@pytest.mark.parametrize("missing", sorted(GOOD))
+def test_missing_value_names_the_setting(missing: str) -> None:
+    values = {k: v for k, v in GOOD.items() if k != missing}
+    with pytest.raises(JustProxiesConfigError, match=missing) as info:
+        Config.from_settings(settings(values), {})
+    assert "export" in str(info.value) or "Set it" in str(info.value)
+
+
+def test_disabled_needs_nothing_else() -> None:
+    config = Config.from_settings(settings({"JUSTPROXIES_ENABLED": False}), {})
+    assert not config.enabled
+
+
+@pytest.mark.parametrize("value", ["bob:smith", "bob smith", "bob\nsmith"])
+def test_bad_user(value: str) -> None:
+    with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_USER"):
+        Config.from_settings(settings({**GOOD, "JUSTPROXIES_USER": value}), {})
+
+
+def test_password_with_newline_is_refused_without_echo() -> None:
+    with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_PASSWORD") as info:
+        Config.from_settings(settings({**GOOD, "JUSTPROXIES_PASSWORD": "abc\n"}), {})
+    assert "abc" not in str(info.value)
+
+
+def test_unknown_pool_lists_the_choices() -> None:
+    with pytest.raises(JustProxiesConfigError) as info:
+        Config.from_settings(settings({**GOOD}), {"JUSTPROXIES_POOL": "mobil"})
+    text = str(info.value)
+    assert "JUSTPROXIES_POOL (from the environment)" in text
+    assert "'mobil'" in text
+    for name in PRESETS:
+        assert name in text
+
+
+def test_pool_names_are_case_insensitive() -> None:
+    config = Config.from_settings(settings({**GOOD, "JUSTPROXIES_POOL": "Mobile"}), {})
+    assert config.pool is PRESETS["mobile"]
+
+
+def test_precedence_cmdline_over_environment_over_settings() -> None:
+    values = settings({**GOOD, "JUSTPROXIES_POOL": "datacenter"})
+    # settings.py < environment
+    config = Config.from_settings(values, {"JUSTPROXIES_POOL": "mobile"})
+    assert config.pool is PRESETS["mobile"]
+    assert config.sources["JUSTPROXIES_POOL"] == "environment"
+    # environment < spider custom_settings? No: environment wins there too.
+    values.set("JUSTPROXIES_POOL", "static", priority="spider")
+    config = Config.from_settings(values, {"JUSTPROXIES_POOL": "mobile"})
+    assert config.pool is PRESETS["mobile"]
+    # -s on the command line beats the environment.
+    values.set("JUSTPROXIES_POOL", "residential", priority="cmdline")
+    config = Config.from_settings(values, {"JUSTPROXIES_POOL": "mobile"})
+    assert config.pool is PRESETS["residential"]
+    assert config.sources["JUSTPROXIES_POOL"] == "command line"
+
+
+def test_credentials_from_environment_only() -> None:
+    environ = {**GOOD, "JUSTPROXIES_ENABLED": "1"}
+    config = Config.from_settings(settings(), environ)
+    assert config.password.reveal() == PASSWORD
+    assert config.sources["JUSTPROXIES_PASSWORD"] == "environment"
+
+
+@pytest.mark.parametrize("text", ["maybe", "2"])
+def test_bad_boolean(text: str) -> None:
+    with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_ENABLED"):
+        Config.from_settings(settings(GOOD), {"JUSTPROXIES_ENABLED": text})
+
+
+def test_repr_and_str_never_show_the_password() -> None:
+    config = Config.from_settings(settings(GOOD), {})
+    for text in (
+        repr(config),
+        str(config),
+        repr(config.password),
+        f"{config.password}",
+    ):
+        assert PASSWORD not in text
+        assert "s3cr3t" not in text
+    with pytest.raises(TypeError):
+        pickle.dumps(config.password)
+
+
+def test_secret_equality() -> None:
+    assert Secret("a") == Secret("a")
+    assert Secret("a") != Secret("b")
+    assert Secret("a") != "a"
+
+
+def test_proxy_url_quotes_both_parts() -> None:
+    config = Config.from_settings(settings(GOOD), {})
+    url = config.proxy_url()
+    assert url == "http://alice:s3cr3t%3Ap%40ss%2Fword@gw.example.net:8000"
+
+
+@pytest.mark.parametrize(
+    ("template", "country", "session", "expected"),
+    [
+        ("{user}[-country-{country}][-session-{session}]", None, None, "alice"),
+        (
+            "{user}[-country-{country}][-session-{session}]",
+            "US",
+            None,
+            "alice-country-us",
+        ),
+        (
+            "{user}[-country-{country}][-session-{session}]",
+            None,
+            "s1",
+            "alice-session-s1",
+        ),
+        (
+            "{user}[-country-{country}][-session-{session}]",
+            "de",
+            "x_2",
+            "alice-country-de-session-x_2",
+        ),
+        (
+            "customer-{user}[-cc-{country}][-sessid-{session}]",
+            "fr",
+            "9",
+            "customer-alice-cc-fr-sessid-9",
+        ),
+        ("{user}", "fr", "9", "alice"),
+    ],
+)
+def test_username_template(
+    template: str, country: str | None, session: str | None, expected: str
+) -> None:
+    config = Config.from_settings(
+        settings({**GOOD, "JUSTPROXIES_USERNAME_TEMPLATE": template}), {}
+    )
+    assert config.username(country=country, session=session) == expected
+
+
+def test_default_country_and_override() -> None:
+    config = Config.from_settings(settings({**GOOD, "JUSTPROXIES_COUNTRY": "GB"}), {})
+    assert config.username() == "alice-country-gb"
+    assert config.username(country="us") == "alice-country-us"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "[-x-{country}]",
+        "{user}[-c-{country}",
+        "{user}]",
+        "{user}-{zone}",
+        "{user}[[-{country}]]",
+        "{user}-{",
+    ],
+)
+def test_bad_templates(template: str) -> None:
+    with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_USERNAME_TEMPLATE"):
+        Config.from_settings(
+            settings({**GOOD, "JUSTPROXIES_USERNAME_TEMPLATE": template}), {}
+        )
+
+
+@pytest.mark.parametrize(
+    ("country", "session"), [("usa", None), (None, "has space"), (None, "x" * 65)]
+)
+def test_bad_per_request_parameters(country: str | None, session: str | None) -> None:
+    config = Config.from_settings(settings(GOOD), {})
+    with pytest.raises(ValueError, match=r"country|session"):
+        config.username(country=country, session=session)
+
+
+def test_bad_default_country() -> None:
+    with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_COUNTRY"):
+        Config.from_settings(settings({**GOOD, "JUSTPROXIES_COUNTRY": "usa"}), {})
+
+
+def test_template_parse_roundtrip() -> None:
+    parsed = UsernameTemplate.parse("a-{user}[-c-{country}]z")
+    assert parsed.segments == (
+        (False, "a-{user}"),
+        (True, "-c-{country}"),
+        (False, "z"),
+    )
+
+
+# -- presets and the effective Scrapy settings --------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_applies_where_the_user_set_nothing(name: str) -> None:
+    values = settings({**GOOD, "JUSTPROXIES_POOL": name})
+    config = Config.from_settings(values, {})
+    effective = effective_settings(values, config)
+    preset = PRESETS[name]
+    assert effective["CONCURRENT_REQUESTS"].value == preset.total_concurrency
+    assert (
+        effective["CONCURRENT_REQUESTS_PER_DOMAIN"].value
+        == preset.domain_concurrency_start
+    )
+    assert effective["DOWNLOAD_TIMEOUT"].value == 20
+    assert all(e.source == "pool preset" for e in effective.values())
+
+
+def test_user_value_wins_over_preset() -> None:
+    values = settings({**GOOD, "JUSTPROXIES_POOL": "mobile", "CONCURRENT_REQUESTS": 7})
+    effective = effective_settings(values, Config.from_settings(values, {}))
+    assert effective["CONCURRENT_REQUESTS"].value == 7
+    assert effective["CONCURRENT_REQUESTS"].source == "settings.py"
+
+
+def test_startproject_template_lines_are_replaced_and_labelled() -> None:
+    values = settings(
+        {
+            **GOOD,
+            "JUSTPROXIES_POOL": "mobile",
+            "CONCURRENT_REQUESTS_PER_DOMAIN": 1,
+            "DOWNLOAD_DELAY": 1,
+        }
+    )
+    effective = effective_settings(values, Config.from_settings(values, {}))
+    assert effective["CONCURRENT_REQUESTS_PER_DOMAIN"].value == 16
+    assert effective["DOWNLOAD_DELAY"].value == 0
+    assert "startproject" in effective["DOWNLOAD_DELAY"].source
+
+
+def test_template_lines_kept_on_request_or_when_changed() -> None:
+    base = {**GOOD, "JUSTPROXIES_POOL": "mobile", "DOWNLOAD_DELAY": 1}
+    kept = settings(
+        {
+            **base,
+            "CONCURRENT_REQUESTS_PER_DOMAIN": 1,
+            "JUSTPROXIES_OVERRIDE_TEMPLATE_THROTTLE": False,
+        }
+    )
+    effective = effective_settings(kept, Config.from_settings(kept, {}))
+    assert effective["CONCURRENT_REQUESTS_PER_DOMAIN"].value == 1
+    changed = settings({**base, "CONCURRENT_REQUESTS_PER_DOMAIN": 2})
+    effective = effective_settings(changed, Config.from_settings(changed, {}))
+    assert effective["CONCURRENT_REQUESTS_PER_DOMAIN"].value == 2
+    assert effective["DOWNLOAD_DELAY"].value == 1
+
+
+def test_concurrency_resolves_preset_numbers() -> None:
+    values = settings({**GOOD, "JUSTPROXIES_POOL": "mobile"})
+    numbers = Concurrency.resolve(values, Config.from_settings(values, {}), {})
+    assert (numbers.total, numbers.domain_start, numbers.domain_max) == (50, 16, 50)
+    assert numbers.retry_times == 1
+    assert numbers.delay == 0
+
+
+@pytest.mark.parametrize(
+    ("values", "environ", "message"),
+    [
+        ({"CONCURRENT_REQUESTS": 0}, {}, "CONCURRENT_REQUESTS .* at least 1"),
+        (
+            {"CONCURRENT_REQUESTS": "many"},
+            {},
+            "CONCURRENT_REQUESTS .* must be a number",
+        ),
+        (
+            {"CONCURRENT_REQUESTS_PER_DOMAIN": 60},
+            {},
+            "CONCURRENT_REQUESTS_PER_DOMAIN \\(60",
+        ),
+        (
+            {},
+            {"JUSTPROXIES_DOMAIN_CONCURRENCY_MAX": "500"},
+            "JUSTPROXIES_DOMAIN_CONCURRENCY_MAX .*between",
+        ),
+        ({}, {"JUSTPROXIES_DOMAIN_CONCURRENCY_MAX": "8"}, "between"),
+        ({}, {"JUSTPROXIES_DOMAIN_CONCURRENCY_MAX": "lots"}, "whole number"),
+        ({"DOWNLOAD_TIMEOUT": 0}, {}, "DOWNLOAD_TIMEOUT"),
+        ({"RETRY_TIMES": -1}, {}, "RETRY_TIMES"),
+    ],
+)
+def test_impossible_numbers(
+    values: dict[str, object], environ: dict[str, str], message: str
+) -> None:
+    merged = settings({**GOOD, "JUSTPROXIES_POOL": "mobile", **values})
+    with pytest.raises(JustProxiesConfigError, match=message):
+        Concurrency.resolve(merged, Config.from_settings(merged, environ), environ)

@@ -1,0 +1,167 @@
+"""The throttle extension and 429 retries in real crawls through the sandbox."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scrapy_justproxies.sandbox.crawl import run_crawl
+from tests.test_crawl import ADDON, configure, site, urls
+
+pytestmark = pytest.mark.crawl
+
+LATENCY = {"latency_p50_ms": 200, "latency_p95_ms": 300}
+
+
+def crawl(
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    tmp_path: Path,
+    requests: list[dict[str, Any]],
+    reactor: str = "asyncio",
+    **settings: Any,
+) -> Any:
+    return run_crawl(
+        tmp_path,
+        reactor=reactor,
+        requests=requests,
+        settings={**ADDON, "LOG_LEVEL": "INFO", **settings},
+        env=gateway_env,
+        timeout=240,
+    )
+
+
+def test_finds_the_sites_limit_and_loses_nothing(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    """40 req/s at 200 ms admits about 8 in flight. Starting at 4, the
+    throttle must climb, meet 429s, back off, and finish every URL with
+    Scrapy's default RETRY_TIMES."""
+    configure(sandbox, {"a.test": {"rate": 40, "burst": 5, **LATENCY}})
+    result = crawl(
+        sandbox, gateway_env, tmp_path, urls(sandbox, "a.test", 600), reactor,
+        CONCURRENT_REQUESTS=40, CONCURRENT_REQUESTS_PER_DOMAIN=4,
+    )  # fmt: skip
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.statuses == {200: 600}
+    stats = result.stats
+    assert stats["justproxies/limit_peak/a.test"] > 4  # it raised
+    assert stats["justproxies/limit_changes/increase"] >= 1
+    assert stats["justproxies/limit_changes/backoff"] >= 1  # and met the limit
+    assert 5 <= stats["justproxies/limit_final/a.test"] <= 16
+    counters = site(sandbox, "a.test")
+    assert counters["max_inflight"] <= stats["justproxies/limit_peak/a.test"]
+    share = counters["rate_limited"] / (counters["rate_limited"] + counters["admitted"])
+    assert share < 0.15
+    assert stats["justproxies/retries/rate_limited"] == counters["rate_limited"]
+    assert "JustProxies: a.test concurrency 4 -> 5, increase" in result.log
+    assert "JustProxies concurrency by domain:\n  a.test: final" in result.log
+
+
+def test_429_retries_do_not_use_retry_times(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(
+        sandbox,
+        {"a.test": {"rate": 10, "burst": 2, "retry_after": "seconds", **LATENCY}},
+    )
+    result = crawl(
+        sandbox, gateway_env, tmp_path, urls(sandbox, "a.test", 60),
+        CONCURRENT_REQUESTS_PER_DOMAIN=8, RETRY_TIMES=0,
+    )  # fmt: skip
+    assert result.statuses == {200: 60}, result.output[-3000:]
+    assert site(sandbox, "a.test")["rate_limited"] > 0
+    assert "retry/count" not in result.stats
+
+
+def test_429_budget_has_an_end_and_says_so(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(sandbox, {"a.test": {"rate": 1, "burst": 1, "retry_after": "none"}})
+    result = crawl(
+        sandbox, gateway_env, tmp_path, urls(sandbox, "a.test", 20),
+        CONCURRENT_REQUESTS_PER_DOMAIN=10, JUSTPROXIES_RETRY_429_TIMES=1,
+        JUSTPROXIES_THROTTLE_ENABLED=False,
+    )  # fmt: skip
+    gave_up = result.stats["justproxies/retries/rate_limited_gave_up"]
+    assert gave_up > 0
+    assert result.statuses.get(429) == gave_up
+    assert result.log.count("(JUSTPROXIES_RETRY_429_TIMES)") == gave_up
+
+
+def test_gateway_failures_do_not_shrink_the_site(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(
+        sandbox,
+        {"a.test": {"latency_p50_ms": 100, "latency_p95_ms": 150}},
+        fail_503=0.3,
+    )
+    result = crawl(
+        sandbox, gateway_env, tmp_path, urls(sandbox, "a.test", 400),
+        CONCURRENT_REQUESTS=40, CONCURRENT_REQUESTS_PER_DOMAIN=4, RETRY_TIMES=10,
+    )  # fmt: skip
+    assert sandbox.client.stats()["gateway"]["injected"].get("503", 0) > 0
+    assert result.statuses == {200: 400}, result.output[-3000:]
+    assert "justproxies/limit_changes/backoff" not in result.stats
+    assert result.stats["justproxies/limit_final/a.test"] > 4
+
+
+def test_domains_are_independent(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(
+        sandbox,
+        {"strict.test": {"rate": 10, "burst": 2, **LATENCY}, "open.test": LATENCY},
+    )
+    requests = [
+        r
+        for pair in zip(
+            urls(sandbox, "strict.test", 150),
+            urls(sandbox, "open.test", 300)[:150],
+            strict=True,
+        )
+        for r in pair
+    ] + urls(sandbox, "open.test", 300)[150:]
+    result = crawl(
+        sandbox, gateway_env, tmp_path, requests,
+        CONCURRENT_REQUESTS=40, CONCURRENT_REQUESTS_PER_DOMAIN=4,
+    )  # fmt: skip
+    assert result.statuses == {200: 450}, result.output[-3000:]
+    stats = result.stats
+    assert (
+        stats["justproxies/limit_peak/open.test"]
+        > stats["justproxies/limit_final/strict.test"]
+    )
+    assert stats.get("justproxies/rate_limited/open.test", 0) == 0
+
+
+def test_www_and_apex_share_one_budget(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(sandbox, {})
+    requests = urls(sandbox, "a.test", 10) + urls(sandbox, "www.a.test", 10)
+    result = crawl(sandbox, gateway_env, tmp_path, requests)
+    assert result.statuses == {200: 20}, result.output[-3000:]
+    assert result.stats["justproxies/answers/a.test"] == 20
+    assert "justproxies/answers/www.a.test" not in result.stats
+
+
+def test_autothrottle_conflict_is_a_startup_error(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(sandbox, {})
+    result = crawl(
+        sandbox,
+        gateway_env,
+        tmp_path,
+        urls(sandbox, "a.test", 3),
+        AUTOTHROTTLE_ENABLED=True,
+    )
+    assert result.reason is None
+    assert "AUTOTHROTTLE_ENABLED and JUSTPROXIES_THROTTLE_ENABLED are both on" in (
+        result.output + result.log
+    )
+    assert sandbox.client.stats()["gateway"]["connections_accepted"] == 0
