@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Final
 
-from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
 
 from .controller import Outcome
 
@@ -33,9 +33,15 @@ def is_gateway_connection_failure(exception: BaseException) -> bool:
     """True when no connection to the proxy could be made at all.
 
     Behind a forward proxy Scrapy connects only to the gateway, so a refused
-    or timed-out connect, or a failed name lookup, is the gateway's.
+    connect or a failed name lookup is the gateway's. Timeouts are left out:
+    Twisted's TimeoutError (a ConnectError) is also what a slow *site* behind
+    the gateway produces as a download timeout.
     """
-    return any(isinstance(e, (ConnectError, DNSLookupError)) for e in causes(exception))
+    return any(
+        isinstance(e, (ConnectError, DNSLookupError))
+        and not isinstance(e, TimeoutError)
+        for e in causes(exception)
+    )
 
 
 def tunnel_status(exception: BaseException) -> int | None:

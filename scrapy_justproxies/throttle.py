@@ -132,6 +132,7 @@ class JustProxiesThrottle:
         if domain is None:
             controller = DomainController(self.controller_settings, self.clock())
             domain = self.domains[key] = _Domain(controller, peak=controller.limit)
+            self._set_stat(f"justproxies/limit_start/{key}", controller.limit)
             self._set_stat(f"justproxies/limit/{key}", controller.limit)
             self._max_stat(f"justproxies/limit_peak/{key}", controller.limit)
         return domain

@@ -274,14 +274,24 @@ def test_sticky_sessions_and_rotation(
     rotating = [
         {"url": f"http://a.test:{sandbox.site_http_port}/echo?r{i}"} for i in range(8)
     ]
+    country = [
+        {
+            "url": f"http://a.test:{sandbox.site_http_port}/echo?c{i}",
+            "meta": {"justproxies_country": "DE"},
+        }
+        for i in range(3)
+    ]
     result = run_crawl(
         tmp_path,
         reactor=reactor,
-        requests=sticky + rotating,
+        requests=sticky + rotating + country,
         settings=ADDON,
         env=gateway_env,
     )
-    assert result.statuses == {200: 16}, result.output[-3000:]
+    assert result.statuses == {200: 19}, result.output[-3000:]
+    gateway = sandbox.client.stats()["gateway"]
+    assert gateway["countries"] == {"DE": 3}
+    assert "cart1" in gateway["sessions"]
     ips = {
         url.rsplit("?", 1)[1]: json.loads(o["body"])["peer_ip"]
         for url, o in result.outcomes.items()

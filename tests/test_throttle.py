@@ -41,11 +41,11 @@ def test_finds_the_sites_limit_and_loses_nothing(
     Scrapy's default RETRY_TIMES."""
     configure(sandbox, {"a.test": {"rate": 40, "burst": 5, **LATENCY}})
     result = crawl(
-        sandbox, gateway_env, tmp_path, urls(sandbox, "a.test", 600), reactor,
+        sandbox, gateway_env, tmp_path, urls(sandbox, "a.test", 400), reactor,
         CONCURRENT_REQUESTS=40, CONCURRENT_REQUESTS_PER_DOMAIN=4,
     )  # fmt: skip
     assert result.reason == "finished", result.output[-3000:]
-    assert result.statuses == {200: 600}
+    assert result.statuses == {200: 400}
     stats = result.stats
     assert stats["justproxies/limit_peak/a.test"] > 4  # it raised
     assert stats["justproxies/limit_changes/increase"] >= 1
@@ -68,10 +68,10 @@ def test_429_retries_do_not_use_retry_times(
         {"a.test": {"rate": 10, "burst": 2, "retry_after": "seconds", **LATENCY}},
     )
     result = crawl(
-        sandbox, gateway_env, tmp_path, urls(sandbox, "a.test", 60),
+        sandbox, gateway_env, tmp_path, urls(sandbox, "a.test", 30),
         CONCURRENT_REQUESTS_PER_DOMAIN=8, RETRY_TIMES=0,
     )  # fmt: skip
-    assert result.statuses == {200: 60}, result.output[-3000:]
+    assert result.statuses == {200: 30}, result.output[-3000:]
     assert site(sandbox, "a.test")["rate_limited"] > 0
     assert "retry/count" not in result.stats
 
@@ -119,17 +119,17 @@ def test_domains_are_independent(
     requests = [
         r
         for pair in zip(
-            urls(sandbox, "strict.test", 150),
-            urls(sandbox, "open.test", 300)[:150],
+            urls(sandbox, "strict.test", 60),
+            urls(sandbox, "open.test", 240)[:60],
             strict=True,
         )
         for r in pair
-    ] + urls(sandbox, "open.test", 300)[150:]
+    ] + urls(sandbox, "open.test", 240)[60:]
     result = crawl(
         sandbox, gateway_env, tmp_path, requests,
         CONCURRENT_REQUESTS=40, CONCURRENT_REQUESTS_PER_DOMAIN=4,
     )  # fmt: skip
-    assert result.statuses == {200: 450}, result.output[-3000:]
+    assert result.statuses == {200: 300}, result.output[-3000:]
     stats = result.stats
     assert (
         stats["justproxies/limit_peak/open.test"]
@@ -165,3 +165,18 @@ def test_autothrottle_conflict_is_a_startup_error(
         result.output + result.log
     )
     assert sandbox.client.stats()["gateway"]["connections_accepted"] == 0
+
+
+def test_retry_after_slot_mode_pauses_the_domain_and_loses_nothing(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(
+        sandbox,
+        {"a.test": {"rate": 20, "burst": 2, "retry_after": "seconds", **LATENCY}},
+    )
+    result = crawl(
+        sandbox, gateway_env, tmp_path, urls(sandbox, "a.test", 40),
+        CONCURRENT_REQUESTS_PER_DOMAIN=10, JUSTPROXIES_RETRY_AFTER_MODE="slot",
+    )  # fmt: skip
+    assert result.statuses == {200: 40}, result.output[-3000:]
+    assert result.stats["justproxies/slots/paused"] > 0

@@ -12,13 +12,21 @@ from scrapy.http import Response
 class CatalogSpider(scrapy.Spider):
     name = "catalog"
 
-    def __init__(self, start_url: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, start_url: str | None = None, pages: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        # The demo passes the sandbox site's URL; with a real account, pass
-        # -a start_url=https://… for the catalog you want.
+        # -a start_url=https://…/catalog/1 follows the "next" links one page
+        # at a time; -a start_url='https://…/catalog/{page}' -a pages=40 asks
+        # for the 40 listing pages at once, which gives the crawl enough
+        # parallel work to use the concurrency a pool offers.
         if not start_url:
             raise ValueError("pass the catalog to crawl: -a start_url=https://…")
-        self.start_urls = [start_url]
+        self.follow_next = pages is None
+        count = int(pages or 1)
+        self.start_urls = [
+            start_url.replace("{page}", str(n)) for n in range(1, count + 1)
+        ]
 
     def parse(self, response: Response) -> Iterator[scrapy.Request]:
         for href in response.css(
@@ -26,7 +34,7 @@ class CatalogSpider(scrapy.Spider):
         ).getall():
             yield response.follow(href, callback=self.parse_item)
         next_page = response.css("a[rel=next]::attr(href), li.next a::attr(href)")
-        if next_page:
+        if next_page and self.follow_next:
             yield response.follow(next_page[0].get(), callback=self.parse)
 
     def parse_item(self, response: Response) -> Iterator[dict[str, Any]]:
