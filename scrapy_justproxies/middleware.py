@@ -128,6 +128,7 @@ class JustProxiesMiddleware:
         throttle = ThrottleConfig.from_settings(crawler.settings, os.environ)
         middleware = cls(crawler, config, concurrency, throttle)
         crawler.signals.connect(middleware._engine_started, signals.engine_started)
+        crawler.signals.connect(middleware._scheduled, signals.request_scheduled)
         middleware.guard.start_concurrency = concurrency.domain_start
         middleware.guard.start_delay = concurrency.delay
         middleware._log_startup()
@@ -257,6 +258,15 @@ class JustProxiesMiddleware:
         # CONCURRENT_REQUESTS_PER_DOMAIN idle connections would close most
         # connections after each response.
         _size_connection_pools(downloader, self.concurrency.total)
+
+    def _scheduled(self, request: Request, spider: Spider) -> None:
+        # A retry or redirect of a routed request carries the Basic
+        # credentials HttpProxyMiddleware put in its headers; with JOBDIR the
+        # scheduler would pickle them to disk. process_request puts them back.
+        if META_ROUTED in request.meta:
+            request.headers.pop(b"Proxy-Authorization", None)
+            request.meta.pop("_auth_proxy", None)
+            request.meta["proxy"] = request.meta[META_ROUTED]
 
     # -- helpers -------------------------------------------------------------
 

@@ -298,3 +298,33 @@ def test_sticky_sessions_and_rotation(
     }
     assert len({ip for key, ip in ips.items() if key.startswith("s")}) == 1
     assert len({ip for key, ip in ips.items() if key.startswith("r")}) > 1
+
+
+def test_no_credentials_in_jobdir_disk_queues(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Retries copy the Proxy-Authorization header HttpProxyMiddleware set;
+    the scheduler pickles them to JOBDIR. An early stop leaves them there."""
+    configure(
+        sandbox, {"a.test": {"latency_p50_ms": 50, "latency_p95_ms": 80}}, fail_503=0.5
+    )
+    jobdir = tmp_path / "job"
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=urls(sandbox, "a.test", 300),
+        settings={
+            **ADDON,
+            "JOBDIR": str(jobdir),
+            "CLOSESPIDER_PAGECOUNT": 40,
+            "RETRY_TIMES": 5,
+            "CONCURRENT_REQUESTS_PER_DOMAIN": 4,
+        },
+        env=gateway_env,
+    )
+    assert result.stats.get("retry/count", 0) > 0, result.output[-3000:]
+    stored = b"".join(p.read_bytes() for p in jobdir.rglob("*") if p.is_file())
+    assert b"a.test" in stored  # the queues really hold requests
+    token = base64.b64encode(f"{sandbox.user}:{sandbox.password}".encode())
+    assert token not in stored
+    assert sandbox.password.encode() not in stored
