@@ -13,7 +13,12 @@ from .config import (
     ThrottleConfig,
     effective_settings,
 )
-from .middleware import PRIORITY, JustProxiesMiddleware
+from .middleware import (
+    PRIORITY,
+    SCRUB_PRIORITY,
+    JustProxiesMiddleware,
+    JustProxiesScrubMiddleware,
+)
 from .throttle import JustProxiesThrottle
 
 if TYPE_CHECKING:
@@ -43,6 +48,9 @@ class Addon:
             return
         settings.setdefault_in_component_priority_dict(
             "DOWNLOADER_MIDDLEWARES", JustProxiesMiddleware, PRIORITY
+        )
+        settings.setdefault_in_component_priority_dict(
+            "DOWNLOADER_MIDDLEWARES", JustProxiesScrubMiddleware, SCRUB_PRIORITY
         )
         if ThrottleConfig.from_settings(settings, os.environ).enabled:
             settings.setdefault_in_component_priority_dict(

@@ -9,6 +9,7 @@ fix; the message never contains the password.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -107,8 +108,13 @@ class UsernameTemplate:
         )
         if "user" not in required:
             raise ValueError("{user} must appear outside [optional] segments")
-        if re.search(r"[{}]", re.sub(r"\{\w+\}", "", source)):
+        literal = re.sub(r"\{\w+\}", "", source)
+        if re.search(r"[{}]", literal):
             raise ValueError("stray { or }")
+        if ":" in literal or _CONTROL_RE.search(literal) or " " in literal:
+            raise ValueError(
+                "':', spaces and control characters cannot be in a username"
+            )
         return cls(source, tuple(segments))
 
     def render(self, user: str, country: str | None, session: str | None) -> str:
@@ -149,11 +155,28 @@ class Config:
             return cls(enabled=False, sources=reader.sources)
         pool = reader.pool()
         template = reader.template()
+        user, password = reader.user(), reader.password()
+        encoding = settings.get("HTTPPROXY_AUTH_ENCODING") or "latin-1"
+        for name, value in (
+            ("JUSTPROXIES_USER", user),
+            ("JUSTPROXIES_PASSWORD", password),
+        ):
+            try:
+                str(value.reveal() if isinstance(value, Secret) else value).encode(
+                    encoding
+                )
+            except (UnicodeEncodeError, LookupError):
+                raise JustProxiesConfigError(
+                    f"{reader.where(name)} has characters HTTP Basic auth cannot send "
+                    f"in HTTPPROXY_AUTH_ENCODING ({encoding!r}). Use that encoding's "
+                    "characters, or set HTTPPROXY_AUTH_ENCODING to one your gateway "
+                    "accepts (e.g. 'utf-8')."
+                ) from None
         return cls(
             enabled=True,
             gateway=reader.gateway(),
-            user=reader.user(),
-            password=reader.password(),
+            user=user,
+            password=password,
             pool=pool,
             username_template=template,
             country=reader.country(),
@@ -168,6 +191,7 @@ class Config:
     ) -> str:
         """The gateway username with provider parameters for one request."""
         country = country if country is not None else self.country
+        session = str(session) if session is not None else None
         if country is not None and not _COUNTRY_RE.fullmatch(country):
             raise ValueError(f"country {country!r} is not a two-letter code")
         if session is not None and not _SESSION_RE.fullmatch(session):
@@ -261,6 +285,25 @@ class _Reader:
                 f"{self.where(name)} is {number}; it must be {bounds}."
             )
         return number
+
+    def mapping(self, name: str) -> Mapping[str, Any]:
+        """A dict setting; from the environment, as JSON."""
+        value = self.raw(name)
+        if value is None:
+            return {}
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = None
+        if isinstance(value, BaseSettings):
+            value = value.copy_to_dict()
+        if not isinstance(value, Mapping):
+            raise JustProxiesConfigError(
+                f"{self.where(name)} must be a dict (JSON in the environment), e.g. "
+                '{"example.com": ["cdn.example.net"]}.'
+            )
+        return value
 
     def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
         value = self.text(name) or default
@@ -594,13 +637,17 @@ class ThrottleConfig:
                 "JUSTPROXIES_RETRY_429_TIMES", int, default=20, minimum=0
             ),
             retry_after_max=reader.number(
-                "JUSTPROXIES_RETRY_AFTER_MAX", float, default=30.0, minimum=0.0
+                "JUSTPROXIES_RETRY_AFTER_MAX",
+                float,
+                default=30.0,
+                minimum=0.0,
+                maximum=300.0,
             ),
             retry_after_mode=reader.choice(
                 "JUSTPROXIES_RETRY_AFTER_MODE", RETRY_AFTER_MODES, "request"
             ),
             group_www=reader.bool("JUSTPROXIES_GROUP_WWW", default=True),
-            slot_groups=_slot_groups(settings.getdict("JUSTPROXIES_SLOT_GROUPS")),
+            slot_groups=_slot_groups(reader.mapping("JUSTPROXIES_SLOT_GROUPS")),
         )
 
     def slot_key(self, hostname: str) -> str:
@@ -616,7 +663,11 @@ class ThrottleConfig:
 def _slot_groups(raw: Mapping[str, Any]) -> dict[str, str]:
     groups: dict[str, str] = {}
     for group, hosts in raw.items():
-        if isinstance(hosts, str) or not all(isinstance(h, str) for h in hosts):
+        if (
+            not isinstance(group, str)
+            or not isinstance(hosts, list | tuple)
+            or not all(isinstance(h, str) for h in hosts)
+        ):
             raise JustProxiesConfigError(
                 f"JUSTPROXIES_SLOT_GROUPS[{group!r}] must be a list of hostnames, "
                 'e.g. {"example.com": ["cdn.example.net", "img.example.com"]}.'

@@ -123,7 +123,7 @@ class JustProxiesMiddleware:
                 "requests go out without the gateway."
             )
             raise NotConfigured("JUSTPROXIES_ENABLED is false")
-        _check_httpproxy_middleware(crawler.settings, cls)
+        _check_middleware_order(crawler.settings, cls)
         concurrency = Concurrency.resolve(crawler.settings, config, os.environ)
         throttle = ThrottleConfig.from_settings(crawler.settings, os.environ)
         middleware = cls(crawler, config, concurrency, throttle)
@@ -143,19 +143,17 @@ class JustProxiesMiddleware:
             raise IgnoreRequest(f"JustProxies stopped the crawl: {self._stopping}")
         how = route(request.meta)
         self._inc(f"justproxies/requests/{how.value}")
-        if "download_slot" not in request.meta:
-            hostname = urlparse_cached(request).hostname or ""
-            key = self.throttle.slot_key(hostname)
-            if key != hostname:
-                request.meta["download_slot"] = key
-        if how is Route.DIRECT:
-            if "proxy" not in request.meta:
-                # Keep HttpProxyMiddleware from picking up http_proxy from the
-                # environment: the user asked for direct.
+        if how is not Route.GATEWAY:
+            # Meta copied from a routed response must not drag this request
+            # to the gateway without credentials (or stop the crawl on a 407).
+            gateway = request.meta.pop(META_ROUTED, None)
+            request.meta.pop("_auth_proxy", None)
+            request.headers.pop(b"Proxy-Authorization", None)
+            if how is Route.DIRECT and request.meta.get("proxy") in (None, gateway):
+                # None also keeps HttpProxyMiddleware from using http_proxy
+                # from the environment: the user asked for direct.
                 request.meta["proxy"] = None
-            return None
-        if how is Route.OWN_PROXY:
-            if request.meta.get("proxy") is None and not self._warned_direct:
+            elif request.meta.get("proxy") is None and not self._warned_direct:
                 self._warned_direct = True
                 logger.warning(
                     "%s has meta['proxy'] = None, so it goes out WITHOUT the "
@@ -165,6 +163,14 @@ class JustProxiesMiddleware:
                     META_DIRECT,
                 )
             return None
+        if urlparse_cached(request).scheme not in ("http", "https"):
+            # Scrapy's other network handlers (ftp, s3) ignore meta['proxy']
+            # and would connect straight to the site.
+            self._inc("justproxies/requests/refused_scheme")
+            raise IgnoreRequest(
+                f"{request.url[:60]}: only http and https go through the JustProxies "
+                f"gateway; set meta['{META_DIRECT}'] = True to send it direct."
+            )
         request.meta["proxy"] = self.config.proxy_url(
             country=request.meta.get(META_COUNTRY),
             session=request.meta.get(META_SESSION),
@@ -184,7 +190,9 @@ class JustProxiesMiddleware:
     ) -> Request | Response | Coroutine[Any, Any, Request | Response]:
         if META_ROUTED in request.meta:
             self._consecutive_failures = 0
-            if response.status == 407:
+            # Over https the gateway's 407 comes as a failed CONNECT; a 407
+            # response there is the site's own.
+            if response.status == 407 and urlparse_cached(request).scheme == "http":
                 self._credentials_rejected(request)
         if (
             response.status == 429
@@ -260,13 +268,20 @@ class JustProxiesMiddleware:
         _size_connection_pools(downloader, self.concurrency.total)
 
     def _scheduled(self, request: Request, spider: Spider) -> None:
+        # Sent before the scheduler files the request, so its download slot
+        # (www. and JUSTPROXIES_SLOT_GROUPS) is known to Scrapy's
+        # downloader-aware priority queue too.
+        if "download_slot" not in request.meta:
+            hostname = urlparse_cached(request).hostname or ""
+            key = self.throttle.slot_key(hostname)
+            if key != hostname:
+                request.meta["download_slot"] = key
         # A retry or redirect of a routed request carries the Basic
         # credentials HttpProxyMiddleware put in its headers; with JOBDIR the
         # scheduler would pickle them to disk. process_request puts them back.
         if META_ROUTED in request.meta:
             request.headers.pop(b"Proxy-Authorization", None)
             request.meta.pop("_auth_proxy", None)
-            request.meta["proxy"] = request.meta[META_ROUTED]
 
     # -- helpers -------------------------------------------------------------
 
@@ -338,6 +353,37 @@ class JustProxiesMiddleware:
             )
 
 
+SCRUB_PRIORITY: Final = 950
+"""Above HttpCacheMiddleware (900): runs first on the way back."""
+
+
+class JustProxiesScrubMiddleware:
+    """Remove the gateway credentials from a request once it is answered.
+
+    HttpCacheMiddleware (900) stores the request's headers with each cached
+    response, and spider callbacks see ``response.request.headers``; both
+    come after the download, when ``Proxy-Authorization`` has done its job.
+    The add-on enables it; by hand, add it at priority 950.
+    """
+
+    def process_response(
+        self, request: Request, response: Response, spider: Spider | None = None
+    ) -> Response:
+        _scrub(request)
+        return response
+
+    def process_exception(
+        self, request: Request, exception: Exception, spider: Spider | None = None
+    ) -> None:
+        _scrub(request)
+
+
+def _scrub(request: Request) -> None:
+    if META_ROUTED in request.meta:
+        request.headers.pop(b"Proxy-Authorization", None)
+        request.meta.pop("_auth_proxy", None)
+
+
 async def _later(delay: float, retry: Request) -> Request:
     """Hand ``retry`` back to Scrapy after ``delay`` seconds.
 
@@ -349,8 +395,9 @@ async def _later(delay: float, retry: Request) -> Request:
     return retry
 
 
-def _check_httpproxy_middleware(settings: BaseSettings, own_class: type) -> None:
-    """Fail at start-up unless Scrapy's HttpProxyMiddleware runs after ours."""
+def _check_middleware_order(settings: BaseSettings, own_class: type) -> None:
+    """Fail at start-up unless HttpProxyMiddleware runs after ours and the
+    HTTP cache, if on, has the scrubber in front of it."""
     fix = (
         "The plugin relies on scrapy.downloadermiddlewares.httpproxy."
         "HttpProxyMiddleware to send the credentials as Proxy-Authorization"
@@ -361,18 +408,29 @@ def _check_httpproxy_middleware(settings: BaseSettings, own_class: type) -> None
         )
     own: int | None = None
     httpproxy: int | None = None
+    scrubber = False
     for path, priority in settings.getwithbase("DOWNLOADER_MIDDLEWARES").items():
         cls = load_object(path) if isinstance(path, str) else path
         if priority is None or not isinstance(cls, type):
             continue
         if issubclass(cls, own_class):
             own = priority
+        elif issubclass(cls, JustProxiesScrubMiddleware) and priority > 900:
+            scrubber = True
         elif issubclass(cls, HttpProxyMiddleware):
             httpproxy = priority
     if httpproxy is None:
         raise JustProxiesConfigError(
             f"HttpProxyMiddleware is disabled in DOWNLOADER_MIDDLEWARES. {fix}; "
             "remove the entry that sets it to None."
+        )
+    if settings.getbool("HTTPCACHE_ENABLED") and not scrubber:
+        raise JustProxiesConfigError(
+            "HTTPCACHE_ENABLED is on, and the HTTP cache stores request headers, "
+            "including the gateway's Proxy-Authorization. Add "
+            "scrapy_justproxies.middleware.JustProxiesScrubMiddleware at "
+            f"{SCRUB_PRIORITY} to DOWNLOADER_MIDDLEWARES (the add-on does), "
+            "or turn the cache off."
         )
     if own is not None and own >= httpproxy:
         raise JustProxiesConfigError(

@@ -22,7 +22,7 @@ class PoolPreset:
     name: str
     description: str
     latency_p50_ms: tuple[int, int]
-    """The guide's typical P50 latency range (informative, used by the sandbox)."""
+    """The guide's typical P50 latency range (informative; the benchmark uses it)."""
     domain_concurrency_start: int
     """Low end of the guide's range: every domain starts here."""
     domain_concurrency_max: int
@@ -97,6 +97,3 @@ PRESETS: Final = MappingProxyType(
     {preset.name: preset for preset in (DATACENTER, RESIDENTIAL, MOBILE, STATIC)}
 )
 """Every preset by the name ``JUSTPROXIES_POOL`` takes."""
-
-# Settings a preset writes: the only ones the plugin ever changes for the user.
-PRESET_SETTING_NAMES: Final = frozenset(DATACENTER.scrapy_settings())

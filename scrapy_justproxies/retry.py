@@ -11,12 +11,14 @@ ordinary retry budget. Shaped like Scrapy's ``get_retry_request``.
 from __future__ import annotations
 
 import random
+import re
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from scrapy import Request
 
+_DELAY_SECONDS: Final = re.compile(r"[0-9]{1,10}")  # ASCII only: "²".isdigit()
 RETRIES_META: Final = "justproxies_429_retries"
 """How many times this URL has been retried after a 429."""
 
@@ -36,7 +38,7 @@ def parse_retry_after(value: bytes | str | None, now: float) -> float | None:
     text = text.strip()
     if not text:
         return None
-    if text.isdigit():
+    if _DELAY_SECONDS.fullmatch(text):
         return float(text)
     try:
         when = parsedate_to_datetime(text)

@@ -87,6 +87,11 @@ class JustProxiesThrottle:
         self.stats = crawler.stats
         self.domains: dict[str, _Domain] = {}
         self._tickets: dict[Request, tuple[str, Ticket]] = {}
+        self.pinned = {
+            key
+            for key, values in crawler.settings.getdict("DOWNLOAD_SLOTS").items()
+            if "concurrency" in values
+        }
         self.guard = SlotGuard.of(crawler)
         self.guard.limit_for = self._limit_for
         self.guard.listeners.append(self._sent)
@@ -137,11 +142,15 @@ class JustProxiesThrottle:
             self._max_stat(f"justproxies/limit_peak/{key}", controller.limit)
         return domain
 
-    def _limit_for(self, key: str) -> int:
+    def _limit_for(self, key: str) -> int | None:
+        if key in self.pinned:
+            return None
         # A slot Scrapy garbage-collected and made again keeps its limit.
         return self._domain(key).controller.limit
 
     def _sent(self, key: str, request: Request, in_flight: int) -> None:
+        if key in self.pinned:
+            return  # DOWNLOAD_SLOTS gives this slot its own fixed concurrency
         ticket = self._domain(key).controller.on_sent(self.clock(), in_flight)
         self._tickets[request] = (key, ticket)
 
@@ -209,6 +218,8 @@ class JustProxiesThrottle:
             return
         lines = ["JustProxies concurrency by domain:"]
         for key, domain in sorted(self.domains.items()):
+            if domain.unlogged:
+                self._log_changes(key, domain, self.clock())
             final = domain.controller.limit
             share = domain.rate_limited / domain.answers if domain.answers else 0.0
             self._set_stat(f"justproxies/limit_final/{key}", final)

@@ -12,6 +12,7 @@ from scrapy_justproxies import (
     JustProxiesThrottle,
 )
 from scrapy_justproxies.config import TEMPLATE_OVERRIDE_PRIORITY
+from scrapy_justproxies.middleware import JustProxiesScrubMiddleware as SCRUB
 
 CREDENTIALS = {
     "JUSTPROXIES_GATEWAY": "127.0.0.1:9",
@@ -33,7 +34,7 @@ def middlewares(settings: Settings) -> dict[object, object]:
 def test_enables_the_middleware_before_httpproxy() -> None:
     settings = project({})
     Addon().update_settings(settings)
-    assert middlewares(settings) == {JustProxiesMiddleware: 745}
+    assert middlewares(settings) == {JustProxiesMiddleware: 745, SCRUB: 950}
 
 
 def test_keeps_the_projects_own_middlewares_and_extensions() -> None:
@@ -49,6 +50,7 @@ def test_keeps_the_projects_own_middlewares_and_extensions() -> None:
     assert middlewares(settings) == {
         "scrapy.downloadermiddlewares.stats.DownloaderStats": 543,
         JustProxiesMiddleware: 745,
+        SCRUB: 950,
     }
     assert dict(settings.getdict("EXTENSIONS")) == {
         "scrapy.extensions.logstats.LogStats": 500,
@@ -60,7 +62,7 @@ def test_respects_a_placement_the_user_chose() -> None:
     path = "scrapy_justproxies.JustProxiesMiddleware"
     settings = project({"DOWNLOADER_MIDDLEWARES": {path: 700}})
     Addon().update_settings(settings)
-    assert middlewares(settings) == {path: 700}
+    assert middlewares(settings) == {path: 700, SCRUB: 950}
 
 
 def test_is_idempotent() -> None:
@@ -139,4 +141,4 @@ def test_throttle_can_be_left_out() -> None:
     settings = project({"JUSTPROXIES_THROTTLE_ENABLED": False})
     Addon().update_settings(settings)
     assert dict(settings.getdict("EXTENSIONS")) == {}
-    assert middlewares(settings) == {JustProxiesMiddleware: 745}
+    assert middlewares(settings) == {JustProxiesMiddleware: 745, SCRUB: 950}

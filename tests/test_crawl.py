@@ -328,3 +328,67 @@ def test_no_credentials_in_jobdir_disk_queues(
     token = base64.b64encode(f"{sandbox.user}:{sandbox.password}".encode())
     assert token not in stored
     assert sandbox.password.encode() not in stored
+
+
+def test_http_cache_never_stores_the_credentials(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(sandbox, {})
+    cache = tmp_path / "cache"
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=urls(sandbox, "a.test", 5) + urls(sandbox, "a.test", 5, https=True),
+        settings={**ADDON, "HTTPCACHE_ENABLED": True, "HTTPCACHE_DIR": str(cache)},
+        env=gateway_env,
+    )
+    assert result.statuses == {200: 10}, result.output[-3000:]
+    stored = b"".join(p.read_bytes() for p in cache.rglob("*") if p.is_file())
+    assert b"a.test" in stored
+    token = base64.b64encode(f"{sandbox.user}:{sandbox.password}".encode())
+    assert token not in stored
+    assert b"Proxy-Authorization" not in stored
+
+
+def test_http_cache_without_the_scrubber_is_refused(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(sandbox, {})
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=urls(sandbox, "a.test", 2),
+        settings={
+            "DOWNLOADER_MIDDLEWARES": {"scrapy_justproxies.JustProxiesMiddleware": 745},
+            "HTTPCACHE_ENABLED": True,
+            "HTTPCACHE_DIR": str(tmp_path / "cache"),
+        },
+        env=gateway_env,
+    )
+    assert result.reason is None
+    assert "JustProxiesScrubMiddleware at 950" in result.output + result.log
+
+
+def test_other_schemes_never_go_direct_and_copied_meta_is_safe(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(sandbox, {})
+    gateway_url = f"http://{sandbox.gateway}"
+    copied = {"proxy": gateway_url, "_justproxies_gateway": gateway_url}
+    base = f"http://127.0.0.1:{sandbox.site_http_port}"
+    requests = [
+        {"url": f"ftp://127.0.0.1:{sandbox.site_http_port}/file"},
+        # A spider that copies response.meta, then asks for direct.
+        *[
+            {"url": f"{base}/echo?d{i}", "meta": {**copied, "justproxies_direct": True}}
+            for i in range(3)
+        ],
+        *urls(sandbox, "a.test", 5),
+    ]
+    result = run_crawl(
+        tmp_path, reactor="asyncio", requests=requests, settings=ADDON, env=gateway_env
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.stats["justproxies/requests/refused_scheme"] == 1
+    assert result.statuses == {200: 8, None: 1}
+    assert sandbox.client.stats()["gateway"]["auth_failures"] == 0
