@@ -252,7 +252,9 @@ class JustProxiesMiddleware:
             # Hold the whole slot: nothing more goes to the site until then.
             self.guard.pause(request.meta.get("download_slot", ""), delay)
             return retry
-        return _later(delay, retry)
+        return _later(
+            delay, retry, self.guard.slot(request.meta.get("download_slot", ""))
+        )
 
     # -- signals -------------------------------------------------------------
 
@@ -384,14 +386,24 @@ def _scrub(request: Request) -> None:
         request.meta.pop("_auth_proxy", None)
 
 
-async def _later(delay: float, retry: Request) -> Request:
+async def _later(delay: float, retry: Request, slot: Any) -> Request:
     """Hand ``retry`` back to Scrapy after ``delay`` seconds.
 
     Returned as a coroutine from a plain method, which Scrapy 2.13 and 2.19
-    both await, so only 429s pay for it.
+    both await, so only 429s pay for it. While it waits it counts as one of
+    its slot's active requests: Scrapy's downloader-aware priority queue
+    sends new work to the least active slots, and must not mistake a site
+    that is answering 429 for an idle one.
     """
-    if delay > 0:
+    if delay <= 0:
+        return retry
+    if slot is not None:
+        slot.active.add(retry)
+    try:
         await maybe_deferred_to_future(deferLater(reactor_time(), delay, lambda: None))
+    finally:
+        if slot is not None:
+            slot.active.discard(retry)
     return retry
 
 

@@ -180,3 +180,25 @@ def test_retry_after_slot_mode_pauses_the_domain_and_loses_nothing(
     )  # fmt: skip
     assert result.statuses == {200: 40}, result.output[-3000:]
     assert result.stats["justproxies/slots/paused"] > 0
+
+
+def test_a_site_answering_429_does_not_starve_the_others(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Retries waiting out Retry-After count as their slot's active requests,
+    so Scrapy's downloader-aware queue keeps feeding the other sites."""
+    configure(
+        sandbox,
+        {
+            "strict.test": {"rate": 0.5, "burst": 1},
+            "open.test": {"latency_p50_ms": 100},
+        },
+    )
+    requests = urls(sandbox, "strict.test", 30) + urls(sandbox, "open.test", 100)
+    result = crawl(
+        sandbox, gateway_env, tmp_path, requests,
+        CONCURRENT_REQUESTS=16, CONCURRENT_REQUESTS_PER_DOMAIN=8, CLOSESPIDER_TIMEOUT=12,
+        JUSTPROXIES_RETRY_AFTER_MAX=10,
+    )  # fmt: skip
+    assert result.stats["justproxies/retries/rate_limited"] > 0, result.output[-3000:]
+    assert site(sandbox, "open.test")["admitted"] == 100
