@@ -427,6 +427,8 @@ class DomainController:
         self._ceiling_estimate: int | None = None
         self._probing = False
         self._probe_successes = 0
+        # The clean level this epoch was raised from (see _backoff).
+        self._last_good: int | None = None
 
     @property
     def settings(self) -> ControllerSettings:
@@ -549,6 +551,14 @@ class DomainController:
         self._recent.clear()
         s = self._settings
         target = backoff_target(self._limit, ok_share, s)
+        if self._last_good is not None and self._last_good < self._limit:
+            # The 429s began right after a raise or a probe from a level that
+            # was clean: go back there. A token bucket answers an overload
+            # with a burst of 429s, so the short climb's share would cut far
+            # deeper than the overload was. If the 429s go on at that level
+            # too, the next backoff has no last good level and uses the share.
+            target = max(target, clamp(self._last_good, s))
+        self._last_good = None
         self._ceiling_estimate = self._limit
         return self._apply(now, target, Reason.BACKOFF)
 
@@ -569,6 +579,10 @@ class DomainController:
             self._probing = False
             self._probe_successes = 0
         if target != self._limit:
+            # Raising from a level that just had a clean, used window makes it
+            # the last good level; any other change forgets it.
+            raised = reason in (Reason.INCREASE, Reason.PROBE) and target > self._limit
+            self._last_good = self._limit if raised else None
             self._limit = target
             self._epoch += 1
             self._epoch_start = now
