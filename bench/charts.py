@@ -21,6 +21,8 @@ COLORS = {
     "fixed-low": "#2ca02c",
     "fixed-high": "#d62728",
     "autothrottle": "#9467bd",
+    "plugin-pause-slot": "#17becf",
+    "plugin-start-high": "#ff7f0e",
     "plain-scrapy": "#7f7f7f",
 }
 FALLBACK_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf")

@@ -73,6 +73,7 @@ def evaluate_run(
     scenario: Scenario,
     run: Mapping[str, Any],
     reference_throughput: float | None = None,
+    reference_after: float | None = None,
 ) -> dict[str, Any]:
     """Every metric of one variant's run (see docs/benchmark.md)."""
     per_host = [host_series(run, site.host) for site in scenario.sites]
@@ -133,6 +134,12 @@ def evaluate_run(
             after = [s for s in after if s.t <= span[1]]
         out["share_429_after"] = m.share_429_in(after)
         out["t90_after"] = m.time_to_fraction(series, rate, change)
+    if scenario.kind == UNLIMITED:
+        # Once the ramp from the preset's low end is over: the overhead at
+        # the same concurrency.
+        later = [s for s in full if s.t >= scenario.settle]
+        out["throughput_after"] = m.throughput(later)
+        out["goodput_after"] = m.ratio(m.throughput(later), reference_after)
     if len(scenario.sites) > 1:
         both = m.both_active(per_host[0], per_host[1]) if len(per_host) == 2 else None
         out["both_active"] = list(both) if both else None
@@ -152,12 +159,15 @@ def evaluate_scenario(
 ) -> dict[str, dict[str, Any]]:
     """Metrics of every variant; no-limit ones relative to plain Scrapy."""
     reference: float | None = None
-    if scenario.kind == UNLIMITED and PLAIN in runs:
+    reference_after: float | None = None
+    if scenario.kind == UNLIMITED and PLAIN in runs and not runs[PLAIN].get("error"):
         plain = runs[PLAIN]
         per_host = [host_series(plain, site.host) for site in scenario.sites]
-        reference = m.throughput(m.full_seconds(combined_series(per_host)))
+        full = m.full_seconds(combined_series(per_host))
+        reference = m.throughput(full)
+        reference_after = m.throughput([s for s in full if s.t >= scenario.settle])
     return {
-        variant: evaluate_run(scenario, run, reference)
+        variant: evaluate_run(scenario, run, reference, reference_after)
         for variant, run in runs.items()
         if not run.get("error")
     }

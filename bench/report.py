@@ -66,7 +66,18 @@ def _extra_columns(scenario: Scenario) -> list[tuple[str, Any]]:
             for site in scenario.sites
         ]
     if scenario.kind == UNLIMITED:
-        return [(f"vs `{PLAIN}`", lambda r: pct(r.get("goodput")))]
+        after = f"{scenario.settle:g}"
+        return [
+            (f"vs `{PLAIN}`", lambda r: pct(r.get("goodput"))),
+            (
+                f"req/s from t = {after} s",
+                lambda r: num(r.get("throughput_after"), 0),
+            ),
+            (
+                f"vs `{PLAIN}` from t = {after} s",
+                lambda r: pct(r.get("goodput_after")),
+            ),
+        ]
     return []
 
 
@@ -117,7 +128,7 @@ def scenario_table(
             _conc(row),
             _limit(row),
             num(row["connections_per_request"], 3),
-            num(row["cpu_ms_per_request"], 1),
+            num(row["cpu_ms_per_request"], 2),
             f"{row['wall_seconds']:.0f} s" if row.get("wall_seconds") else "–",
             *(fn(row) for _, fn in extra),
         ]

@@ -29,7 +29,14 @@ DEFAULT_MAX_RATE = 150.0
 
 VARIANTS = ("plugin", "fixed-low", "fixed-high", "autothrottle")
 PLAIN = "plain-scrapy"
-ALL_VARIANTS = (*VARIANTS, PLAIN)
+# The plugin pausing the whole slot on Retry-After instead of delaying only
+# the one request (JUSTPROXIES_RETRY_AFTER_MODE = "slot"): which serves better.
+PAUSE_SLOT = "plugin-pause-slot"
+# The plugin starting every domain at the high end: with no limit to find it
+# stays there, so next to plain Scrapy it shows the overhead alone, at the
+# same concurrency for the whole crawl.
+START_HIGH = "plugin-start-high"
+ALL_VARIANTS = (*VARIANTS, PAUSE_SLOT, START_HIGH, PLAIN)
 
 # How each scenario kind turns into a "rate" for goodput.
 RATE = "rate"  # token bucket: the rate in force (schedule included)
@@ -134,6 +141,13 @@ class Scenario:
         }
 
 
+PAUSE_SLOT_NOTE = (
+    f'`{PAUSE_SLOT}`: the plugin with `JUSTPROXIES_RETRY_AFTER_MODE = "slot"` '
+    "(a 429's `Retry-After` pauses the whole slot) instead of the default "
+    '`"request"` (only the rate-limited request waits).'
+)
+
+
 def _timeout(expected_seconds: float) -> float:
     """The run bound: the expected duration plus 30% (at least 12 s) headroom."""
     return float(math.ceil(expected_seconds + max(12.0, 0.3 * expected_seconds)))
@@ -171,6 +185,8 @@ def build_scenarios(
             "mobile",
             (Site("a.test", round(steady_rate * phase), rate=steady_rate),),
             timeout=_timeout(phase),
+            variants=(*VARIANTS, PAUSE_SLOT),
+            notes=(PAUSE_SLOT_NOTE,),
         ),
         Scenario(
             "drop",
@@ -187,6 +203,8 @@ def build_scenarios(
             change_at=phase,
             settle=settle,
             timeout=_timeout(2 * phase),
+            variants=(*VARIANTS, PAUSE_SLOT),
+            notes=(PAUSE_SLOT_NOTE,),
         ),
         Scenario(
             "rise",
@@ -247,8 +265,9 @@ def build_scenarios(
             "mobile",
             (Site("a.test", round(200 * phase)),),
             kind=UNLIMITED,
+            settle=settle,
             timeout=_timeout(phase),
-            variants=(*VARIANTS, PLAIN),
+            variants=(*VARIANTS, START_HIGH, PLAIN),
             notes=(
                 f"`{PLAIN}`: no add-on, the proxy in `meta['proxy']` by hand, the "
                 f"same preset numbers with the per-domain concurrency at the high "
@@ -257,6 +276,11 @@ def build_scenarios(
                 "asyncio reactor on Scrapy 2.14+, makes no difference. Every "
                 "variant runs under the asyncio reactor. Goodput is absolute "
                 f"(req/s), and relative to `{PLAIN}`.",
+                f"`{START_HIGH}`: the plugin (throttle on) with "
+                "`CONCURRENT_REQUESTS_PER_DOMAIN` at the high end, so it runs at "
+                f"the same concurrency as `{PLAIN}` from the first second: its "
+                "difference is the plugin's overhead alone; `plugin`'s also "
+                "includes the ramp from the preset's low end.",
             ),
         ),
     ]
@@ -381,6 +405,10 @@ def variant_spec(
     }
     if variant == "plugin":
         pass
+    elif variant == PAUSE_SLOT:
+        settings["JUSTPROXIES_RETRY_AFTER_MODE"] = "slot"
+    elif variant == START_HIGH:
+        settings["CONCURRENT_REQUESTS_PER_DOMAIN"] = preset.domain_concurrency_max
     elif variant in ("fixed-low", "fixed-high"):
         settings["JUSTPROXIES_THROTTLE_ENABLED"] = False
         settings["CONCURRENT_REQUESTS_PER_DOMAIN"] = (

@@ -377,13 +377,17 @@ def test_variant_specs(variant: str) -> None:
     assert spec.meta == {}
     expected = {
         "plugin": None,
+        scenarios.PAUSE_SLOT: None,
+        scenarios.START_HIGH: 50,
         "fixed-low": 16,
         "fixed-high": 50,
         "autothrottle": 16,
     }[variant]
     assert spec.settings.get("CONCURRENT_REQUESTS_PER_DOMAIN") == expected
-    assert spec.settings.get("JUSTPROXIES_THROTTLE_ENABLED", True) is (
-        variant == "plugin"
+    adaptive = variant in ("plugin", scenarios.PAUSE_SLOT, scenarios.START_HIGH)
+    assert spec.settings.get("JUSTPROXIES_THROTTLE_ENABLED", True) is adaptive
+    assert spec.settings.get("JUSTPROXIES_RETRY_AFTER_MODE", "request") == (
+        "slot" if variant == scenarios.PAUSE_SLOT else "request"
     )
     assert spec.settings.get("AUTOTHROTTLE_ENABLED", False) is (
         variant == "autothrottle"

@@ -171,6 +171,10 @@ class ControllerSettings:
     token bucket's burst hides a slight overload for a few seconds)."""
     probes_to_grow: int = 2
     """Clean probes in a row after which the estimate is dropped."""
+    backoff_settle_seconds: float = 1.0
+    """After a backoff, requests sent within this time are not evidence: the
+    site is still paying back the overload (a token bucket left empty), so
+    429s there would blame the new, lower level for the old one."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -247,6 +251,11 @@ class ControllerSettings:
             self.probe_seconds >= 0,
             "probe_seconds",
             f"must be at least 0, got {self.probe_seconds}",
+        )
+        _check(
+            self.backoff_settle_seconds >= 0,
+            "backoff_settle_seconds",
+            f"must be at least 0, got {self.backoff_settle_seconds}",
         )
         _check(
             self.probes_to_grow >= 1,
@@ -417,6 +426,8 @@ class DomainController:
         self._epoch = 0
         self._epoch_start = now
         self._epoch_samples = 0
+        # Requests sent before this time say nothing about the current level.
+        self._evidence_from = now
         self._window = _Window(start=now)
         self._cusum = 0.0
         # Answers since the CUSUM last stood at 0: the climb that fires it.
@@ -450,18 +461,24 @@ class DomainController:
 
     def on_sent(self, now: float, inflight: int) -> Ticket:
         """A request is going out; ``inflight`` counts it too."""
-        self._window.sends += 1
-        self._window.inflight_sum += inflight
+        if now >= self._evidence_from:
+            self._window.sends += 1
+            self._window.inflight_sum += inflight
         return Ticket(epoch=self._epoch, sent_at=now, inflight=inflight)
 
     def record(self, ticket: Ticket, outcome: Outcome, now: float) -> None:
         """The outcome of the request ``ticket`` was issued for.
 
-        Requests sent under an earlier limit, and ignored outcomes, are not
-        evidence about the current limit and change nothing.
+        Requests sent under an earlier limit or while the site settled after
+        a backoff, and ignored outcomes, are not evidence about the current
+        limit and change nothing.
         """
         del now  # kept for symmetry and future latency-based signals
-        if ticket.epoch != self._epoch or outcome is Outcome.IGNORED:
+        if (
+            ticket.epoch != self._epoch
+            or ticket.sent_at < self._evidence_from
+            or outcome is Outcome.IGNORED
+        ):
             return
         limited = outcome is Outcome.RATE_LIMITED
         if limited:
@@ -537,6 +554,7 @@ class DomainController:
         return target, Reason.PROBE
 
     def _backoff(self, now: float) -> Decision:
+        s = self._settings
         # The share during the climb, not since the level began: a site that
         # lowers its limit after a long clean stretch must be followed at once.
         # A short climb (a few 429s in a row) says little about the share, so
@@ -549,7 +567,6 @@ class DomainController:
         self._cusum = 0.0  # also when already at the floor: judge afresh
         self._run_ok = self._run_limited = 0
         self._recent.clear()
-        s = self._settings
         target = backoff_target(self._limit, ok_share, s)
         if self._last_good is not None and self._last_good < self._limit:
             # The 429s began right after a raise or a probe from a level that
@@ -590,5 +607,8 @@ class DomainController:
             self._run_ok = self._run_limited = 0
             self._recent.clear()
             self._epoch_samples = 0
-        self._window = _Window(start=now)
+            self._evidence_from = now
+        if reason is Reason.BACKOFF:
+            self._evidence_from = now + self._settings.backoff_settle_seconds
+        self._window = _Window(start=max(now, self._evidence_from))
         return decision

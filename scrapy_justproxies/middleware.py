@@ -9,6 +9,7 @@ in ``meta['proxy']`` into ``Proxy-Authorization`` and takes them back out of
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -104,6 +105,12 @@ class JustProxiesMiddleware:
         self._stopping: str | None = None
         self._consecutive_failures = 0
         self._warned_direct = False
+        # Per download slot: how long the site takes to answer (EWMA of the
+        # non-429 answers' download_latency), what a 429 holds its place for.
+        self._latency: dict[str, float] = {}
+        # Built once per (country, session): rendering and quoting it for
+        # every request costs more than the rest of process_request.
+        self._proxy_url = functools.lru_cache(maxsize=1024)(self._build_proxy_url)
         # Without the add-on the preset never reached Scrapy's settings, so
         # DOWNLOAD_TIMEOUT and RETRY_TIMES are applied per request.
         settings = crawler.settings
@@ -171,9 +178,13 @@ class JustProxiesMiddleware:
                 f"{request.url[:60]}: only http and https go through the JustProxies "
                 f"gateway; set meta['{META_DIRECT}'] = True to send it direct."
             )
-        request.meta["proxy"] = self.config.proxy_url(
-            country=request.meta.get(META_COUNTRY),
-            session=request.meta.get(META_SESSION),
+        country, session = (
+            request.meta.get(META_COUNTRY),
+            request.meta.get(META_SESSION),
+        )
+        request.meta["proxy"] = self._proxy_url(
+            None if country is None else str(country),
+            None if session is None else str(session),
         )
         request.meta[META_ROUTED] = self._gateway_url
         for key, value in self._meta_defaults.items():
@@ -185,6 +196,9 @@ class JustProxiesMiddleware:
                 request.meta.setdefault(key, value)
         return None
 
+    def _build_proxy_url(self, country: str | None, session: str | None) -> str:
+        return self.config.proxy_url(country=country, session=session)
+
     def process_response(
         self, request: Request, response: Response, spider: Spider | None = None
     ) -> Request | Response | Coroutine[Any, Any, Request | Response]:
@@ -194,6 +208,10 @@ class JustProxiesMiddleware:
             # response there is the site's own.
             if response.status == 407 and urlparse_cached(request).scheme == "http":
                 self._credentials_rejected(request)
+            latency = request.meta.get("download_latency")
+            if response.status != 429 and isinstance(latency, float):
+                key = request.meta.get("download_slot", "")
+                self._latency[key] = ewma(self._latency.get(key), latency)
         if (
             response.status == 429
             and not request.meta.get("dont_retry")
@@ -252,9 +270,11 @@ class JustProxiesMiddleware:
             # Hold the whole slot: nothing more goes to the site until then.
             self.guard.pause(request.meta.get("download_slot", ""), delay)
             return retry
-        return _later(
-            delay, retry, self.guard.slot(request.meta.get("download_slot", ""))
-        )
+        # Held as long as the site's usual answer would have taken in all.
+        key = request.meta.get("download_slot", "")
+        took = request.meta.get("download_latency")
+        hold = self._latency.get(key, delay) - (took if isinstance(took, float) else 0)
+        return _later(delay, retry, self.guard, key, hold)
 
     # -- signals -------------------------------------------------------------
 
@@ -386,25 +406,55 @@ def _scrub(request: Request) -> None:
         request.meta.pop("_auth_proxy", None)
 
 
-async def _later(delay: float, retry: Request, slot: Any) -> Request:
+def ewma(previous: float | None, sample: float, weight: float = 0.2) -> float:
+    """Exponentially weighted moving average; the first sample starts it."""
+    return sample if previous is None else previous + weight * (sample - previous)
+
+
+async def _later(
+    delay: float, retry: Request, guard: SlotGuard, key: str, hold: float
+) -> Request:
     """Hand ``retry`` back to Scrapy after ``delay`` seconds.
 
     Returned as a coroutine from a plain method, which Scrapy 2.13 and 2.19
-    both await, so only 429s pay for it. While it waits it counts as one of
-    its slot's active requests: Scrapy's downloader-aware priority queue
-    sends new work to the least active slots, and must not mistake a site
-    that is answering 429 for an idle one.
+    both await, so only 429s pay for it. For its first ``hold`` seconds (the
+    rest of the site's usual answer time) it keeps the place its 429 had in
+    the slot (``transferring``, which the slot's concurrency counts): a
+    rate limiter answers 429 at once, and without this the place would take
+    the next request at once, so an overloaded site would be sent a stream
+    of requests to refuse before the throttle caught up. Held as long as an
+    answer would have taken, a 429 costs the slot what any request costs,
+    no more. For the
+    whole wait it counts as active: Scrapy's downloader-aware priority queue
+    sends new work to the least active slots and must not take a
+    rate-limiting site for an idle one.
     """
     if delay <= 0:
         return retry
+    hold = max(0.0, min(hold, delay))
+    slot = guard.slot(key)
     if slot is not None:
         slot.active.add(retry)
+        slot.transferring.add(retry)
     try:
-        await maybe_deferred_to_future(deferLater(reactor_time(), delay, lambda: None))
+        await _sleep(hold)
+        if slot is not None:
+            slot.transferring.discard(retry)
+            if slot.queue:
+                guard.kick(slot)
+        await _sleep(delay - hold)
     finally:
         if slot is not None:
             slot.active.discard(retry)
+            slot.transferring.discard(retry)
     return retry
+
+
+async def _sleep(seconds: float) -> None:
+    if seconds > 0:
+        await maybe_deferred_to_future(
+            deferLater(reactor_time(), seconds, lambda: None)
+        )
 
 
 def _check_middleware_order(settings: BaseSettings, own_class: type) -> None:

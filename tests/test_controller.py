@@ -347,11 +347,28 @@ def test_samples_sent_under_an_old_limit_are_not_evidence() -> None:
 def test_backoff_at_the_floor_stays_there_and_rearms() -> None:
     s = ControllerSettings(start=2, floor=2, ceiling=10)
     ctl = DomainController(s, now=0.0)
-    _, decisions = feed(ctl, 0.0, 40, Outcome.RATE_LIMITED)
+    _, decisions = feed(ctl, 0.0, 40, Outcome.RATE_LIMITED, spacing=0.1)
     backoffs = [d for d in decisions if d.reason is Reason.BACKOFF]
-    assert len(backoffs) == 10  # every 4th 429 re-fires; never below 2
+    # The 4th 429 fires (t = 0.4 s); after each 1 s settle, 4 more fire again.
+    assert [round(d.at, 1) for d in backoffs] == [0.4, 1.8, 3.2]
     assert all(d.new_limit == 2 and not d.changed for d in backoffs)
     assert ctl.limit == 2
+
+
+def test_429s_while_the_site_settles_after_a_backoff_are_not_evidence() -> None:
+    # A token bucket emptied by an overload keeps answering 429 for a while
+    # at the lower level too; that must not cut the lower level again.
+    ctl = DomainController(MOBILE, now=0.0)
+    now, decisions = feed(ctl, 0.0, 4, Outcome.RATE_LIMITED)
+    assert [d.reason for d in decisions] == [Reason.BACKOFF]
+    cut = ctl.limit
+    assert cut < MOBILE.start
+    now, decisions = feed(ctl, now, 20, Outcome.RATE_LIMITED, spacing=0.04)
+    assert decisions == []  # all sent within the settle second
+    assert ctl.limit == cut
+    now, decisions = feed(ctl, now + 0.2, 4, Outcome.RATE_LIMITED)
+    assert [d.reason for d in decisions] == [Reason.BACKOFF]  # settled: counts
+    assert ctl.limit < cut
 
 
 def test_settles_below_the_estimate_then_probes_after_the_hold() -> None:
@@ -373,7 +390,8 @@ def test_settles_below_the_estimate_then_probes_after_the_hold() -> None:
         (10, Reason.PROBE),
     ]
     assert changes[1].at - changes[0].at >= LOW_START.probe_interval
-    assert changes[0].at - backoff_at < 1.5
+    # The settle second after the backoff, then one window.
+    assert changes[0].at - backoff_at < LOW_START.backoff_settle_seconds + 1.5
     assert all(d.reason is Reason.HOLD for d in decisions if not d.changed)
     # A probe must stay clean for probe_seconds; then a second probe, and
     # after probes_to_grow clean probes the estimate is gone: normal pace.
@@ -413,7 +431,7 @@ def test_failed_probe_returns_below_the_estimate() -> None:
     now, _ = feed(ctl, 0.0, 50)  # 8 -> 10
     now, _ = feed(ctl, now, 16)
     now, _ = feed(ctl, now, 4, Outcome.RATE_LIMITED)  # 10 -> 8, estimate 10
-    now, decisions = feed(ctl, now, 120)
+    now, decisions = feed(ctl, now, 170)
     assert [(d.new_limit, d.reason) for d in decisions if d.changed] == [
         (9, Reason.INCREASE),
         (10, Reason.PROBE),
