@@ -35,7 +35,13 @@ from .config import (
     replaced_startproject_throttle,
 )
 from .failures import is_gateway_connection_failure, proxy_generated, tunnel_status
-from .retry import RETRIES_META, get_429_retry_request, parse_retry_after, retry_delay
+from .retry import (
+    RETRIES_META,
+    ewma,
+    get_429_retry_request,
+    parse_retry_after,
+    retry_delay,
+)
 from .slots import SlotGuard, reactor_time
 
 if TYPE_CHECKING:
@@ -208,10 +214,10 @@ class JustProxiesMiddleware:
             # response there is the site's own.
             if response.status == 407 and urlparse_cached(request).scheme == "http":
                 self._credentials_rejected(request)
-            latency = request.meta.get("download_latency")
-            if response.status != 429 and isinstance(latency, float):
-                key = request.meta.get("download_slot", "")
-                self._latency[key] = ewma(self._latency.get(key), latency)
+        latency = request.meta.get("download_latency")
+        if response.status != 429 and isinstance(latency, float):
+            key = request.meta.get("download_slot", "")
+            self._latency[key] = ewma(self._latency.get(key), latency)
         if (
             response.status == 429
             and not request.meta.get("dont_retry")
@@ -404,11 +410,6 @@ def _scrub(request: Request) -> None:
     if META_ROUTED in request.meta:
         request.headers.pop(b"Proxy-Authorization", None)
         request.meta.pop("_auth_proxy", None)
-
-
-def ewma(previous: float | None, sample: float, weight: float = 0.2) -> float:
-    """Exponentially weighted moving average; the first sample starts it."""
-    return sample if previous is None else previous + weight * (sample - previous)
 
 
 async def _later(

@@ -79,3 +79,8 @@ def get_429_retry_request(request: Request, *, max_retries: int) -> Request | No
     retry.meta[RETRIES_META] = retries
     retry.dont_filter = True
     return retry
+
+
+def ewma(previous: float | None, sample: float, weight: float = 0.2) -> float:
+    """Exponentially weighted moving average; the first sample starts it."""
+    return sample if previous is None else previous + weight * (sample - previous)

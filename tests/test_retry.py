@@ -20,6 +20,7 @@ from scrapy_justproxies.failures import (
 from scrapy_justproxies.retry import (
     FALLBACK_MAX_SECONDS,
     RETRIES_META,
+    ewma,
     get_429_retry_request,
     parse_retry_after,
     retry_delay,
@@ -146,3 +147,9 @@ def test_tunnel_status() -> None:
         tunnel_status(TunnelError("Could not open CONNECT tunnel [b'garbage']")) is None
     )
     assert tunnel_status(ValueError("'status': 407")) is None
+
+
+def test_ewma_starts_at_the_first_sample_then_moves_a_fifth_of_the_way() -> None:
+    assert ewma(None, 0.4) == 0.4
+    assert ewma(0.4, 0.9) == pytest.approx(0.5)
+    assert ewma(0.5, 0.5) == 0.5
