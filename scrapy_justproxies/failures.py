@@ -74,6 +74,8 @@ def classify_response(status: int, headers: Mapping[bytes, object] | None) -> Ou
     gateway generated itself (a 502/503 of its own, even a 429 for the
     account's plan), says nothing about the site and must not shrink it.
     """
+    if status < 400:  # a proxy's own answers are errors; skip the header look-ups
+        return Outcome.OK
     if status == 407 or proxy_generated(headers):
         return Outcome.IGNORED
     if status == 429:

@@ -75,6 +75,9 @@ class Route(Enum):
     OWN_PROXY = "own_proxy"
 
 
+_ROUTE_STATS: Final = {how: f"justproxies/requests/{how.value}" for how in Route}
+
+
 def route(meta: dict[str, Any]) -> Route:
     """Decide how one request travels, from its meta alone."""
     if meta.get(META_DIRECT):
@@ -155,7 +158,7 @@ class JustProxiesMiddleware:
         if self._stopping:
             raise IgnoreRequest(f"JustProxies stopped the crawl: {self._stopping}")
         how = route(request.meta)
-        self._inc(f"justproxies/requests/{how.value}")
+        self._inc(_ROUTE_STATS[how])
         if how is not Route.GATEWAY:
             # Meta copied from a routed response must not drag this request
             # to the gateway without credentials (or stop the crawl on a 407).

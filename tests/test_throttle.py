@@ -209,20 +209,20 @@ def test_a_429_holds_its_place_instead_of_feeding_the_next_request_in(
 ) -> None:
     """The site answers 429 at once. If that freed the slot's place at once,
     the next queued request would go straight into the next 429 (measured
-    without the hold: 59 of the 60 URLs refused in the first second, and 39
+    without the hold: nearly every URL refused in the first second, and many
     lost after their 20 retries). Held for the site's usual answer time (the
     whole 1 s Retry-After while no answer is known yet), the first second
     sees about one 429 per place (8)."""
     configure(
         sandbox,
-        {"a.test": {"rate": 10, "burst": 1, "retry_after": "seconds", **LATENCY}},
+        {"a.test": {"rate": 20, "burst": 1, "retry_after": "seconds", **LATENCY}},
     )
     result = crawl(
-        sandbox, gateway_env, tmp_path, urls(sandbox, "a.test", 60), reactor,
+        sandbox, gateway_env, tmp_path, urls(sandbox, "a.test", 40), reactor,
         CONCURRENT_REQUESTS=100, CONCURRENT_REQUESTS_PER_DOMAIN=8,
         JUSTPROXIES_THROTTLE_ENABLED=False,
     )  # fmt: skip
     first = site(sandbox, "a.test")["per_second"][0]
     assert first["t"] == 0
     assert 0 < first["rate_limited"] <= 16, first
-    assert result.statuses == {200: 60}, result.output[-3000:]
+    assert result.statuses == {200: 40}, result.output[-3000:]
