@@ -153,6 +153,34 @@ def _timeout(expected_seconds: float) -> float:
     return float(math.ceil(expected_seconds + max(12.0, 0.3 * expected_seconds)))
 
 
+def _limit_change(
+    name: str,
+    title: str,
+    rates: tuple[float, float],
+    phase: float,
+    **extra: Any,
+) -> Scenario:
+    """``a.test`` at ``rates[0]`` req/s, at ``rates[1]`` from t = ``phase``,
+    with a phase's worth of URLs at each rate."""
+    before, after = rates
+    site = Site(
+        "a.test",
+        round(before * phase + after * phase),
+        rate=before,
+        schedule=((phase, after),),
+    )
+    return Scenario(
+        name,
+        title,
+        "mobile",
+        (site,),
+        change_at=phase,
+        settle=float(round(phase / 2)),
+        timeout=_timeout(2 * phase),
+        **extra,
+    )
+
+
 def preset_burst(rate: float) -> float:
     """200 ms worth of the rate: the steady scenario's 10 tokens at 50 req/s.
 
@@ -188,39 +216,16 @@ def build_scenarios(
             variants=(*VARIANTS, PAUSE_SLOT),
             notes=(PAUSE_SLOT_NOTE,),
         ),
-        Scenario(
+        _limit_change(
             "drop",
             "The site lowers its limit mid-crawl",
-            "mobile",
-            (
-                Site(
-                    "a.test",
-                    round(50 * phase + 20 * phase),
-                    rate=50.0,
-                    schedule=((phase, 20.0),),
-                ),
-            ),
-            change_at=phase,
-            settle=settle,
-            timeout=_timeout(2 * phase),
+            (50.0, 20.0),
+            phase,
             variants=(*VARIANTS, PAUSE_SLOT),
             notes=(PAUSE_SLOT_NOTE,),
         ),
-        Scenario(
-            "rise",
-            "The site raises its limit mid-crawl",
-            "mobile",
-            (
-                Site(
-                    "a.test",
-                    round(20 * phase + 50 * phase),
-                    rate=20.0,
-                    schedule=((phase, 50.0),),
-                ),
-            ),
-            change_at=phase,
-            settle=settle,
-            timeout=_timeout(2 * phase),
+        _limit_change(
+            "rise", "The site raises its limit mid-crawl", (20.0, 50.0), phase
         ),
         Scenario(
             "two-sites",
