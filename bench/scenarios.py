@@ -158,10 +158,12 @@ def _limit_change(
     title: str,
     rates: tuple[float, float],
     phase: float,
+    settle: float,
     **extra: Any,
 ) -> Scenario:
     """``a.test`` at ``rates[0]`` req/s, at ``rates[1]`` from t = ``phase``,
-    with a phase's worth of URLs at each rate."""
+    with a phase's worth of URLs at each rate; judged again ``settle``
+    seconds after the change."""
     before, after = rates
     site = Site(
         "a.test",
@@ -175,7 +177,7 @@ def _limit_change(
         "mobile",
         (site,),
         change_at=phase,
-        settle=float(round(phase / 2)),
+        settle=settle,
         timeout=_timeout(2 * phase),
         **extra,
     )
@@ -221,11 +223,12 @@ def build_scenarios(
             "The site lowers its limit mid-crawl",
             (50.0, 20.0),
             phase,
+            settle,
             variants=(*VARIANTS, PAUSE_SLOT),
             notes=(PAUSE_SLOT_NOTE,),
         ),
         _limit_change(
-            "rise", "The site raises its limit mid-crawl", (20.0, 50.0), phase
+            "rise", "The site raises its limit mid-crawl", (20.0, 50.0), phase, settle
         ),
         Scenario(
             "two-sites",

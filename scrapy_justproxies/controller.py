@@ -554,7 +554,6 @@ class DomainController:
         return target, Reason.PROBE
 
     def _backoff(self, now: float) -> Decision:
-        s = self._settings
         # The share during the climb, not since the level began: a site that
         # lowers its limit after a long clean stretch must be followed at once.
         # A short climb (a few 429s in a row) says little about the share, so
@@ -567,6 +566,7 @@ class DomainController:
         self._cusum = 0.0  # also when already at the floor: judge afresh
         self._run_ok = self._run_limited = 0
         self._recent.clear()
+        s = self._settings
         target = backoff_target(self._limit, ok_share, s)
         if self._last_good is not None and self._last_good < self._limit:
             # The 429s began right after a raise or a probe from a level that

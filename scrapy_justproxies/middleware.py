@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING, Any, Final
 from scrapy import signals
 from scrapy.downloadermiddlewares.httpproxy import HttpProxyMiddleware
 from scrapy.exceptions import IgnoreRequest, NotConfigured
-from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
+from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.misc import load_object
-from twisted.internet.task import deferLater
 
 from .config import (
     Concurrency,
@@ -42,7 +41,7 @@ from .retry import (
     parse_retry_after,
     retry_delay,
 )
-from .slots import SlotGuard, reactor_time
+from .slots import SlotGuard
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
@@ -119,7 +118,7 @@ class JustProxiesMiddleware:
         self._latency: dict[str, float] = {}
         # Built once per (country, session): rendering and quoting it for
         # every request costs more than the rest of process_request.
-        self._proxy_url = functools.lru_cache(maxsize=1024)(self._build_proxy_url)
+        self._proxy_url = functools.lru_cache(maxsize=1024)(config.proxy_url)
         # Without the add-on the preset never reached Scrapy's settings, so
         # DOWNLOAD_TIMEOUT and RETRY_TIMES are applied per request.
         settings = crawler.settings
@@ -191,9 +190,10 @@ class JustProxiesMiddleware:
             request.meta.get(META_COUNTRY),
             request.meta.get(META_SESSION),
         )
+        # str(): the cache needs hashable keys, and meta may hold a number.
         request.meta["proxy"] = self._proxy_url(
-            None if country is None else str(country),
-            None if session is None else str(session),
+            country=None if country is None else str(country),
+            session=None if session is None else str(session),
         )
         request.meta[META_ROUTED] = self._gateway_url
         for key, value in self._meta_defaults.items():
@@ -204,9 +204,6 @@ class JustProxiesMiddleware:
             else:
                 request.meta.setdefault(key, value)
         return None
-
-    def _build_proxy_url(self, country: str | None, session: str | None) -> str:
-        return self.config.proxy_url(country=country, session=session)
 
     def process_response(
         self, request: Request, response: Response, spider: Spider | None = None
@@ -275,12 +272,12 @@ class JustProxiesMiddleware:
             attempt=retry.meta[RETRIES_META],
             maximum=self.throttle.retry_after_max,
         )
+        key = request.meta.get("download_slot", "")
         if self.throttle.retry_after_mode == "slot":
             # Hold the whole slot: nothing more goes to the site until then.
-            self.guard.pause(request.meta.get("download_slot", ""), delay)
+            self.guard.pause(key, delay)
             return retry
         # Held as long as the site's usual answer would have taken in all.
-        key = request.meta.get("download_slot", "")
         took = request.meta.get("download_latency")
         hold = self._latency.get(key, delay) - (took if isinstance(took, float) else 0)
         return _later(delay, retry, self.guard, key, hold)
@@ -418,47 +415,18 @@ def _scrub(request: Request) -> None:
 async def _later(
     delay: float, retry: Request, guard: SlotGuard, key: str, hold: float
 ) -> Request:
-    """Hand ``retry`` back to Scrapy after ``delay`` seconds.
+    """Hand ``retry`` back to Scrapy after ``delay`` seconds, its 429 keeping
+    its place in slot ``key`` for the first ``hold`` of them.
 
     Returned as a coroutine from a plain method, which Scrapy 2.13 and 2.19
-    both await, so only 429s pay for it. For its first ``hold`` seconds (the
-    rest of the site's usual answer time) it keeps the place its 429 had in
-    the slot (``transferring``, which the slot's concurrency counts): a
-    rate limiter answers 429 at once, and without this the place would take
-    the next request at once, so an overloaded site would be sent a stream
-    of requests to refuse before the throttle caught up. Held as long as an
-    answer would have taken, a 429 costs the slot what any request costs,
-    no more. For the
-    whole wait it counts as active: Scrapy's downloader-aware priority queue
-    sends new work to the least active slots and must not take a
-    rate-limiting site for an idle one.
+    both await, so only 429s pay for it. A rate limiter answers 429 at once;
+    a place freed at once would send the next request straight into the next
+    429 before the throttle caught up. Held for the rest of the site's usual
+    answer time, a 429 costs the slot what any request costs, no more.
     """
-    if delay <= 0:
-        return retry
-    hold = max(0.0, min(hold, delay))
-    slot = guard.slot(key)
-    if slot is not None:
-        slot.active.add(retry)
-        slot.transferring.add(retry)
-    try:
-        await _sleep(hold)
-        if slot is not None:
-            slot.transferring.discard(retry)
-            if slot.queue:
-                guard.kick(slot)
-        await _sleep(delay - hold)
-    finally:
-        if slot is not None:
-            slot.active.discard(retry)
-            slot.transferring.discard(retry)
+    if delay > 0:
+        await guard.hold(key, retry, wait=delay, place=hold)
     return retry
-
-
-async def _sleep(seconds: float) -> None:
-    if seconds > 0:
-        await maybe_deferred_to_future(
-            deferLater(reactor_time(), seconds, lambda: None)
-        )
 
 
 def _check_middleware_order(settings: BaseSettings, own_class: type) -> None:

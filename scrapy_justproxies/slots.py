@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, MutableSet
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from scrapy import signals
+from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.task import deferLater
 
 if TYPE_CHECKING:
@@ -122,6 +123,31 @@ class SlotGuard:
         if self.crawler.stats is not None:
             self.crawler.stats.inc_value("justproxies/slots/paused")
 
+    async def hold(
+        self, key: str, request: Request, *, wait: float, place: float
+    ) -> None:
+        """Keep ``request`` (a 429's retry) in slot ``key`` while it waits
+        ``wait`` seconds: as an active request for the whole wait, so Scrapy's
+        downloader-aware priority queue does not take a rate-limiting site for
+        an idle one, and in one of the slot's transfer places (which its
+        concurrency counts) for the first ``place`` seconds."""
+        place = max(0.0, min(place, wait))
+        slot = self.slot(key)
+        if slot is not None:
+            slot.active.add(request)
+            slot.transferring.add(request)
+        try:
+            await _sleep(place)
+            if slot is not None:
+                slot.transferring.discard(request)
+                if slot.queue:
+                    self.kick(slot)
+            await _sleep(wait - place)
+        finally:
+            if slot is not None:  # also when cancelled while holding the place
+                slot.active.discard(request)
+                slot.transferring.discard(request)
+
     def _resume(self, key: str, until: float) -> None:
         paused = self._paused.get(key)
         if paused is None or paused[0] != until:
@@ -175,6 +201,13 @@ class SlotGuard:
     def _claimed(self, key: str, request: Request, in_flight: int) -> None:
         for listener in self.listeners:
             listener(key, request, in_flight)
+
+
+async def _sleep(seconds: float) -> None:
+    if seconds > 0:
+        await maybe_deferred_to_future(
+            deferLater(reactor_time(), seconds, lambda: None)
+        )
 
 
 def reactor_time() -> IReactorTime:

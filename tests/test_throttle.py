@@ -209,8 +209,9 @@ def test_a_429_holds_its_place_instead_of_feeding_the_next_request_in(
 ) -> None:
     """The site answers 429 at once. If that freed the slot's place at once,
     the next queued request would go straight into the next 429 (measured
-    without the hold: 39 of the 40 URLs refused in the first second; with 60
-    URLs at 10 req/s, 39 lost after their 20 retries). Held for the site's usual answer time (the
+    without the hold: 39 of the 40 URLs refused in the first second; in an
+    earlier form of this test, 60 URLs at 10 req/s with the default
+    CONCURRENT_REQUESTS, 39 were lost after their 20 retries). Held for the site's usual answer time (the
     whole 1 s Retry-After while no answer is known yet), the first second
     sees about one 429 per place (8)."""
     configure(
