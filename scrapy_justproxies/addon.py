@@ -7,10 +7,12 @@ import os
 from typing import TYPE_CHECKING
 
 from .config import (
-    STARTPROJECT_THROTTLE,
     TEMPLATE_OVERRIDE_PRIORITY,
     Config,
+    JustProxiesConfigError,
+    SourceKind,
     ThrottleConfig,
+    check_download_handlers,
     effective_settings,
 )
 from .middleware import (
@@ -40,12 +42,22 @@ class Addon:
     """
 
     def update_settings(self, settings: BaseSettings) -> None:
+        try:
+            self._update_settings(settings)
+        except JustProxiesConfigError as error:
+            # Scrapy prints the traceback of anything raised while a crawler
+            # starts; this line puts the message where a log reader looks.
+            logger.error("JustProxies cannot start: %s", error)
+            raise
+
+    def _update_settings(self, settings: BaseSettings) -> None:
         config = Config.from_settings(settings, os.environ)
         if not config.enabled:
             logger.info(
                 "JustProxies add-on: JUSTPROXIES_ENABLED is false, nothing enabled."
             )
             return
+        check_download_handlers(settings)
         settings.setdefault_in_component_priority_dict(
             "DOWNLOADER_MIDDLEWARES", JustProxiesMiddleware, PRIORITY
         )
@@ -57,11 +69,7 @@ class Addon:
                 "EXTENSIONS", JustProxiesThrottle, 0
             )
         for name, effective in effective_settings(settings, config).items():
-            if not effective.source.startswith("pool preset"):
-                continue
-            priority = (
-                TEMPLATE_OVERRIDE_PRIORITY
-                if name in STARTPROJECT_THROTTLE and effective.source != "pool preset"
-                else "addon"
-            )
-            settings.set(name, effective.value, priority=priority)
+            if effective.kind is SourceKind.PRESET:
+                settings.set(name, effective.value, priority="addon")
+            elif effective.kind is SourceKind.TEMPLATE_REPLACED:
+                settings.set(name, effective.value, priority=TEMPLATE_OVERRIDE_PRIORITY)

@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
@@ -29,7 +30,19 @@ _COUNTRY_RE: Final = re.compile(r"[A-Za-z]{2}")
 _SESSION_RE: Final = re.compile(r"[A-Za-z0-9_]{1,64}")
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+_HOSTNAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
+GATEWAY_SHAPE: Final = "host:port or http://host:port (e.g. gw.example.net:8080)"
+# The http/https download handlers the plugin is tested with (Scrapy's
+# HTTP/1.1 handler, and its deprecated alias): every promise -- credentials
+# only in Proxy-Authorization, a 407 over CONNECT stops the crawl, a refused
+# gateway counted and stopped -- rests on how this handler behaves.
+SUPPORTED_HTTP_HANDLERS: Final = frozenset(
+    {
+        "scrapy.core.downloader.handlers.http11.HTTP11DownloadHandler",
+        "scrapy.core.downloader.handlers.http.HTTPDownloadHandler",
+    }
+)
 
 
 class JustProxiesConfigError(ValueError):
@@ -144,6 +157,8 @@ class Config:
     override_template_throttle: bool = True
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     """Where each JUSTPROXIES_* value came from (for the start-up log)."""
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """WARNING lines for the start-up log (never containing a credential)."""
 
     @classmethod
     def from_settings(
@@ -155,7 +170,18 @@ class Config:
             return cls(enabled=False, sources=reader.sources)
         pool = reader.pool()
         template = reader.template()
-        user, password = reader.user(), reader.password()
+        gateway, listed = reader.gateway()
+        warnings: list[str] = []
+        if listed is None:
+            user, password = reader.user(), reader.password()
+        else:
+            user, password = reader.listed_credentials(*listed)
+            warnings.append(
+                f"{reader.where('JUSTPROXIES_GATEWAY')} carries a username and "
+                "password (the host:port:user:pass list format); they are used, "
+                "but credentials belong in JUSTPROXIES_USER and "
+                "JUSTPROXIES_PASSWORD: set JUSTPROXIES_GATEWAY to host:port."
+            )
         encoding = settings.get("HTTPPROXY_AUTH_ENCODING") or "latin-1"
         for name, value in (
             ("JUSTPROXIES_USER", user),
@@ -174,7 +200,7 @@ class Config:
                 ) from None
         return cls(
             enabled=True,
-            gateway=reader.gateway(),
+            gateway=gateway,
             user=user,
             password=password,
             pool=pool,
@@ -184,6 +210,7 @@ class Config:
                 "JUSTPROXIES_OVERRIDE_TEMPLATE_THROTTLE", default=True
             ),
             sources=reader.sources,
+            warnings=tuple(warnings),
         )
 
     def username(
@@ -226,17 +253,26 @@ class _Reader:
         self.sources: dict[str, str] = {}
 
     def raw(self, name: str) -> Any:
+        """The value with the highest precedence, or None.
+
+        An empty value (or only spaces) is the same as no value, wherever it
+        comes from: ``JUSTPROXIES_POOL= scrapy crawl`` must not override
+        settings.py, nor ``JUSTPROXIES_ENABLED=`` turn the plugin off.
+        """
         priority = self.settings.getpriority(name)
+        candidates: list[tuple[str, Any]] = []
         if priority is not None and priority >= _CMDLINE_PRIORITY:
-            source, value = "command line", self.settings.get(name)
-        elif name in self.environ:
-            source, value = "environment", self.environ[name]
-        elif priority is not None and self.settings.get(name) is not None:
-            source, value = "settings", self.settings.get(name)
-        else:
-            return None
-        self.sources[name] = source
-        return value
+            candidates.append(("command line", self.settings.get(name)))
+        if name in self.environ:
+            candidates.append(("environment", self.environ[name]))
+        if priority is not None and priority < _CMDLINE_PRIORITY:
+            candidates.append(("settings", self.settings.get(name)))
+        for source, value in candidates:
+            if value is None or (isinstance(value, str) and not value.strip()):
+                continue
+            self.sources[name] = source
+            return value
+        return None
 
     def where(self, name: str) -> str:
         return f"{name} (from the {self.sources.get(name, 'settings')})"
@@ -268,13 +304,12 @@ class _Reader:
         value = self.raw(name)
         if value is None:
             return kind(default)
-        try:
-            number = kind(value)
-        except (TypeError, ValueError):
+        number = as_number(value, kind)
+        if number is None:
             noun = "a whole number" if kind is int else "a number"
             raise JustProxiesConfigError(
                 f"{self.where(name)} must be {noun}, not {value!r}."
-            ) from None
+            )
         if not minimum <= number <= maximum:
             bounds = (
                 f"at least {minimum}"
@@ -343,7 +378,13 @@ class _Reader:
                 f"The default is {DEFAULT_USERNAME_TEMPLATE!r}."
             ) from None
 
-    def gateway(self) -> Gateway:
+    def gateway(self) -> tuple[Gateway, tuple[str, str] | None]:
+        """The gateway, and ``(user, password)`` when the value was in one of
+        the providers' list formats, ``host:port:user:pass`` or
+        ``user:pass:host:port``.
+
+        The value is never echoed in an error: it may hold a password.
+        """
         name = "JUSTPROXIES_GATEWAY"
         value = self.text(name)
         if value is None:
@@ -353,35 +394,102 @@ class _Reader:
                 "when omitted), or set JUSTPROXIES_ENABLED=false to crawl "
                 "without the gateway."
             )
-        # Never echo a value that may carry credentials.
-        shown = "the value" if "@" in value else repr(value)
-        fix = "Use host:port or http://host:port"
+        fix = f"Use {GATEWAY_SHAPE}"
         if "@" in value:
             raise JustProxiesConfigError(
                 f"{self.where(name)} contains credentials. {fix} and put the "
                 "credentials in JUSTPROXIES_USER and JUSTPROXIES_PASSWORD."
             )
+        if "[" in value:
+            # Measured on Scrapy 2.19, both reactors: https works, but every
+            # http request fails "DNS lookup failed ... ::1" (Scrapy's default
+            # resolver looks up IPv4 names only).
+            raise JustProxiesConfigError(
+                f"{self.where(name)} is an IPv6 address, which Scrapy's default "
+                "DNS resolver cannot connect http requests to. Use the gateway's "
+                "IPv4 address or a host name with an IPv4 address."
+            )
+        if "//" not in value and value.count(":") >= 3:
+            return self._listed_gateway(value)
         parsed = urlsplit(value if "://" in value else f"http://{value}")
         try:
             port = parsed.port
         except ValueError:
             raise JustProxiesConfigError(
-                f"{self.where(name)}: {shown} has an invalid port. {fix}."
+                f"{self.where(name)} has an invalid port (it must be a number from "
+                f"1 to 65535). {fix}."
             ) from None
         if parsed.scheme != "http":
-            raise JustProxiesConfigError(
-                f"{self.where(name)}: {shown} uses scheme {parsed.scheme!r}; the "
-                f"gateway speaks plain http (https targets go through CONNECT). {fix}."
+            scheme = (
+                parsed.scheme if re.fullmatch(r"[a-z0-9+.-]+", parsed.scheme) else ""
             )
-        if not parsed.hostname or parsed.path not in ("", "/") or parsed.query:
             raise JustProxiesConfigError(
-                f"{self.where(name)}: {shown} is malformed. {fix}."
+                f"{self.where(name)} uses scheme {scheme!r}; the gateway speaks "
+                f"plain http (https targets go through CONNECT). {fix}."
             )
+        if (
+            not parsed.hostname
+            or not _HOSTNAME_RE.fullmatch(parsed.hostname)
+            or parsed.path not in ("", "/")
+            or parsed.query
+            or parsed.fragment
+        ):
+            raise JustProxiesConfigError(f"{self.where(name)} is malformed. {fix}.")
         if port == 0:
             raise JustProxiesConfigError(
                 f"{self.where(name)}: port 0 is not valid. {fix}."
             )
-        return Gateway(parsed.hostname, port or DEFAULT_GATEWAY_PORT)
+        return Gateway(parsed.hostname, port or DEFAULT_GATEWAY_PORT), None
+
+    def _listed_gateway(self, value: str) -> tuple[Gateway, tuple[str, str]]:
+        parts = value.split(":")
+        if parts[1].isdigit():  # host:port:user:pass (the pass may hold ':')
+            host, port, user, password = (
+                parts[0],
+                parts[1],
+                parts[2],
+                ":".join(parts[3:]),
+            )
+        elif parts[-1].isdigit():  # user:pass:host:port
+            user, password = parts[0], ":".join(parts[1:-2])
+            host, port = parts[-2], parts[-1]
+        else:
+            host = port = user = password = ""
+        if not (
+            _HOSTNAME_RE.fullmatch(host)
+            and 1 <= int(port or 0) <= 65535
+            and user
+            and password
+        ):
+            raise JustProxiesConfigError(
+                f"{self.where('JUSTPROXIES_GATEWAY')} is not in a form the plugin "
+                f"knows. Use {GATEWAY_SHAPE}, with the credentials in "
+                "JUSTPROXIES_USER and JUSTPROXIES_PASSWORD."
+            )
+        return Gateway(host, int(port)), (user, password)
+
+    def listed_credentials(self, user: str, password: str) -> tuple[str, Secret]:
+        """Credentials from the gateway's list format, checked against
+        JUSTPROXIES_USER / JUSTPROXIES_PASSWORD when those are set too."""
+        for name, listed in (
+            ("JUSTPROXIES_USER", user),
+            ("JUSTPROXIES_PASSWORD", password),
+        ):
+            own = self.raw(name)
+            if own is not None and own != listed:
+                raise JustProxiesConfigError(
+                    f"JUSTPROXIES_GATEWAY carries credentials that differ from "
+                    f"{self.where(name)}. Set JUSTPROXIES_GATEWAY to host:port and "
+                    "keep the credentials in JUSTPROXIES_USER and "
+                    "JUSTPROXIES_PASSWORD."
+                )
+        self.sources.setdefault("JUSTPROXIES_USER", self.sources["JUSTPROXIES_GATEWAY"])
+        self.sources.setdefault(
+            "JUSTPROXIES_PASSWORD", self.sources["JUSTPROXIES_GATEWAY"]
+        )
+        return self._checked_user("JUSTPROXIES_GATEWAY", user), self._checked_password(
+            "JUSTPROXIES_GATEWAY", password
+        )
 
     def user(self) -> str:
         name = "JUSTPROXIES_USER"
@@ -391,26 +499,33 @@ class _Reader:
                 f"{name} is not set. Export your JustProxies username "
                 f"(export {name}=...) or set it in settings.py."
             )
+        return self._checked_user(name, value)
+
+    def _checked_user(self, name: str, value: str) -> str:
         if ":" in value or _CONTROL_RE.search(value) or " " in value:
             raise JustProxiesConfigError(
-                f"{self.where(name)} must not contain ':', spaces or control "
-                "characters (HTTP Basic auth cannot carry them)."
+                f"{self.where(name)}: the username must not contain ':', spaces or "
+                "control characters (HTTP Basic auth cannot carry them)."
             )
         return value
 
     def password(self) -> Secret:
         name = "JUSTPROXIES_PASSWORD"
         value = self.raw(name)
-        if value is None or (isinstance(value, str) and not value):
+        if value is None:
             raise JustProxiesConfigError(
                 f"{name} is not set. Export it (export {name}=...) rather than "
                 "writing it in settings.py, so it stays out of version control."
             )
         if not isinstance(value, str):
             raise JustProxiesConfigError(f"{self.where(name)} must be a string.")
+        return self._checked_password(name, value)
+
+    def _checked_password(self, name: str, value: str) -> Secret:
         if _CONTROL_RE.search(value):
             raise JustProxiesConfigError(
-                f"{self.where(name)} contains control characters (a stray newline?)."
+                f"{self.where(name)}: the password contains control characters "
+                "(a stray newline?)."
             )
         return Secret(value)
 
@@ -448,12 +563,45 @@ _SOURCE_BY_PRIORITY[TEMPLATE_OVERRIDE_PRIORITY] = (
 )
 
 
+class SourceKind(Enum):
+    """Whose value a preset-managed Scrapy setting takes."""
+
+    USER = "user"
+    """Set by the user (settings.py, custom_settings, -s) or Scrapy's default."""
+    PRESET = "preset"
+    """The pool preset's value, where the user set nothing."""
+    TEMPLATE_REPLACED = "template"
+    """The preset's value in place of the startproject template's line."""
+
+
 @dataclass(frozen=True)
 class Effective:
     """One Scrapy setting's value for this crawl and where it came from."""
 
     value: Any
     source: str
+    """Where it came from, for the start-up log."""
+    kind: SourceKind = SourceKind.USER
+
+
+def as_number(value: Any, kind: type[int] | type[float]) -> int | float | None:
+    """``value`` as ``kind``, or None when it is not one.
+
+    Booleans are refused (``True`` is no count), and a whole number may not
+    come as a float with a fraction (``2.7`` would silently become 2); an
+    integral float such as ``16.0`` is accepted.
+    """
+    if isinstance(value, bool):
+        return None
+    if kind is int and isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    try:
+        number = kind(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if isinstance(number, float) and not math.isfinite(number):
+        return None
+    return number
 
 
 def has_startproject_throttle(settings: BaseSettings) -> bool:
@@ -480,7 +628,10 @@ def effective_settings(settings: BaseSettings, config: Config) -> dict[str, Effe
 
     A value the user set (settings.py, custom_settings, -s) wins over the
     preset, except the startproject template lines when
-    ``JUSTPROXIES_OVERRIDE_TEMPLATE_THROTTLE`` is on.
+    ``JUSTPROXIES_OVERRIDE_TEMPLATE_THROTTLE`` is on. The preset's two
+    concurrency numbers give way to the user's: a per-domain start above the
+    user's ``CONCURRENT_REQUESTS`` is lowered to it, a crawl-wide total below
+    the user's ``CONCURRENT_REQUESTS_PER_DOMAIN`` raised to it.
     """
     preset_values = config.pool.scrapy_settings() if config.pool else {}
     template = (
@@ -488,6 +639,33 @@ def effective_settings(settings: BaseSettings, config: Config) -> dict[str, Effe
         and config.override_template_throttle
         and has_startproject_throttle(settings)
     )
+
+    def set_by_user(name: str) -> bool:
+        # settings.py, custom_settings and -s all sit above add-on priority.
+        priority = settings.getpriority(name) or 0
+        replaced = (
+            template and name in STARTPROJECT_THROTTLE
+        ) or priority == TEMPLATE_OVERRIDE_PRIORITY
+        return priority > _ADDON_PRIORITY and not replaced
+
+    if preset_values:
+        total, start = "CONCURRENT_REQUESTS", "CONCURRENT_REQUESTS_PER_DOMAIN"
+        if set_by_user(total) and not set_by_user(start):
+            user_total = as_number(settings.get(total), int)
+            if user_total is not None and user_total >= 1:
+                preset_values[start] = min(preset_values[start], user_total)
+        elif set_by_user(start) and not set_by_user(total):
+            user_start = as_number(settings.get(start), int)
+            if user_start is not None:
+                preset_values[total] = max(preset_values[total], user_start)
+
+    def is_users(name: str) -> bool:
+        # At add-on priority: ours when it is the preset's value.
+        priority = settings.getpriority(name) or 0
+        return priority > _ADDON_PRIORITY or (
+            priority == _ADDON_PRIORITY and settings.get(name) != preset_values[name]
+        )
+
     result: dict[str, Effective] = {}
     names = list(preset_values) or [
         "CONCURRENT_REQUESTS",
@@ -505,16 +683,18 @@ def effective_settings(settings: BaseSettings, config: Config) -> dict[str, Effe
             )
         elif template and name in STARTPROJECT_THROTTLE:
             result[name] = Effective(
-                preset_values[name], _SOURCE_BY_PRIORITY[TEMPLATE_OVERRIDE_PRIORITY]
+                preset_values[name],
+                _SOURCE_BY_PRIORITY[TEMPLATE_OVERRIDE_PRIORITY],
+                SourceKind.TEMPLATE_REPLACED,
             )
-        elif priority > _ADDON_PRIORITY or (
-            priority == _ADDON_PRIORITY and current != preset_values[name]
-        ):
+        elif is_users(name):
             result[name] = Effective(
                 current, _SOURCE_BY_PRIORITY.get(priority, "settings")
             )
         else:
-            result[name] = Effective(preset_values[name], "pool preset")
+            result[name] = Effective(
+                preset_values[name], "pool preset", SourceKind.PRESET
+            )
     return result
 
 
@@ -537,13 +717,12 @@ class Concurrency:
 
         def number(name: str, kind: type[int] | type[float], minimum: float) -> Any:
             raw = values[name].value
-            try:
-                value = kind(raw)
-            except (TypeError, ValueError):
+            value = as_number(raw, kind)
+            if value is None:
+                noun = "a whole number" if kind is int else "a number"
                 raise JustProxiesConfigError(
-                    f"{name} (from {values[name].source}) must be a number, "
-                    f"not {raw!r}."
-                ) from None
+                    f"{name} (from {values[name].source}) must be {noun}, not {raw!r}."
+                )
             if value < minimum:
                 raise JustProxiesConfigError(
                     f"{name} (from {values[name].source}) is {value}; it must be "
@@ -560,12 +739,12 @@ class Concurrency:
             domain_max = config.pool.domain_concurrency_max if config.pool else total
             domain_max = max(start, min(domain_max, total))
         else:
-            try:
-                domain_max = int(raw_max)
-            except (TypeError, ValueError):
+            checked = as_number(raw_max, int)
+            if checked is None:
                 raise JustProxiesConfigError(
                     f"{reader.where(max_name)} must be a whole number, not {raw_max!r}."
-                ) from None
+                )
+            domain_max = int(checked)
             if not start <= domain_max <= total:
                 raise JustProxiesConfigError(
                     f"{reader.where(max_name)} is {domain_max}; it must lie between "
@@ -675,3 +854,31 @@ def _slot_groups(raw: Mapping[str, Any]) -> dict[str, str]:
         for host in [group, *hosts]:
             groups[host.lower()] = group.lower()
     return groups
+
+
+def check_download_handlers(settings: BaseSettings) -> None:
+    """Refuse http/https download handlers the plugin is not tested with.
+
+    Another handler may log the proxy URL with its password, report a 407
+    over CONNECT differently (so it would not stop the crawl) or retry a
+    refused gateway without end.
+    """
+    handlers = settings.getwithbase("DOWNLOAD_HANDLERS")
+    for scheme in ("http", "https"):
+        handler = handlers.get(scheme)
+        if handler is None:
+            continue  # scheme disabled: Scrapy refuses such requests itself
+        path = (
+            handler
+            if isinstance(handler, str)
+            else f"{getattr(handler, '__module__', '')}."
+            f"{getattr(handler, '__qualname__', type(handler).__name__)}"
+        )
+        if path not in SUPPORTED_HTTP_HANDLERS:
+            raise JustProxiesConfigError(
+                f"DOWNLOAD_HANDLERS[{scheme!r}] is {path!r}, a download handler "
+                "scrapy-justproxies is not tested with: it may log the gateway "
+                "credentials or fail open. Remove that DOWNLOAD_HANDLERS entry to "
+                "use Scrapy's default, "
+                "'scrapy.core.downloader.handlers.http11.HTTP11DownloadHandler'."
+            )

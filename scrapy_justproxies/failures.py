@@ -17,6 +17,7 @@ from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
 from .controller import Outcome
 
 _TUNNEL_STATUS: Final = re.compile(r"['\"]status['\"]: (\d{3})\b")
+_QUOTED: Final = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 
 def causes(exception: BaseException) -> Iterator[BaseException]:
@@ -56,15 +57,31 @@ def tunnel_status(exception: BaseException) -> int | None:
 def proxy_generated(headers: Mapping[bytes, object] | None) -> bool:
     """True when a response was made by a proxy, not forwarded from the site:
     an RFC 9209 ``Proxy-Status`` with an ``error`` (JustProxies, and the
-    sandbox) or Squid's ``X-Squid-Error``."""
+    sandbox) or Squid's ``X-Squid-Error``.
+
+    Every ``Proxy-Status`` field line counts: each proxy on the way adds its
+    own member, and ``Headers.get`` would return only the last line.
+    """
     if not headers:
         return False
     if headers.get(b"X-Squid-Error"):
         return True
-    value = headers.get(b"Proxy-Status")
-    if isinstance(value, list):
-        value = b",".join(v for v in value if isinstance(v, bytes))
-    return isinstance(value, bytes) and b"error=" in value
+    getlist = getattr(headers, "getlist", None)
+    lines = getlist(b"Proxy-Status") if getlist else headers.get(b"Proxy-Status")
+    if not isinstance(lines, list):
+        lines = [lines]
+    return any(isinstance(line, bytes) and _has_error_param(line) for line in lines)
+
+
+def _has_error_param(line: bytes) -> bool:
+    """Whether any member of one ``Proxy-Status`` line has an ``error``
+    parameter (quoted strings, which may hold ``,`` or ``;``, left out)."""
+    text = _QUOTED.sub(b'""', line)
+    return any(
+        param.split(b"=", 1)[0].strip().lower() == b"error"
+        for member in text.split(b",")
+        for param in member.split(b";")[1:]
+    )
 
 
 def classify_response(status: int, headers: Mapping[bytes, object] | None) -> Outcome:

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Coroutine
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from scrapy import signals
 from scrapy.downloadermiddlewares.httpproxy import HttpProxyMiddleware
@@ -29,11 +29,16 @@ from .config import (
     Config,
     JustProxiesConfigError,
     ThrottleConfig,
+    check_download_handlers,
     effective_settings,
     has_startproject_throttle,
     replaced_startproject_throttle,
 )
-from .failures import is_gateway_connection_failure, proxy_generated, tunnel_status
+from .failures import (
+    is_gateway_connection_failure,
+    proxy_generated,
+    tunnel_status,
+)
 from .retry import (
     RETRIES_META,
     ewma,
@@ -77,14 +82,44 @@ class Route(Enum):
 _ROUTE_STATS: Final = {how: f"justproxies/requests/{how.value}" for how in Route}
 
 
+class BadRequestMeta(ValueError):
+    """A per-request meta key has a value the plugin cannot act on."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"meta[{key!r}] {problem}")
+        self.key = key
+
+
 def route(meta: dict[str, Any]) -> Route:
-    """Decide how one request travels, from its meta alone."""
-    if meta.get(META_DIRECT):
+    """Decide how one request travels, from its meta alone.
+
+    Only a real ``True`` in ``meta['justproxies_direct']`` opts out: a string
+    such as ``"false"`` is truthy, and a typo must never send a request
+    around the gateway. ``meta['proxy'] = ""`` (``os.getenv('X', '')``) counts
+    as unset.
+    """
+    direct = meta.get(META_DIRECT)
+    if direct is True:
         return Route.DIRECT
+    if direct is not None and direct is not False:
+        raise BadRequestMeta(
+            META_DIRECT,
+            f"is {_shown(direct)}; use True to send the request direct, or False "
+            "(or leave it out) to route it through the gateway",
+        )
     proxy = meta.get("proxy", ...)
-    if proxy is ... or (META_ROUTED in meta and proxy == meta[META_ROUTED]):
+    if (
+        proxy is ...
+        or proxy == ""
+        or (META_ROUTED in meta and proxy == meta[META_ROUTED])
+    ):
         return Route.GATEWAY
     return Route.OWN_PROXY
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class JustProxiesMiddleware:
@@ -113,6 +148,10 @@ class JustProxiesMiddleware:
         self._stopping: str | None = None
         self._consecutive_failures = 0
         self._warned_direct = False
+        # Hostnames that answered an http 407 without a proxy's marker: a
+        # site may answer 407 itself; from two sites it is the gateway.
+        self._unmarked_407_hosts: set[str] = set()
+        self._refusals_logged: set[str] = set()
         # Per download slot: how long the site takes to answer (EWMA of the
         # non-429 answers' download_latency), what a 429 holds its place for.
         self._latency: dict[str, float] = {}
@@ -131,6 +170,16 @@ class JustProxiesMiddleware:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> JustProxiesMiddleware:
+        try:
+            return cls._from_crawler(crawler)
+        except JustProxiesConfigError as error:
+            # Scrapy prints the traceback of anything raised while a crawler
+            # starts; this line puts the message where a log reader looks.
+            logger.error("JustProxies cannot start: %s", error)
+            raise
+
+    @classmethod
+    def _from_crawler(cls, crawler: Crawler) -> JustProxiesMiddleware:
         config = Config.from_settings(crawler.settings, os.environ)
         if not config.enabled:
             logger.info(
@@ -139,6 +188,7 @@ class JustProxiesMiddleware:
             )
             raise NotConfigured("JUSTPROXIES_ENABLED is false")
         _check_middleware_order(crawler.settings, cls)
+        check_download_handlers(crawler.settings)
         concurrency = Concurrency.resolve(crawler.settings, config, os.environ)
         throttle = ThrottleConfig.from_settings(crawler.settings, os.environ)
         middleware = cls(crawler, config, concurrency, throttle)
@@ -156,9 +206,12 @@ class JustProxiesMiddleware:
     ) -> Request | Response | None:
         if self._stopping:
             raise IgnoreRequest(f"JustProxies stopped the crawl: {self._stopping}")
-        how = route(request.meta)
-        self._inc(_ROUTE_STATS[how])
+        try:
+            how = route(request.meta)
+        except BadRequestMeta as error:
+            self._refuse(request, error)
         if how is not Route.GATEWAY:
+            self._inc(_ROUTE_STATS[how])
             # Meta copied from a routed response must not drag this request
             # to the gateway without credentials (or stop the crawl on a 407).
             gateway = request.meta.pop(META_ROUTED, None)
@@ -190,11 +243,17 @@ class JustProxiesMiddleware:
             request.meta.get(META_COUNTRY),
             request.meta.get(META_SESSION),
         )
-        # str(): the cache needs hashable keys, and meta may hold a number.
-        request.meta["proxy"] = self._proxy_url(
-            country=None if country is None else str(country),
-            session=None if session is None else str(session),
-        )
+        try:
+            # str(): the cache needs hashable keys, and meta may hold a number.
+            request.meta["proxy"] = self._proxy_url(
+                country=None if country is None else str(country),
+                session=None if session is None else str(session),
+            )
+        except ValueError as error:
+            key = META_COUNTRY if "country" in str(error) else META_SESSION
+            value = country if key == META_COUNTRY else session
+            self._refuse(request, BadRequestMeta(key, f"is {_shown(value)}: {error}"))
+        self._inc(_ROUTE_STATS[Route.GATEWAY])
         request.meta[META_ROUTED] = self._gateway_url
         for key, value in self._meta_defaults.items():
             if key == "download_timeout":
@@ -213,7 +272,7 @@ class JustProxiesMiddleware:
             # Over https the gateway's 407 comes as a failed CONNECT; a 407
             # response there is the site's own.
             if response.status == 407 and urlparse_cached(request).scheme == "http":
-                self._credentials_rejected(request)
+                self._judge_http_407(request, response)
         latency = request.meta.get("download_latency")
         if response.status != 429 and isinstance(latency, float):
             key = request.meta.get("download_slot", "")
@@ -317,7 +376,36 @@ class JustProxiesMiddleware:
         if self.stats is not None:
             self.stats.inc_value(key)
 
-    def _credentials_rejected(self, request: Request) -> None:
+    def _refuse(self, request: Request, error: BadRequestMeta) -> NoReturn:
+        """Drop one request whose meta the plugin cannot act on: counted,
+        logged once per distinct problem, never sent direct."""
+        self._inc("justproxies/requests/refused_meta")
+        message = f"{request} not sent: {error}."
+        if str(error) not in self._refusals_logged:
+            self._refusals_logged.add(str(error))
+            logger.error(
+                "JustProxies: %s Requests with the same problem are dropped "
+                "without another line (stat justproxies/requests/refused_meta).",
+                message,
+            )
+        raise IgnoreRequest(message)
+
+    def _judge_http_407(self, request: Request, response: Response) -> None:
+        """A 407 on an http request: the gateway's, or the site's own?
+
+        The gateway's carries a proxy's marker (RFC 9209 ``Proxy-Status``
+        with an error, Squid's ``X-Squid-Error``). Without one, a 407 from a
+        single site is that site's answer; the same from a second site means
+        the gateway refuses everything.
+        """
+        if proxy_generated(response.headers):
+            self._credentials_rejected(request)
+        self._unmarked_407_hosts.add(urlparse_cached(request).hostname or "")
+        if len(self._unmarked_407_hosts) > 1:
+            self._credentials_rejected(request)
+        self._inc("justproxies/responses/site_407")
+
+    def _credentials_rejected(self, request: Request) -> NoReturn:
         self._inc("justproxies/gateway/auth_rejected")
         self._stop(
             "justproxies_credentials_rejected",
@@ -363,6 +451,8 @@ class JustProxiesMiddleware:
             f"pool sized to {self.concurrency.total} connections"
         )
         logger.info("\n".join(lines))
+        for warning in config.warnings:
+            logger.warning("JustProxies: %s", warning)
         if config.pool and (
             replaced_startproject_throttle(settings)
             or (

@@ -142,3 +142,28 @@ def test_throttle_can_be_left_out() -> None:
     Addon().update_settings(settings)
     assert dict(settings.getdict("EXTENSIONS")) == {}
     assert middlewares(settings) == {JustProxiesMiddleware: 745, SCRUB: 950}
+
+
+def test_a_spider_total_below_the_presets_start_is_kept_and_the_start_follows() -> None:
+    settings = project({})
+    settings.setdict(
+        {"JUSTPROXIES_POOL": "datacenter", "CONCURRENT_REQUESTS": 33},
+        priority="spider",
+    )
+    Addon().update_settings(settings)
+    assert settings.getint("CONCURRENT_REQUESTS") == 33
+    assert settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN") == 33
+    assert settings.getpriority("CONCURRENT_REQUESTS_PER_DOMAIN") == 15  # addon
+    assert settings.getint("RETRY_TIMES") == 3  # the rest of the preset applies
+
+
+def test_untested_download_handler_is_refused_by_the_addon() -> None:
+    settings = project(
+        {
+            "DOWNLOAD_HANDLERS": {
+                "https": "scrapy.core.downloader.handlers.http2.H2DownloadHandler"
+            }
+        }
+    )
+    with pytest.raises(JustProxiesConfigError, match="DOWNLOAD_HANDLERS"):
+        Addon().update_settings(settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 
 import pytest
+from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler
 from scrapy.settings import Settings
 
 from scrapy_justproxies.config import (
@@ -12,7 +13,9 @@ from scrapy_justproxies.config import (
     Config,
     JustProxiesConfigError,
     Secret,
+    ThrottleConfig,
     UsernameTemplate,
+    check_download_handlers,
     effective_settings,
 )
 from scrapy_justproxies.presets import PRESETS
@@ -50,7 +53,6 @@ def test_reads_settings_py() -> None:
         ("http://gw.example.net", ("gw.example.net", 8080)),
         ("http://gw.example.net:3128/", ("gw.example.net", 3128)),
         ("127.0.0.1:9", ("127.0.0.1", 9)),
-        ("[::1]:8081", ("::1", 8081)),
     ],
 )
 def test_gateway_forms(value: str, expected: tuple[str, int]) -> None:
@@ -63,6 +65,8 @@ def test_gateway_forms(value: str, expected: tuple[str, int]) -> None:
     ("value", "message"),
     [
         ("https://gw.example.net:8000", "scheme 'https'"),
+        ("[::1]:8081", "IPv6"),
+        ("http://[::1]:8081", "IPv6"),
         ("gw.example.net:notaport", "invalid port"),
         ("gw.example.net:70000", "invalid port"),
         ("gw.example.net:0", "port 0"),
@@ -340,10 +344,10 @@ def test_concurrency_resolves_preset_numbers() -> None:
         (
             {"CONCURRENT_REQUESTS": "many"},
             {},
-            "CONCURRENT_REQUESTS .* must be a number",
+            "CONCURRENT_REQUESTS .* must be a whole number",
         ),
         (
-            {"CONCURRENT_REQUESTS_PER_DOMAIN": 60},
+            {"CONCURRENT_REQUESTS_PER_DOMAIN": 60, "CONCURRENT_REQUESTS": 50},
             {},
             "CONCURRENT_REQUESTS_PER_DOMAIN \\(60",
         ),
@@ -364,3 +368,141 @@ def test_impossible_numbers(
     merged = settings({**GOOD, "JUSTPROXIES_POOL": "mobile", **values})
     with pytest.raises(JustProxiesConfigError, match=message):
         Concurrency.resolve(merged, Config.from_settings(merged, environ), environ)
+
+
+# -- hostile inputs (issue 7, issue 8 section 5) -------------------------------
+
+SECRET = "Zq9-secret-pw"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"gw.example.net:{SECRET}",
+        f"alice:{SECRET}:gw.example.net:notaport",
+        f"http://gw.example.net:8000/{SECRET}",
+        f"{SECRET}://gw.example.net",
+        f"gw.example.net:99999:alice:{SECRET}",
+    ],
+)
+def test_gateway_errors_never_echo_the_value(value: str) -> None:
+    with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_GATEWAY") as info:
+        Config.from_settings(
+            settings({"JUSTPROXIES_GATEWAY": value}), {"JUSTPROXIES_USER": "alice"}
+        )
+    assert SECRET not in str(info.value)
+    assert "host:port" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"gw.example.net:8000:alice:{SECRET}",
+        f"alice:{SECRET}:gw.example.net:8000",
+        f"gw.example.net:8000:alice:{SECRET}:with:colons",
+    ],
+    ids=["host:port:user:pass", "user:pass:host:port", "colons-in-password"],
+)
+def test_provider_list_formats_are_split_with_a_warning(value: str) -> None:
+    config = Config.from_settings(settings(), {"JUSTPROXIES_GATEWAY": value})
+    assert config.gateway is not None
+    assert (config.gateway.host, config.gateway.port) == ("gw.example.net", 8000)
+    assert config.user == "alice"
+    assert config.password.reveal().startswith(SECRET)
+    assert len(config.warnings) == 1
+    assert "JUSTPROXIES_USER and JUSTPROXIES_PASSWORD" in config.warnings[0]
+    assert SECRET not in config.warnings[0] and SECRET not in repr(config)
+
+
+def test_list_format_credentials_conflicting_with_the_settings_are_refused() -> None:
+    environ = {
+        "JUSTPROXIES_GATEWAY": f"gw.example.net:8000:alice:{SECRET}",
+        "JUSTPROXIES_PASSWORD": "another-password",
+    }
+    with pytest.raises(JustProxiesConfigError, match="differ") as info:
+        Config.from_settings(settings(), environ)
+    assert SECRET not in str(info.value)
+    assert "another-password" not in str(info.value)
+    same = {**environ, "JUSTPROXIES_PASSWORD": SECRET, "JUSTPROXIES_USER": "alice"}
+    assert Config.from_settings(settings(), same).user == "alice"
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_empty_environment_value_means_unset(empty: str) -> None:
+    environ = {name: empty for name in ("JUSTPROXIES_ENABLED", "JUSTPROXIES_POOL")}
+    config = Config.from_settings(settings(GOOD), environ)
+    assert config.enabled
+    assert config.pool is None
+    spider = settings({**GOOD, "JUSTPROXIES_POOL": "datacenter"}, priority="spider")
+    assert Config.from_settings(spider, environ).pool is PRESETS["datacenter"]
+    disabled = settings({"JUSTPROXIES_ENABLED": False})
+    assert not Config.from_settings(disabled, environ).enabled
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "enabled", "nope"])
+def test_enabled_must_be_a_clear_boolean(value: str) -> None:
+    with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_ENABLED"):
+        Config.from_settings(settings(GOOD), {"JUSTPROXIES_ENABLED": value})
+
+
+@pytest.mark.parametrize("value", [2.7, True, False, "2.7", float("nan")])
+def test_integer_settings_refuse_fractions_and_booleans(value: object) -> None:
+    with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_RETRY_429_TIMES"):
+        ThrottleConfig.from_settings(
+            settings({"JUSTPROXIES_RETRY_429_TIMES": value}), {}
+        )
+    merged = settings({**GOOD, "CONCURRENT_REQUESTS": value})
+    with pytest.raises(JustProxiesConfigError, match=r"CONCURRENT_REQUESTS .*whole"):
+        Concurrency.resolve(merged, Config.from_settings(merged, {}), {})
+
+
+def test_integral_floats_are_accepted_as_whole_numbers() -> None:
+    throttle = ThrottleConfig.from_settings(
+        settings({"JUSTPROXIES_RETRY_429_TIMES": 16.0}), {}
+    )
+    assert throttle.retry_429_times == 16
+    merged = settings({**GOOD, "CONCURRENT_REQUESTS": 32.0})
+    assert Concurrency.resolve(merged, Config.from_settings(merged, {}), {}).total == 32
+
+
+@pytest.mark.parametrize("priority", ["project", "spider", "cmdline"])
+def test_users_total_below_the_presets_start_wins(priority: str) -> None:
+    values = settings(GOOD)
+    values.setdict(
+        {"JUSTPROXIES_POOL": "datacenter", "CONCURRENT_REQUESTS": 33},
+        priority=priority,
+    )
+    config = Config.from_settings(values, {})
+    numbers = Concurrency.resolve(values, config, {})
+    assert (numbers.total, numbers.domain_start, numbers.domain_max) == (33, 33, 33)
+    effective = effective_settings(values, config)
+    assert effective["CONCURRENT_REQUESTS_PER_DOMAIN"].source == "pool preset"
+
+
+def test_users_start_above_the_presets_total_wins() -> None:
+    values = settings(
+        {**GOOD, "JUSTPROXIES_POOL": "mobile", "CONCURRENT_REQUESTS_PER_DOMAIN": 60}
+    )
+    numbers = Concurrency.resolve(values, Config.from_settings(values, {}), {})
+    assert (numbers.total, numbers.domain_start) == (60, 60)
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        "scrapy.core.downloader.handlers._aiohttp.AiohttpDownloadHandler",
+        "scrapy.core.downloader.handlers._httpx.HttpxDownloadHandler",
+        "scrapy.core.downloader.handlers.http2.H2DownloadHandler",
+        "myproject.handlers.Custom",
+    ],
+)
+def test_untested_download_handlers_are_refused(handler: str) -> None:
+    with pytest.raises(JustProxiesConfigError, match=r"DOWNLOAD_HANDLERS\['https?'\]"):
+        check_download_handlers(settings({"DOWNLOAD_HANDLERS": {"https": handler}}))
+
+
+def test_scrapys_http11_handler_and_disabled_schemes_are_accepted() -> None:
+    check_download_handlers(Settings())
+    check_download_handlers(
+        settings({"DOWNLOAD_HANDLERS": {"http": HTTP11DownloadHandler, "https": None}})
+    )

@@ -58,6 +58,7 @@ def run_crawl(
     python: str = sys.executable,
     timeout: float = 180,
     log_level: str = "DEBUG",
+    custom_settings: dict[str, Any] | None = None,
 ) -> CrawlResult:
     """Crawl ``requests`` (``{"url": ..., "meta": {...}}``) and report.
 
@@ -78,6 +79,7 @@ def run_crawl(
                 "reactor": reactor,
                 "requests": requests,
                 "settings": {"LOG_LEVEL": log_level, **(settings or {})},
+                "custom_settings": custom_settings or {},
                 "log_file": str(log_path),
                 "result_file": str(result_path),
             }

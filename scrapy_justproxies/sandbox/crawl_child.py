@@ -71,7 +71,13 @@ def main(spec_path: str) -> None:
         **spec["settings"],
     }
     process = CrawlerProcess(settings)
-    crawler = process.create_crawler(ListSpider)
+    spider_class: type[ListSpider] = ListSpider
+    if spec.get("custom_settings"):
+        # A spider with its own custom_settings (spider priority).
+        spider_class = type(
+            "ListSpider", (ListSpider,), {"custom_settings": spec["custom_settings"]}
+        )
+    crawler = process.create_crawler(spider_class)
     result: dict[str, Any] = {"reason": None, "stats": {}, "outcomes": {}}
 
     def closed(spider: ListSpider, reason: str) -> None:

@@ -613,6 +613,9 @@ class GatewayProtocol(Protocol):
                 "proxy authentication required: use Basic USER[-country-CC]"
                 "[-session-ID]:PASSWORD",
                 keep_alive=keep_alive,
+                # Like a provider's gateway, it marks its own refusal (RFC
+                # 9209), which tells it from a 407 a site sends itself.
+                proxy_error="http_request_denied",
                 extra_headers=[("Proxy-Authenticate", f'Basic realm="{REALM}"')],
             )
             return

@@ -390,6 +390,13 @@ class SiteResource(Resource):
         if path == "/echo":
             body = self._echo(request, ticket.host, peer)
             self._write(request, ticket.host, 200, "application/json", body)
+        elif path.startswith("/status/") and path[8:].isdigit():
+            # A page that answers with any status; a 407 is sent the way a
+            # site that wants proxy credentials itself would send it.
+            status = int(path[8:])
+            if status == 407:
+                request.setHeader(b"Proxy-Authenticate", b'Basic realm="site"')
+            self._write(request, ticket.host, status, "text/plain", b"status\n")
         elif size_text != path and size_text.isdigit() and int(size_text) <= MAX_BYTES:
             self._stream(request, ticket.host, int(size_text))
         else:

@@ -1,0 +1,410 @@
+"""Hostile inputs (issue 7): every bad input gets a clear refusal, the
+password is never printed, nothing goes direct by accident.
+
+Real crawls through the sandbox's authenticating gateway (and Squid), in a
+subprocess each; a few run `scrapy crawl` itself in a scratch project.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from scrapy_justproxies.sandbox.crawl import REACTORS, CrawlResult, run_crawl
+from tests.test_crawl import ADDON, configure, site, urls
+from tests.test_squid_interop import HOSTS, PASSWORD, USER, squid_env
+
+pytestmark = pytest.mark.crawl
+
+LIST_USER = "listuser"
+LIST_PASSWORD = "li5t:pa%ss/w#rd"  # a colon, a percent sign, a slash and a hash
+
+
+def leaked(result: CrawlResult, user: str, password: str) -> list[str]:
+    """The forms of the password found anywhere the crawl wrote."""
+    written = result.everything_written()
+    forms = {
+        password,
+        base64.b64encode(f"{user}:{password}".encode()).decode(),
+        quote(password, safe=""),
+        quote(password),
+    }
+    return sorted(form for form in forms if form in written)
+
+
+def nothing_sent(sandbox: Any, *hosts: str) -> None:
+    stats = sandbox.client.stats()
+    assert stats["gateway"]["requests"] == 0
+    assert stats["gateway"]["connects"] == 0
+    for host in hosts:
+        assert site(sandbox, host).get("admitted", 0) == 0
+
+
+def failed_at_startup(result: CrawlResult) -> bool:
+    return result.returncode != 0 or result.reason is None
+
+
+# -- 1. list-format gateways, never echoed ------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["host:port:user:pass", "user:pass:host:port"])
+def test_provider_list_format_is_split_and_never_printed(
+    sandbox: Any, tmp_path: Path, shape: str
+) -> None:
+    configure(sandbox, {"a.test": {}}, users={LIST_USER: LIST_PASSWORD})
+    gateway = (
+        f"{sandbox.gateway}:{LIST_USER}:{LIST_PASSWORD}"
+        if shape.startswith("host")
+        else f"{LIST_USER}:{LIST_PASSWORD}:{sandbox.gateway}"
+    )
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=urls(sandbox, "a.test", 3) + urls(sandbox, "a.test", 3, https=True),
+        settings=ADDON,
+        env={"JUSTPROXIES_GATEWAY": gateway},
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.statuses == {200: 6}
+    assert "credentials belong in JUSTPROXIES_USER" in result.log
+    assert site(sandbox, "a.test")["proxy_authorization_seen"] == 0
+    assert leaked(result, LIST_USER, LIST_PASSWORD) == []
+
+
+def test_unusable_list_format_fails_at_startup_without_printing_it(
+    sandbox: Any, tmp_path: Path
+) -> None:
+    configure(sandbox, {"a.test": {}}, users={LIST_USER: LIST_PASSWORD})
+    host = sandbox.gateway.rsplit(":", 1)[0]
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=urls(sandbox, "a.test", 3),
+        settings=ADDON,
+        env={"JUSTPROXIES_GATEWAY": f"{host}:99999:{LIST_USER}:{LIST_PASSWORD}"},
+    )
+    assert failed_at_startup(result)
+    assert "JUSTPROXIES_GATEWAY (from the environment)" in result.output + result.log
+    nothing_sent(sandbox, "a.test")
+    assert leaked(result, LIST_USER, LIST_PASSWORD) == []
+
+
+# -- 2. empty means unset -------------------------------------------------------
+
+
+def test_empty_enabled_means_on(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    configure(sandbox, {})
+    base = f"http://127.0.0.1:{sandbox.site_http_port}"
+    result = run_crawl(
+        tmp_path,
+        reactor=reactor,
+        requests=[{"url": f"{base}/echo?{i}"} for i in range(3)],
+        settings=ADDON,
+        env={**gateway_env, "JUSTPROXIES_ENABLED": ""},
+    )
+    assert result.statuses == {200: 3}, result.output[-3000:]
+    assert all(json.loads(o["body"])["via_gateway"] for o in result.outcomes.values())
+    assert result.stats["justproxies/requests/proxied"] == 3
+
+
+def test_unclear_enabled_is_a_startup_error(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(sandbox, {"a.test": {}})
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=urls(sandbox, "a.test", 3),
+        settings=ADDON,
+        env={**gateway_env, "JUSTPROXIES_ENABLED": "maybe"},
+    )
+    assert failed_at_startup(result)
+    assert "JUSTPROXIES_ENABLED (from the environment) must be true or false" in (
+        result.output + result.log
+    )
+    nothing_sent(sandbox, "a.test")
+
+
+# -- 3, 4, 10. per-request meta -------------------------------------------------
+
+
+def test_bad_meta_is_refused_never_direct_and_only_sent_requests_count(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    configure(sandbox, {})
+    base = f"http://127.0.0.1:{sandbox.site_http_port}"  # reachable direct too
+    refused = {
+        "direct-string-false": {"justproxies_direct": "false"},
+        "direct-string-zero": {"justproxies_direct": "0"},
+        "direct-one": {"justproxies_direct": 1},
+        "country": {"justproxies_country": "usa"},
+        "session": {"justproxies_session": "has space"},
+    }
+    requests = [
+        *[
+            {"url": f"{base}/echo?{name}", "meta": meta}
+            for name, meta in refused.items()
+        ],
+        {
+            "url": f"{base}/echo?session-again",
+            "meta": {"justproxies_session": "has space"},
+        },
+        {"url": f"ftp://127.0.0.1:{sandbox.site_http_port}/file"},
+        {"url": f"{base}/echo?empty-proxy", "meta": {"proxy": ""}},
+        {"url": f"{base}/echo?direct-false", "meta": {"justproxies_direct": False}},
+        {"url": f"{base}/echo?plain"},
+    ]
+    result = run_crawl(
+        tmp_path, reactor=reactor, requests=requests, settings=ADDON, env=gateway_env
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.statuses == {200: 3, None: 7}
+    sent = {
+        url.rsplit("?", 1)[1]: json.loads(o["body"])
+        for url, o in result.outcomes.items()
+        if o.get("status")
+    }
+    assert set(sent) == {"empty-proxy", "direct-false", "plain"}
+    assert all(echo["via_gateway"] for echo in sent.values())
+    assert (
+        sum(s.get("direct", 0) for s in sandbox.client.stats()["sites"].values()) == 0
+    )
+    assert result.stats["justproxies/requests/proxied"] == 3
+    assert result.stats["justproxies/requests/refused_meta"] == 6
+    assert result.stats.get("justproxies/requests/direct", 0) == 0
+    assert result.stats.get("justproxies/requests/own_proxy", 0) == 0
+    errors = [line for line in result.log.splitlines() if "not sent: meta[" in line]
+    # One line per distinct problem; the second bad session adds none.
+    assert len(errors) == 5, errors
+    assert any("meta['justproxies_direct'] is 'false'" in e for e in errors)
+    assert any("meta['justproxies_country'] is 'usa'" in e for e in errors)
+
+
+# -- 5. download handlers -------------------------------------------------------
+
+
+def test_untested_download_handler_fails_at_startup(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(sandbox, {"a.test": {}})
+    aiohttp = "scrapy.core.downloader.handlers._aiohttp.AiohttpDownloadHandler"
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=urls(sandbox, "a.test", 3) + urls(sandbox, "a.test", 3, https=True),
+        settings={**ADDON, "DOWNLOAD_HANDLERS": {"http": aiohttp, "https": aiohttp}},
+        env=gateway_env,
+    )
+    assert failed_at_startup(result)
+    assert "DOWNLOAD_HANDLERS['http'] is" in result.output + result.log
+    assert "HTTP11DownloadHandler" in result.output + result.log
+    nothing_sent(sandbox, "a.test")
+    assert leaked(result, sandbox.user, sandbox.password) == []
+
+
+# -- 6. a site's own 407 --------------------------------------------------------
+
+
+def test_a_sites_own_407_is_an_ordinary_response(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    configure(sandbox, {"a.test": {}, "b.test": {}})
+    port = sandbox.site_http_port
+    requests = [
+        {"url": f"http://a.test:{port}/status/407"},
+        *urls(sandbox, "a.test", 10),
+        *urls(sandbox, "b.test", 10),
+    ]
+    result = run_crawl(
+        tmp_path, reactor=reactor, requests=requests, settings=ADDON, env=gateway_env
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.statuses == {200: 20, 407: 1}
+    assert result.stats["justproxies/responses/site_407"] == 1
+    assert "Credentials rejected" not in result.log
+
+
+def test_unmarked_407s_from_two_sites_stop_the_crawl(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(sandbox, {"a.test": {}, "b.test": {}})
+    port = sandbox.site_http_port
+    requests = [
+        {"url": f"http://a.test:{port}/status/407"},
+        {"url": f"http://b.test:{port}/status/407"},
+    ]
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=requests,
+        settings={
+            **ADDON,
+            "CONCURRENT_REQUESTS": 2,
+            "CONCURRENT_REQUESTS_PER_DOMAIN": 1,
+        },
+        env=gateway_env,
+    )
+    assert result.reason == "justproxies_credentials_rejected", result.output[-3000:]
+
+
+@pytest.mark.squid
+def test_a_sites_own_407_through_squid_is_an_ordinary_response(
+    sandbox: Any, squid_proxy_factory: Any, tmp_path: Path
+) -> None:
+    squid = squid_proxy_factory(user=USER, password=PASSWORD, host_names=HOSTS)
+    configure(sandbox, {"a.test": {}, "b.test": {}})
+    port = sandbox.site_http_port
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=[
+            {"url": f"http://a.test:{port}/status/407"},
+            *urls(sandbox, "b.test", 5),
+        ],
+        settings=ADDON,
+        env=squid_env(squid),
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.statuses == {200: 5, 407: 1}
+
+
+# -- 7. IPv6 gateways -----------------------------------------------------------
+
+
+def test_ipv6_gateway_is_refused_at_startup(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(sandbox, {"a.test": {}})
+    port = sandbox.gateway.rsplit(":", 1)[1]
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=urls(sandbox, "a.test", 3),
+        settings=ADDON,
+        env={**gateway_env, "JUSTPROXIES_GATEWAY": f"[::1]:{port}"},
+    )
+    assert failed_at_startup(result)
+    assert "is an IPv6 address" in result.output + result.log
+    nothing_sent(sandbox, "a.test")
+
+
+# -- 12. custom_settings and the preset -----------------------------------------
+
+
+def test_spider_custom_settings_pool_and_total_follow_the_precedence(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    configure(sandbox, {"a.test": {}})
+    result = run_crawl(
+        tmp_path,
+        reactor=reactor,
+        requests=urls(sandbox, "a.test", 5),
+        settings=ADDON,
+        custom_settings={"JUSTPROXIES_POOL": "datacenter", "CONCURRENT_REQUESTS": 33},
+        env={**gateway_env, "JUSTPROXIES_POOL": ""},
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    assert "pool 'datacenter'" in result.log
+    assert "CONCURRENT_REQUESTS = 33 (spider custom_settings)" in result.log
+    assert "CONCURRENT_REQUESTS_PER_DOMAIN = 33 (pool preset)" in result.log
+    assert "RETRY_TIMES = 3 (pool preset)" in result.log
+
+
+# -- 11, 13. `scrapy crawl` and `scrapy settings` in a scratch project ----------
+
+SPIDER = """
+import scrapy
+
+
+class Probe(scrapy.Spider):
+    name = "probe"
+    start_urls = ["http://a.test:1/"]
+
+    def parse(self, response):
+        pass
+"""
+
+
+def scratch_project(root: Path, reactor: str, settings: str = "") -> Path:
+    (root / "probe" / "spiders").mkdir(parents=True)
+    (root / "scrapy.cfg").write_text("[settings]\ndefault = probe.settings\n")
+    (root / "probe" / "__init__.py").write_text("")
+    (root / "probe" / "spiders" / "__init__.py").write_text("")
+    (root / "probe" / "spiders" / "probe.py").write_text(SPIDER)
+    reactor_path = {
+        "asyncio": "twisted.internet.asyncioreactor.AsyncioSelectorReactor",
+        "epoll": "twisted.internet.epollreactor.EPollReactor",
+    }[reactor]
+    (root / "probe" / "settings.py").write_text(
+        'SPIDER_MODULES = ["probe.spiders"]\n'
+        'ADDONS = {"scrapy_justproxies.Addon": 100}\n'
+        f"TWISTED_REACTOR = {reactor_path!r}\n"
+        "TELNETCONSOLE_ENABLED = False\n" + settings
+    )
+    return root
+
+
+def scrapy_command(root: Path, args: list[str], env: dict[str, str]) -> Any:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("JUSTPROXIES_")
+        and k.lower() not in {"http_proxy", "https_proxy", "all_proxy"}
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "scrapy", *args],
+        cwd=root,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("reactor_name", REACTORS)
+def test_scrapy_crawl_with_a_config_error_exits_non_zero_with_the_message(
+    tmp_path: Path, reactor_name: str
+) -> None:
+    root = scratch_project(tmp_path, reactor_name)
+    env = {
+        "JUSTPROXIES_GATEWAY": "127.0.0.1:9",
+        "JUSTPROXIES_USER": "u",
+        "JUSTPROXIES_PASSWORD": "Zq9-secret-pw",
+        "JUSTPROXIES_POOL": "mobil",
+    }
+    done = scrapy_command(root, ["crawl", "probe"], env)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    assert (
+        "ERROR: JustProxies cannot start: JUSTPROXIES_POOL (from the environment) "
+        "is 'mobil'" in output
+    )
+    assert "Zq9-secret-pw" not in output
+    assert "Spider opened" not in output
+
+
+def test_scrapy_settings_shows_the_project_values_not_the_preset(
+    tmp_path: Path,
+) -> None:
+    """The README's claim: `scrapy settings` does not run add-ons, so it
+    shows settings.py's values; the crawl's start-up block shows the preset."""
+    root = scratch_project(tmp_path, "asyncio")
+    env = {
+        "JUSTPROXIES_GATEWAY": "127.0.0.1:9",
+        "JUSTPROXIES_USER": "u",
+        "JUSTPROXIES_PASSWORD": "p",
+        "JUSTPROXIES_POOL": "mobile",
+    }
+    done = scrapy_command(root, ["settings", "--get", "CONCURRENT_REQUESTS"], env)
+    assert done.stdout.strip() == "16", done.stdout + done.stderr
