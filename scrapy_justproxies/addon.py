@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING
 
 from .config import (
     TEMPLATE_OVERRIDE_PRIORITY,
+    Concurrency,
     Config,
     JustProxiesConfigError,
     SourceKind,
     ThrottleConfig,
     check_download_handlers,
     effective_settings,
+    report_startup_error,
 )
 from .middleware import (
     PRIORITY,
@@ -45,9 +47,7 @@ class Addon:
         try:
             self._update_settings(settings)
         except JustProxiesConfigError as error:
-            # Scrapy prints the traceback of anything raised while a crawler
-            # starts; this line puts the message where a log reader looks.
-            logger.error("JustProxies cannot start: %s", error)
+            report_startup_error(logger, error)
             raise
 
     def _update_settings(self, settings: BaseSettings) -> None:
@@ -73,3 +73,6 @@ class Addon:
                 settings.set(name, effective.value, priority="addon")
             elif effective.kind is SourceKind.TEMPLATE_REPLACED:
                 settings.set(name, effective.value, priority=TEMPLATE_OVERRIDE_PRIORITY)
+        # Checked here too, so an impossible combination is reported at the
+        # earliest point, before any component is built.
+        Concurrency.resolve(settings, config, os.environ)

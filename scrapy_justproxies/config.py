@@ -9,7 +9,9 @@ fix; the message never contains the password.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import math
 import re
 from collections.abc import Mapping
@@ -47,6 +49,33 @@ SUPPORTED_HTTP_HANDLERS: Final = frozenset(
 
 class JustProxiesConfigError(ValueError):
     """A ``JUSTPROXIES_*`` setting is missing, malformed or impossible."""
+
+
+class _DropTraceback(logging.Filter):
+    """Drops the records that carry one given exception (its traceback)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[1] is self.error)
+
+
+def report_startup_error(logger: logging.Logger, error: JustProxiesConfigError) -> None:
+    """Log a start-up error as one clear ERROR line, and keep the traceback
+    Scrapy would print for the same exception out of the log.
+
+    Scrapy re-raises anything raised while a crawler starts "so asyncio still
+    logs it" ("Task exception was never retrieved", or Twisted's "Unhandled
+    error in Deferred"); for a settings error that traceback only buries the
+    message. Only records carrying this very exception are dropped; the exit
+    code stays non-zero.
+    """
+    logger.error("JustProxies cannot start: %s", error)
+    quiet = _DropTraceback(error)
+    for name in ("asyncio", "twisted"):
+        logging.getLogger(name).addFilter(quiet)
 
 
 class Secret:
@@ -400,16 +429,7 @@ class _Reader:
                 f"{self.where(name)} contains credentials. {fix} and put the "
                 "credentials in JUSTPROXIES_USER and JUSTPROXIES_PASSWORD."
             )
-        if "[" in value:
-            # Measured on Scrapy 2.19, both reactors: https works, but every
-            # http request fails "DNS lookup failed ... ::1" (Scrapy's default
-            # resolver looks up IPv4 names only).
-            raise JustProxiesConfigError(
-                f"{self.where(name)} is an IPv6 address, which Scrapy's default "
-                "DNS resolver cannot connect http requests to. Use the gateway's "
-                "IPv4 address or a host name with an IPv4 address."
-            )
-        if "//" not in value and value.count(":") >= 3:
+        if "[" not in value and "//" not in value and value.count(":") >= 3:
             return self._listed_gateway(value)
         parsed = urlsplit(value if "://" in value else f"http://{value}")
         try:
@@ -427,7 +447,9 @@ class _Reader:
                 f"{self.where(name)} uses scheme {scheme!r}; the gateway speaks "
                 f"plain http (https targets go through CONNECT). {fix}."
             )
-        if (
+        if parsed.hostname and ":" in parsed.hostname:
+            self._check_ipv6_gateway(parsed.hostname)
+        elif (
             not parsed.hostname
             or not _HOSTNAME_RE.fullmatch(parsed.hostname)
             or parsed.path not in ("", "/")
@@ -440,6 +462,26 @@ class _Reader:
                 f"{self.where(name)}: port 0 is not valid. {fix}."
             )
         return Gateway(parsed.hostname, port or DEFAULT_GATEWAY_PORT), None
+
+    def _check_ipv6_gateway(self, hostname: str) -> None:
+        name = "JUSTPROXIES_GATEWAY"
+        try:
+            ipaddress.IPv6Address(hostname)
+        except ValueError:
+            raise JustProxiesConfigError(
+                f"{self.where(name)} has a malformed IPv6 address. Use "
+                f"{GATEWAY_SHAPE}, or http://[IPv6]:port."
+            ) from None
+        # Measured on Scrapy 2.13 and 2.19, both reactors: with the default
+        # resolver (IPv4 names only) every http request fails "DNS lookup
+        # failed ... ::1"; https, and http with this resolver, work.
+        if resolver_path(self.settings) != HOSTNAME_RESOLVER:
+            raise JustProxiesConfigError(
+                f"{self.where(name)} is an IPv6 address, and Scrapy's default DNS "
+                "resolver cannot connect http requests to it. Set "
+                f"{resolver_setting(self.settings)} = {HOSTNAME_RESOLVER!r} in "
+                "settings.py (or with -s), or use the gateway's IPv4 address."
+            )
 
     def _listed_gateway(self, value: str) -> tuple[Gateway, tuple[str, str]]:
         parts = value.split(":")
@@ -854,6 +896,28 @@ def _slot_groups(raw: Mapping[str, Any]) -> dict[str, str]:
         for host in [group, *hosts]:
             groups[host.lower()] = group.lower()
     return groups
+
+
+HOSTNAME_RESOLVER: Final = "scrapy.resolver.CachingHostnameResolver"
+
+
+def resolver_setting(settings: BaseSettings) -> str:
+    """The name of the setting that picks the reactor's DNS resolver:
+    ``TWISTED_DNS_RESOLVER`` since Scrapy 2.14, ``DNS_RESOLVER`` before
+    (still honoured there when set above the other)."""
+    if "TWISTED_DNS_RESOLVER" not in settings:
+        return "DNS_RESOLVER"
+    old = settings.getpriority("DNS_RESOLVER") or 0
+    new = settings.getpriority("TWISTED_DNS_RESOLVER") or 0
+    default = SETTINGS_PRIORITIES["default"]
+    return "DNS_RESOLVER" if old > default and old >= new else "TWISTED_DNS_RESOLVER"
+
+
+def resolver_path(settings: BaseSettings) -> str:
+    value = settings.get(resolver_setting(settings))
+    if isinstance(value, str):
+        return value
+    return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
 
 
 def check_download_handlers(settings: BaseSettings) -> None:

@@ -33,6 +33,7 @@ from .config import (
     effective_settings,
     has_startproject_throttle,
     replaced_startproject_throttle,
+    report_startup_error,
 )
 from .failures import (
     is_gateway_connection_failure,
@@ -173,9 +174,7 @@ class JustProxiesMiddleware:
         try:
             return cls._from_crawler(crawler)
         except JustProxiesConfigError as error:
-            # Scrapy prints the traceback of anything raised while a crawler
-            # starts; this line puts the message where a log reader looks.
-            logger.error("JustProxies cannot start: %s", error)
+            report_startup_error(logger, error)
             raise
 
     @classmethod

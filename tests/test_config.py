@@ -506,3 +506,19 @@ def test_scrapys_http11_handler_and_disabled_schemes_are_accepted() -> None:
     check_download_handlers(
         settings({"DOWNLOAD_HANDLERS": {"http": HTTP11DownloadHandler, "https": None}})
     )
+
+
+@pytest.mark.parametrize("setting", ["DNS_RESOLVER", "TWISTED_DNS_RESOLVER"])
+def test_ipv6_gateway_needs_the_hostname_resolver(setting: str) -> None:
+    values = {**GOOD, "JUSTPROXIES_GATEWAY": "http://[::1]:8081"}
+    current = "TWISTED_DNS_RESOLVER" if "TWISTED_DNS_RESOLVER" in Settings() else ""
+    if setting != (current or "DNS_RESOLVER"):
+        pytest.skip(f"{setting} is not this Scrapy's resolver setting")
+    with pytest.raises(JustProxiesConfigError, match="IPv6") as info:
+        Config.from_settings(settings(values), {})
+    assert "CachingHostnameResolver" in str(info.value)
+    values[setting] = "scrapy.resolver.CachingHostnameResolver"
+    config = Config.from_settings(settings(values), {})
+    assert config.gateway is not None
+    assert (config.gateway.host, config.gateway.port) == ("::1", 8081)
+    assert config.gateway.url == "http://[::1]:8081"

@@ -8,15 +8,20 @@ subprocess each; a few run `scrapy crawl` itself in a scratch project.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+from scrapy.settings import Settings
 
 from scrapy_justproxies.sandbox.crawl import REACTORS, CrawlResult, run_crawl
 from tests.test_crawl import ADDON, configure, site, urls
@@ -280,8 +285,55 @@ def test_a_sites_own_407_through_squid_is_an_ordinary_response(
 
 # -- 7. IPv6 gateways -----------------------------------------------------------
 
+RESOLVER_SETTING = (
+    "TWISTED_DNS_RESOLVER" if "TWISTED_DNS_RESOLVER" in Settings() else "DNS_RESOLVER"
+)
 
-def test_ipv6_gateway_is_refused_at_startup(
+
+@pytest.fixture
+def ipv6_gateway(sandbox: Any) -> Iterator[int]:
+    """A plain TCP relay listening on [::1], in front of the sandbox gateway
+    (which listens on 127.0.0.1): the crawl talks to the gateway over IPv6."""
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    host, port = sandbox.gateway.rsplit(":", 1)
+    stop = threading.Event()
+    opened: list[socket.socket] = []
+
+    def pipe(source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+        with contextlib.suppress(OSError):
+            target.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection((host, int(port)))
+            opened.extend((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    yield int(listener.getsockname()[1])
+    stop.set()
+    server.join(2)
+    listener.close()
+    for connection in opened:
+        connection.close()
+
+
+def test_ipv6_gateway_with_scrapys_default_resolver_is_refused_at_startup(
     sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
 ) -> None:
     configure(sandbox, {"a.test": {}})
@@ -295,7 +347,33 @@ def test_ipv6_gateway_is_refused_at_startup(
     )
     assert failed_at_startup(result)
     assert "is an IPv6 address" in result.output + result.log
+    assert RESOLVER_SETTING in result.output + result.log
     nothing_sent(sandbox, "a.test")
+
+
+def test_ipv6_gateway_with_the_hostname_resolver_carries_http_and_https(
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    reactor: str,
+    tmp_path: Path,
+    ipv6_gateway: int,
+) -> None:
+    configure(sandbox, {"a.test": {}})
+    result = run_crawl(
+        tmp_path,
+        reactor=reactor,
+        requests=urls(sandbox, "a.test", 3) + urls(sandbox, "a.test", 3, https=True),
+        settings={
+            **ADDON,
+            RESOLVER_SETTING: "scrapy.resolver.CachingHostnameResolver",
+        },
+        env={**gateway_env, "JUSTPROXIES_GATEWAY": f"[::1]:{ipv6_gateway}"},
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.statuses == {200: 6}
+    assert "routing through gateway http://[::1]:" in result.log
+    assert site(sandbox, "a.test")["admitted"] == 6
+    assert leaked(result, sandbox.user, sandbox.password) == []
 
 
 # -- 12. custom_settings and the preset -----------------------------------------
@@ -373,23 +451,48 @@ def scrapy_command(root: Path, args: list[str], env: dict[str, str]) -> Any:
 
 
 @pytest.mark.parametrize("reactor_name", REACTORS)
-def test_scrapy_crawl_with_a_config_error_exits_non_zero_with_the_message(
-    tmp_path: Path, reactor_name: str
+@pytest.mark.parametrize(
+    ("env_change", "args", "message"),
+    [
+        (
+            {"JUSTPROXIES_POOL": "mobil"},
+            [],
+            "JUSTPROXIES_POOL (from the environment) is 'mobil'",
+        ),
+        (
+            {"JUSTPROXIES_POOL": "mobile"},
+            ["-s", "CONCURRENT_REQUESTS=8", "-s", "CONCURRENT_REQUESTS_PER_DOMAIN=9"],
+            "CONCURRENT_REQUESTS_PER_DOMAIN (9, from command line) is above",
+        ),
+        (
+            {"JUSTPROXIES_GATEWAY": "127.0.0.1:9:u:Zq9-secret-pw:x"},
+            [],
+            "JUSTPROXIES_GATEWAY carries credentials that differ from JUSTPROXIES_PASSWORD",
+        ),
+    ],
+    ids=["pool", "concurrency", "gateway"],
+)
+def test_scrapy_crawl_with_a_config_error_exits_non_zero_with_one_clear_line(
+    tmp_path: Path,
+    reactor_name: str,
+    env_change: dict[str, str],
+    args: list[str],
+    message: str,
 ) -> None:
     root = scratch_project(tmp_path, reactor_name)
     env = {
         "JUSTPROXIES_GATEWAY": "127.0.0.1:9",
         "JUSTPROXIES_USER": "u",
         "JUSTPROXIES_PASSWORD": "Zq9-secret-pw",
-        "JUSTPROXIES_POOL": "mobil",
+        **env_change,
     }
-    done = scrapy_command(root, ["crawl", "probe"], env)
+    done = scrapy_command(root, ["crawl", "probe", *args], env)
     output = done.stdout + done.stderr
     assert done.returncode != 0, output[-3000:]
-    assert (
-        "ERROR: JustProxies cannot start: JUSTPROXIES_POOL (from the environment) "
-        "is 'mobil'" in output
-    )
+    assert f"ERROR: JustProxies cannot start: {message}" in output, output[-3000:]
+    assert output.count(message) == 1
+    for noise in ("Traceback", "Task exception was never retrieved", "Unhandled"):
+        assert noise not in output
     assert "Zq9-secret-pw" not in output
     assert "Spider opened" not in output
 
