@@ -511,3 +511,41 @@ def test_scrapy_settings_shows_the_project_values_not_the_preset(
     }
     done = scrapy_command(root, ["settings", "--get", "CONCURRENT_REQUESTS"], env)
     assert done.stdout.strip() == "16", done.stdout + done.stderr
+
+
+# -- 13. a non-ASCII password and HTTPPROXY_AUTH_ENCODING -------------------------
+
+UNICODE_USER = "unicodeuser"
+UNICODE_PASSWORD = "pässwörd-ü"
+
+
+@pytest.mark.parametrize("encoding", [None, "utf-8"])
+def test_non_ascii_password_needs_the_gateways_encoding(
+    sandbox: Any, tmp_path: Path, encoding: str | None
+) -> None:
+    """The README's note: Scrapy sends Basic credentials in latin-1 unless
+    HTTPPROXY_AUTH_ENCODING says otherwise; a gateway that decodes UTF-8
+    (the sandbox does) then refuses them, and the crawl stops on its 407."""
+    configure(sandbox, {"a.test": {}}, users={UNICODE_USER: UNICODE_PASSWORD})
+    settings: dict[str, Any] = {**ADDON}
+    if encoding:
+        settings["HTTPPROXY_AUTH_ENCODING"] = encoding
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=urls(sandbox, "a.test", 3),
+        settings=settings,
+        env={
+            "JUSTPROXIES_GATEWAY": sandbox.gateway,
+            "JUSTPROXIES_USER": UNICODE_USER,
+            "JUSTPROXIES_PASSWORD": UNICODE_PASSWORD,
+        },
+    )
+    if encoding:
+        assert result.reason == "finished", result.output[-3000:]
+        assert result.statuses == {200: 3}
+    else:
+        assert result.reason == "justproxies_credentials_rejected", result.output
+    assert leaked(result, UNICODE_USER, UNICODE_PASSWORD) == []
+    latin1 = base64.b64encode(f"{UNICODE_USER}:{UNICODE_PASSWORD}".encode("latin-1"))
+    assert latin1.decode() not in result.everything_written()
