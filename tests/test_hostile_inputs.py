@@ -227,6 +227,7 @@ def test_a_sites_own_407_is_an_ordinary_response(
     port = sandbox.site_http_port
     requests = [
         {"url": f"http://a.test:{port}/status/407"},
+        {"url": f"https://a.test:{sandbox.site_https_port}/status/407"},
         *urls(sandbox, "a.test", 10),
         *urls(sandbox, "b.test", 10),
     ]
@@ -234,8 +235,8 @@ def test_a_sites_own_407_is_an_ordinary_response(
         tmp_path, reactor=reactor, requests=requests, settings=ADDON, env=gateway_env
     )
     assert result.reason == "finished", result.output[-3000:]
-    assert result.statuses == {200: 20, 407: 1}
-    assert result.stats["justproxies/responses/site_407"] == 1
+    assert result.statuses == {200: 20, 407: 2}
+    assert result.stats["justproxies/responses/site_407"] == 1  # the http one
     assert "Credentials rejected" not in result.log
 
 
