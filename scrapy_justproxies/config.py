@@ -248,12 +248,9 @@ class Config:
         """The gateway username with provider parameters for one request."""
         country = country if country is not None else self.country
         session = str(session) if session is not None else None
-        if country is not None and not _COUNTRY_RE.fullmatch(country):
-            raise ValueError(f"country {country!r} is not a two-letter code")
-        if session is not None and not _SESSION_RE.fullmatch(session):
-            raise ValueError(
-                "session id must be 1-64 characters of letters, digits or _"
-            )
+        problem = request_parameter_problem(country, session)
+        if problem is not None:
+            raise ValueError(f"{problem[0]}: {problem[1]}")
         return self.username_template.render(
             self.user, country.lower() if country else None, session
         )
@@ -271,6 +268,18 @@ class Config:
         password = quote(self.password.reveal(), safe="")
         scheme, netloc = self.gateway.url.split("://", 1)
         return f"{scheme}://{user}:{password}@{netloc}"
+
+
+def request_parameter_problem(
+    country: str | None, session: str | None
+) -> tuple[str, str] | None:
+    """``(which, what to use instead)`` when a per-request country or session
+    cannot go into the gateway username; None when both can."""
+    if country is not None and not _COUNTRY_RE.fullmatch(country):
+        return "country", "use a two-letter country code such as 'us'"
+    if session is not None and not _SESSION_RE.fullmatch(session):
+        return "session", "use 1-64 characters of letters, digits or _"
+    return None
 
 
 class _Reader:

@@ -34,6 +34,7 @@ from .config import (
     has_startproject_throttle,
     replaced_startproject_throttle,
     report_startup_error,
+    request_parameter_problem,
 )
 from .failures import (
     is_gateway_connection_failure,
@@ -242,16 +243,21 @@ class JustProxiesMiddleware:
             request.meta.get(META_COUNTRY),
             request.meta.get(META_SESSION),
         )
-        try:
-            # str(): the cache needs hashable keys, and meta may hold a number.
-            request.meta["proxy"] = self._proxy_url(
-                country=None if country is None else str(country),
-                session=None if session is None else str(session),
+        # str(): the cache needs hashable keys, and meta may hold a number.
+        country_text = None if country is None else str(country)
+        session_text = None if session is None else str(session)
+        problem = request_parameter_problem(country_text, session_text)
+        if problem is not None:
+            which, fix = problem
+            key, value = (
+                (META_COUNTRY, country)
+                if which == "country"
+                else (META_SESSION, session)
             )
-        except ValueError as error:
-            key = META_COUNTRY if "country" in str(error) else META_SESSION
-            value = country if key == META_COUNTRY else session
-            self._refuse(request, BadRequestMeta(key, f"is {_shown(value)}: {error}"))
+            self._refuse(request, BadRequestMeta(key, f"is {_shown(value)}; {fix}"))
+        request.meta["proxy"] = self._proxy_url(
+            country=country_text, session=session_text
+        )
         self._inc(_ROUTE_STATS[Route.GATEWAY])
         request.meta[META_ROUTED] = self._gateway_url
         for key, value in self._meta_defaults.items():
@@ -380,12 +386,15 @@ class JustProxiesMiddleware:
         logged once per distinct problem, never sent direct."""
         self._inc("justproxies/requests/refused_meta")
         message = f"{request} not sent: {error}."
-        if str(error) not in self._refusals_logged:
-            self._refusals_logged.add(str(error))
+        if error.key not in self._refusals_logged:
+            # One line per meta key: a broad crawl with bad session ids
+            # from its data must not write one per request.
+            self._refusals_logged.add(error.key)
             logger.error(
-                "JustProxies: %s Requests with the same problem are dropped "
+                "JustProxies: %s Further requests with a bad meta[%r] are dropped "
                 "without another line (stat justproxies/requests/refused_meta).",
                 message,
+                error.key,
             )
         raise IgnoreRequest(message)
 

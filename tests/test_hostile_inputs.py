@@ -189,10 +189,11 @@ def test_bad_meta_is_refused_never_direct_and_only_sent_requests_count(
     assert result.stats.get("justproxies/requests/direct", 0) == 0
     assert result.stats.get("justproxies/requests/own_proxy", 0) == 0
     errors = [line for line in result.log.splitlines() if "not sent: meta[" in line]
-    # One line per distinct problem; the second bad session adds none.
-    assert len(errors) == 5, errors
-    assert any("meta['justproxies_direct'] is 'false'" in e for e in errors)
-    assert any("meta['justproxies_country'] is 'usa'" in e for e in errors)
+    # One line per meta key, not per request.
+    assert len(errors) == 3, errors
+    assert any("meta['justproxies_direct'] is " in e for e in errors)
+    assert any("meta['justproxies_country'] is 'usa'; use a two" in e for e in errors)
+    assert any("meta['justproxies_session'] is 'has space'; use" in e for e in errors)
 
 
 # -- 5. download handlers -------------------------------------------------------
