@@ -34,6 +34,7 @@ _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 _HOSTNAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
+_PORT_RE: Final = re.compile(r"[0-9]{1,5}")
 GATEWAY_SHAPE: Final = "host:port or http://host:port (e.g. gw.example.net:8080)"
 # The http/https download handlers the plugin is tested with (Scrapy's
 # HTTP/1.1 handler, and its deprecated alias): every promise -- credentials
@@ -207,7 +208,8 @@ class Config:
             user, password = reader.listed_credentials(*listed)
             warnings.append(
                 f"{reader.where('JUSTPROXIES_GATEWAY')} carries a username and "
-                "password (the host:port:user:pass list format); they are used, "
+                "password (a host:port:user:pass or user:pass:host:port list); "
+                "they are used, "
                 "but credentials belong in JUSTPROXIES_USER and "
                 "JUSTPROXIES_PASSWORD: set JUSTPROXIES_GATEWAY to host:port."
             )
@@ -494,14 +496,14 @@ class _Reader:
 
     def _listed_gateway(self, value: str) -> tuple[Gateway, tuple[str, str]]:
         parts = value.split(":")
-        if parts[1].isdigit():  # host:port:user:pass (the pass may hold ':')
+        if _PORT_RE.fullmatch(parts[1]):  # host:port:user:pass (pass may hold ':')
             host, port, user, password = (
                 parts[0],
                 parts[1],
                 parts[2],
                 ":".join(parts[3:]),
             )
-        elif parts[-1].isdigit():  # user:pass:host:port
+        elif _PORT_RE.fullmatch(parts[-1]):  # user:pass:host:port
             user, password = parts[0], ":".join(parts[1:-2])
             host, port = parts[-2], parts[-1]
         else:
