@@ -217,7 +217,7 @@ class JustProxiesMiddleware:
             gateway = request.meta.pop(META_ROUTED, None)
             request.meta.pop("_auth_proxy", None)
             request.headers.pop(b"Proxy-Authorization", None)
-            if how is Route.DIRECT and request.meta.get("proxy") in (None, gateway):
+            if how is Route.DIRECT and request.meta.get("proxy") in (None, "", gateway):
                 # None also keeps HttpProxyMiddleware from using http_proxy
                 # from the environment: the user asked for direct.
                 request.meta["proxy"] = None

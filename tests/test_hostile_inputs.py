@@ -168,25 +168,31 @@ def test_bad_meta_is_refused_never_direct_and_only_sent_requests_count(
         {"url": f"{base}/echo?empty-proxy", "meta": {"proxy": ""}},
         {"url": f"{base}/echo?direct-false", "meta": {"justproxies_direct": False}},
         {"url": f"{base}/echo?plain"},
+        # Asked for direct, with an empty proxy from os.getenv: direct.
+        {
+            "url": f"{base}/echo?direct",
+            "meta": {"justproxies_direct": True, "proxy": ""},
+        },
     ]
     result = run_crawl(
         tmp_path, reactor=reactor, requests=requests, settings=ADDON, env=gateway_env
     )
     assert result.reason == "finished", result.output[-3000:]
-    assert result.statuses == {200: 3, None: 7}
+    assert result.statuses == {200: 4, None: 7}
     sent = {
         url.rsplit("?", 1)[1]: json.loads(o["body"])
         for url, o in result.outcomes.items()
         if o.get("status")
     }
-    assert set(sent) == {"empty-proxy", "direct-false", "plain"}
-    assert all(echo["via_gateway"] for echo in sent.values())
+    assert set(sent) == {"empty-proxy", "direct-false", "plain", "direct"}
+    assert [k for k, echo in sent.items() if not echo["via_gateway"]] == ["direct"]
+    # Only the one that asked for it reached the site directly.
     assert (
-        sum(s.get("direct", 0) for s in sandbox.client.stats()["sites"].values()) == 0
+        sum(s.get("direct", 0) for s in sandbox.client.stats()["sites"].values()) == 1
     )
     assert result.stats["justproxies/requests/proxied"] == 3
     assert result.stats["justproxies/requests/refused_meta"] == 6
-    assert result.stats.get("justproxies/requests/direct", 0) == 0
+    assert result.stats["justproxies/requests/direct"] == 1
     assert result.stats.get("justproxies/requests/own_proxy", 0) == 0
     errors = [line for line in result.log.splitlines() if "not sent: meta[" in line]
     # One line per meta key, not per request.
