@@ -23,6 +23,7 @@ from scrapy_justproxies.billing import (
 from scrapy_justproxies.config import JustProxiesConfigError, ObservabilityConfig
 from scrapy_justproxies.sandbox.crawl import run_crawl
 from tests.test_crawl import ADDON, assert_no_secret, configure
+from tests.test_squid_interop import HOSTS, USER, squid_env
 
 AUTH = "Basic dXNlcjpwYXNz"
 
@@ -229,8 +230,6 @@ _SQUID_BYTES = re.compile(r"^\S+\s+\d+\s+\S+\s+\S+/(\d{3})\s+(\d+)\s+(\S+)\s+(\S
 def test_received_bytes_agree_with_squids_access_log(
     sandbox: Any, squid_proxy_factory: Any, reactor: str, tmp_path: Path
 ) -> None:
-    from tests.test_squid_interop import HOSTS, USER, squid_env
-
     squid = squid_proxy_factory(user=USER, password="squid-pass", host_names=HOSTS)
     configure(sandbox, {"a.test": {}, "b.test": {}})
     port = sandbox.site_http_port
