@@ -14,11 +14,12 @@ writes to the gateway connection and reads back from it:
   before ``HttpCompressionMiddleware`` inflates it, with the
   ``Transfer-Encoding: chunked`` framing estimated when there was no
   ``Content-Length``;
-* https: the ``CONNECT`` request and the gateway's ``200`` answer, plus the
-  request and answer inside the tunnel, in clear. Not counted: TLS itself
-  (the handshake, a few KB per new connection, and about 30 bytes per TLS
-  record). ``CONNECT`` is counted for every https request, although a
-  kept-alive tunnel sends it once: an upper bound of ~200 bytes each.
+* https: the request and answer inside the tunnel, in clear, plus a
+  ``CONNECT`` request and the gateway's ``200`` answer for each tunnel
+  opened. Scrapy does not say which request opened a new kept-alive tunnel;
+  :class:`TunnelCount` estimates it: one more whenever a domain has more
+  requests in flight than ever before. Not counted: TLS itself (the
+  handshake, a few KB per new connection, and some 30 bytes per TLS record).
 
 Cached answers (``HttpCacheMiddleware``) and requests sent direct cost the
 gateway nothing and are not counted.
@@ -39,6 +40,7 @@ from scrapy.utils.httpobj import urlparse_cached
 
 from .config import ObservabilityConfig
 from .failures import proxy_generated
+from .slots import SlotGuard
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
@@ -70,8 +72,11 @@ def _host_value(scheme: str, host: str, port: int | None) -> str:
     return f"{host}:{port}"
 
 
-def request_wire_size(request: Request) -> tuple[int, bool]:
-    """``(bytes Scrapy writes to the gateway for request, tunneled)``.
+def request_wire_size(
+    request: Request, *, opens_tunnel: bool = True
+) -> tuple[int, bool]:
+    """``(bytes Scrapy writes to the gateway for request, tunneled)``; for
+    https, with the ``CONNECT`` exchange when ``opens_tunnel``.
 
     Call it while ``Proxy-Authorization`` is still in the request's headers
     (HttpProxyMiddleware put it there; the scrub middleware takes it out).
@@ -89,12 +94,15 @@ def request_wire_size(request: Request) -> tuple[int, bool]:
     if tunneled:
         # The path inside the tunnel; the credentials go in CONNECT instead.
         target = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
-        connect_host = f"{host}:{parsed.port or 443}"
-        auth = headers.get(b"Proxy-Authorization")
-        size += len(f"CONNECT {connect_host} HTTP/1.1\r\nHost: {connect_host}\r\n\r\n")
-        if auth:
-            size += len(b"Proxy-Authorization: \r\n") + len(auth)
-        size += CONNECT_ANSWER
+        if opens_tunnel:
+            connect_host = f"{host}:{parsed.port or 443}"
+            auth = headers.get(b"Proxy-Authorization")
+            size += len(
+                f"CONNECT {connect_host} HTTP/1.1\r\nHost: {connect_host}\r\n\r\n"
+            )
+            if auth:
+                size += len(b"Proxy-Authorization: \r\n") + len(auth)
+            size += CONNECT_ANSWER
         items = [
             (name, values)
             for name, values in headers.items()
@@ -111,6 +119,25 @@ def request_wire_size(request: Request) -> tuple[int, bool]:
         size += len(f"Content-Length: {body}\r\n")
     size += 2 + body  # blank line, body
     return size, tunneled
+
+
+class TunnelCount:
+    """Estimates which https requests open a new ``CONNECT`` tunnel.
+
+    Scrapy keeps tunnels alive and reuses an idle one, so a new tunnel is
+    needed only when more requests to a domain are in flight at once than
+    ever before (tunnels closed by the far side are missed).
+    """
+
+    def __init__(self) -> None:
+        self.most_in_flight: dict[str, int] = {}
+
+    def opens_tunnel(self, key: str, in_flight: int) -> bool:
+        """Told of each request when it is sent (``in_flight`` counts it)."""
+        if in_flight <= self.most_in_flight.get(key, 0):
+            return False
+        self.most_in_flight[key] = in_flight
+        return True
 
 
 def chunked_overhead(body: int, chunk: int = ASSUMED_CHUNK) -> int:
@@ -217,6 +244,9 @@ class ByteMeter:
         self.rate_limited = 0
         self.domains: dict[str, DomainBytes] = {}
         self.listeners: list[AnswerListener] = []
+        self.tunnels = TunnelCount()
+        self._opening: weakref.WeakSet[Request] = weakref.WeakSet()
+        SlotGuard.of(crawler).listeners.append(self._sent)
         crawler.signals.connect(self._closed, signals.spider_closed)
 
     @classmethod
@@ -227,6 +257,17 @@ class ByteMeter:
             meter = cls._by_crawler[crawler] = cls(crawler, config)
         return meter
 
+    def _sent(self, key: str, request: Request, in_flight: int) -> None:
+        if urlparse_cached(request).scheme == "https" and self.tunnels.opens_tunnel(
+            key, in_flight
+        ):
+            self._opening.add(request)
+
+    def _request_size(self, request: Request) -> int:
+        opens = request in self._opening
+        self._opening.discard(request)
+        return request_wire_size(request, opens_tunnel=opens)[0]
+
     def on_response(self, request: Request, response: Response, routed: bool) -> None:
         if "cached" in response.flags:
             return
@@ -234,7 +275,7 @@ class ByteMeter:
         kind = answer_class(response.status, response.headers)
         sent = received = 0
         if routed:
-            sent, _ = request_wire_size(request)
+            sent = self._request_size(request)
             received = response_wire_size(response)
             self._add(str(key), sent, received, kind == RATE_LIMITED)
         latency = request.meta.get("download_latency")
@@ -245,7 +286,7 @@ class ByteMeter:
         key = request.meta.get("download_slot") or urlparse_cached(request).hostname
         sent = 0
         if routed and sent_something:
-            sent, _ = request_wire_size(request)
+            sent = self._request_size(request)
             self._add(str(key), sent, 0, False)
         for listener in self.listeners:
             listener(str(key), GATEWAY, sent, 0, None)

@@ -15,6 +15,7 @@ from scrapy.settings import Settings
 
 from scrapy_justproxies.billing import (
     CONNECT_ANSWER,
+    TunnelCount,
     chunked_overhead,
     request_wire_size,
     response_wire_size,
@@ -71,6 +72,22 @@ def test_https_counts_connect_and_the_request_inside_the_tunnel() -> None:
         len(connect) + CONNECT_ANSWER + len(inner),
         True,
     )
+
+
+def test_a_reused_tunnel_sends_no_connect() -> None:
+    request = Request("https://a.test/p", headers={"Proxy-Authorization": AUTH})
+    inner = b"GET /p HTTP/1.1\r\nHost: a.test\r\n\r\n"
+    assert request_wire_size(request, opens_tunnel=False) == (len(inner), True)
+
+
+def test_a_new_tunnel_when_more_are_in_flight_than_ever() -> None:
+    tunnels = TunnelCount()
+    opened = [
+        tunnels.opens_tunnel("a.test", in_flight)
+        for in_flight in (1, 2, 2, 1, 3, 3, 2, 1)
+    ]
+    assert opened == [True, True, False, False, True, False, False, False]
+    assert tunnels.opens_tunnel("b.test", 1)
 
 
 def test_response_with_content_length() -> None:
