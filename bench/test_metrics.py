@@ -379,12 +379,19 @@ def test_variant_specs(variant: str) -> None:
         "plugin": None,
         scenarios.PAUSE_SLOT: None,
         scenarios.START_HIGH: 50,
+        scenarios.TRACE: 50,
         "fixed-low": 16,
         "fixed-high": 50,
         "autothrottle": 16,
     }[variant]
     assert spec.settings.get("CONCURRENT_REQUESTS_PER_DOMAIN") == expected
-    adaptive = variant in ("plugin", scenarios.PAUSE_SLOT, scenarios.START_HIGH)
+    adaptive = variant in (
+        "plugin",
+        scenarios.PAUSE_SLOT,
+        scenarios.START_HIGH,
+        scenarios.TRACE,
+    )
+    assert ("JUSTPROXIES_TRACE" in spec.settings) is (variant == scenarios.TRACE)
     assert spec.settings.get("JUSTPROXIES_THROTTLE_ENABLED", True) is adaptive
     assert spec.settings.get("JUSTPROXIES_RETRY_AFTER_MODE", "request") == (
         "slot" if variant == scenarios.PAUSE_SLOT else "request"
@@ -393,6 +400,12 @@ def test_variant_specs(variant: str) -> None:
         variant == "autothrottle"
     )
     assert "RETRY_TIMES" not in spec.settings
+
+
+def test_bytes_per_success() -> None:
+    assert m.bytes_per_success(2_000_000, 400) == 5000
+    assert m.bytes_per_success(0, 400) is None
+    assert m.bytes_per_success(1000, 0) is None
 
 
 # -- charts and report ------------------------------------------------------------------

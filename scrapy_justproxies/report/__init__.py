@@ -176,13 +176,17 @@ def domain_chart(domain: DomainSummary, t_end: float) -> str:
     attributes = f' class="domain-chart" data-domain="{escape(domain.name)}"'
     out = svg_open(width, height, attributes)
     out.append(f'<text x="{LEFT}" y="20" class="title">{escape(domain.name)}</text>')
-    entries = [
-        ("limit", COLORS["limit"]),
-        ("in flight (most)", COLORS["in_flight"]),
-        ("admitted/s", COLORS["ok"]),
-        ("429/s", COLORS["429"]),
-    ]
-    legend_svg, x = legend(LEFT, 38, entries)
+    legend_svg, x = legend(LEFT, 38, [("limit", COLORS["limit"])], dashed=True)
+    out += legend_svg
+    legend_svg, x = legend(
+        x,
+        38,
+        [
+            ("in flight (most)", COLORS["in_flight"]),
+            ("admitted/s", COLORS["ok"]),
+            ("429/s", COLORS["429"]),
+        ],
+    )
     out += legend_svg
     out.append(
         f'<path d="M{x:g},{33:g}l4,7h-8z" fill="#444"/>'
@@ -193,13 +197,13 @@ def domain_chart(domain: DomainSummary, t_end: float) -> str:
         "admitted answers and 429s per second"
         + (f" (mean over {size} s)" if size > 1 else "")
     )
-    for panel, name in (
-        (concurrency, "limit"),
-        (concurrency, "in_flight"),
-        (answers, "ok"),
-        (answers, "429"),
+    for panel, name, css in (
+        (concurrency, "in_flight", "line"),
+        (concurrency, "limit", "line dashed"),  # on top, dashed: both show
+        (answers, "ok", "line"),
+        (answers, "429", "line"),
     ):
-        out += panel.polyline(_steps(points, size, name), "line", COLORS[name])
+        out += panel.polyline(_steps(points, size, name), css, COLORS[name])
     out += concurrency.markers(
         [
             (

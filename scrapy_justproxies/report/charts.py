@@ -28,6 +28,7 @@ STYLE = (
     ".xtick{font-size:10px;text-anchor:middle;fill:#444}"
     ".legend{font-size:11px}"
     ".line{fill:none;stroke-width:1.6;stroke-linejoin:round}"
+    ".dashed{stroke-dasharray:6,3}"
     ".ref{fill:none;stroke:#000;stroke-width:1.2;stroke-dasharray:5,3}"
     ".capline{fill:none;stroke:#000;stroke-width:1;stroke-dasharray:2,2}"
 )
