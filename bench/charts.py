@@ -34,6 +34,7 @@ COLORS = {
     "autothrottle": "#9467bd",
     "plugin-pause-slot": "#17becf",
     "plugin-start-high": "#ff7f0e",
+    "plugin-trace": "#8c564b",
     "plain-scrapy": "#7f7f7f",
 }
 FALLBACK_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf")

@@ -221,6 +221,35 @@ def test_no_price_no_money(
 
 
 @pytest.mark.crawl
+def test_cached_answers_cost_nothing(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(sandbox, {"a.test": {}})
+    port = sandbox.site_http_port
+    settings = {
+        **ADDON,
+        "LOG_LEVEL": "INFO",
+        "HTTPCACHE_ENABLED": True,
+        "HTTPCACHE_DIR": str(tmp_path / "cache"),
+    }
+    requests = [{"url": f"http://a.test:{port}/item/{i}"} for i in range(1, 6)]
+    first = run_crawl(
+        tmp_path / "1", reactor="asyncio", requests=requests, settings=settings,
+        env=gateway_env,
+    )  # fmt: skip
+    assert first.reason == "finished", first.output[-3000:]
+    assert first.stats["justproxies/bytes/received"] > 0
+    again = run_crawl(
+        tmp_path / "2", reactor="asyncio", requests=requests, settings=settings,
+        env=gateway_env,
+    )  # fmt: skip
+    assert again.reason == "finished", again.output[-3000:]
+    assert again.statuses == {200: 5}
+    assert again.stats["httpcache/hit"] == 5
+    assert "justproxies/bytes/received" not in again.stats
+
+
+@pytest.mark.crawl
 def test_bad_price_stops_the_crawl_before_any_request(
     sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
 ) -> None:

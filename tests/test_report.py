@@ -67,6 +67,22 @@ def test_cli_renders_an_hour_over_20_domains(tmp_path: Path) -> None:
     assert first.count(",") < 8 * 1000
 
 
+@pytest.mark.crawl
+def test_a_report_in_a_missing_folder_stops_the_crawl_at_start(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(sandbox, {"a.test": {}})
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=[{"url": f"http://a.test:{sandbox.site_http_port}/item/1"}],
+        settings={**ADDON, "JUSTPROXIES_REPORT": str(tmp_path / "no" / "r.html")},
+        env=gateway_env,
+    )
+    assert "JUSTPROXIES_REPORT: the folder" in result.output + result.log
+    assert sandbox.client.stats()["gateway"]["requests"] == 0
+
+
 def test_cli_renders_a_trace_cut_short(tmp_path: Path) -> None:
     trace, output = tmp_path / "trace.jsonl", tmp_path / "report.html"
     write_synthetic_trace(trace, seconds=30, domains=2)
@@ -216,6 +232,18 @@ def test_a_real_crawls_report_in_headless_chromium(
     # a.test was rate-limited: its limit decisions are marked.
     a_chart = re.search(r'data-domain="a.test".*?</svg>', dom, re.S)
     assert a_chart and "<title>" in a_chart.group()
+
+    # The table sorts in the browser: report.html#sort=domain clicks "domain"
+    # (the first click sorts down), instead of the default order by cost.
+    def order(html: str) -> list[str]:
+        body = html.split('<table id="domains">')[1].split("</table>", maxsplit=1)[0]
+        return re.findall(r'<tr><td data-v="([^"]+)"', body)
+
+    assert order(report.read_text()) == ["a.test", "b.test", "c.test"]
+    sorted_dom = chromium(
+        "--dump-dom", report.as_uri() + "#sort=domain", profile=tmp_path / "profile"
+    ).stdout
+    assert order(sorted_dom) == ["c.test", "b.test", "a.test"]
 
     # A screenshot that is not blank: the chart colours are on screen.
     shot = tmp_path / "report.png"

@@ -290,6 +290,10 @@ function sortBy(th) {
     (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0) * (down ? -1 : 1));
   for (const r of rows) body.appendChild(r);
 }
+// report.html#sort=cost opens the table sorted by that column.
+const wanted = decodeURIComponent(location.hash.replace(/^#sort=/, ""));
+for (const th of document.querySelectorAll("#domains th"))
+  if (location.hash.startsWith("#sort=") && th.textContent === wanted) sortBy(th);
 """
 
 _CSS: Final = """
