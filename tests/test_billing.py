@@ -5,6 +5,9 @@ Scrapy hands over, checked against proxies that count the wire themselves
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,22 +270,38 @@ def test_bad_price_stops_the_crawl_before_any_request(
     assert sandbox.client.stats()["gateway"]["requests"] == 0
 
 
-# Squid's native access.log line: time elapsed client code/status BYTES method URL ...
-_SQUID_BYTES = re.compile(r"^\S+\s+\d+\s+\S+\s+\S+/(\d{3})\s+(\d+)\s+(\S+)\s+(\S+)")
+@pytest.fixture
+def squid_counting(squid_proxy_factory: Any) -> Iterator[tuple[Any, Path]]:
+    """A private Squid that also logs each request's size as received and
+    its answer's size as sent (``%>st``, ``%<st``: headers and bodies)."""
+    # Squid drops root for its own user: the log goes where that user can write.
+    folder = Path(tempfile.mkdtemp(prefix="squid-bytes-"))
+    folder.chmod(0o777)
+    log = folder / "bytes.log"
+    squid = squid_proxy_factory(
+        user=USER,
+        password="squid-pass",
+        host_names=HOSTS,
+        extra_config=[
+            "logformat jpbytes %>st %<st %ru",
+            f"access_log stdio:{log} jpbytes",
+        ],
+    )
+    yield squid, log
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.squid
 @pytest.mark.crawl
-def test_received_bytes_agree_with_squids_access_log(
-    sandbox: Any, squid_proxy_factory: Any, reactor: str, tmp_path: Path
+def test_byte_count_agrees_with_squids_access_log(
+    sandbox: Any, squid_counting: tuple[Any, Path], reactor: str, tmp_path: Path
 ) -> None:
-    squid = squid_proxy_factory(user=USER, password="squid-pass", host_names=HOSTS)
+    squid, log = squid_counting
     configure(sandbox, {"a.test": {}, "b.test": {}})
     port = sandbox.site_http_port
     requests = [{"url": f"http://a.test:{port}/item/{i}"} for i in range(1, 41)] + [
         {"url": f"http://b.test:{port}/bytes/{10000 + i}"} for i in range(20)
     ]
-    before = len(squid.access_log_lines())  # the fixture may reuse its Squid
     result = run_crawl(
         tmp_path,
         reactor=reactor,
@@ -292,15 +311,15 @@ def test_received_bytes_agree_with_squids_access_log(
     )
     assert result.reason == "finished", result.output[-3000:]
     assert result.statuses == {200: 60}
-    # Squid logs, per request, the bytes it sent the client (head and body).
-    logged = [
-        m
-        for line in squid.access_log_lines()[before:]
-        if (m := _SQUID_BYTES.match(line))
+    entries = [
+        line.split() for line in log.read_text().splitlines() if f":{port}/" in line
     ]
-    crawled = [m for m in logged if f":{port}/" in m.group(4)]
-    assert len(crawled) == 60, squid.access_log_lines()[-5:]
-    squid_bytes = sum(int(m.group(2)) for m in crawled)
+    assert len(entries) == 60, entries[-3:]
+    squid_in = sum(int(entry[0]) for entry in entries)
+    squid_out = sum(int(entry[1]) for entry in entries)
+    sent = result.stats["justproxies/bytes/sent"]
     received = result.stats["justproxies/bytes/received"]
-    print(f"received: ours {received}, Squid's {squid_bytes}")
-    assert _within(received, squid_bytes), (received, squid_bytes)
+    print(f"sent: ours {sent}, Squid's {squid_in}")
+    print(f"received: ours {received}, Squid's {squid_out}")
+    assert _within(sent, squid_in), (sent, squid_in)
+    assert _within(received, squid_out), (received, squid_out)
