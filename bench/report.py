@@ -71,8 +71,9 @@ def spend_line(scenario: Scenario, rows: Mapping[str, Mapping[str, Any]]) -> str
     if not parts:
         return ""
     return (
-        f"Bytes through the gateway for the {pages} pages (TLS included, as the "
-        f"gateway counts them): the plugin {plugin * pages / 1e6:.2f} MB; "
+        f"Bytes through the gateway for the scenario's {pages} pages (per "
+        f"successful page × {pages}; TLS included, as the gateway counts them): "
+        f"the plugin {plugin * pages / 1e6:.2f} MB; "
         + "; ".join(parts)
         + " (the plugin's difference to each in brackets)."
     )
@@ -187,6 +188,7 @@ def scenario_table(
         conc_text,
         "–",
         "→ 0",
+        "–",
         "–",
         "–" if ideal.get("seconds") is None else f"{ideal['seconds']:.0f} s + start-up",
     ]

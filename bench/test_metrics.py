@@ -500,3 +500,21 @@ def test_report_renders_a_table_per_scenario() -> None:
     assert "- an observation" in text
     assert "![steady](steady.svg)" in text
     assert "the machine was not idle" in text
+
+
+def test_spend_line_compares_the_plugin_for_the_same_pages() -> None:
+    mobile = scenarios.select(scenarios.build_scenarios(quick=True), "mobile")[0]
+    rows = {
+        "plugin": {"bytes_per_success": 600.0},
+        "fixed-low": {"bytes_per_success": 600.0},
+        "fixed-high": {"bytes_per_success": 750.0},
+        "autothrottle": {"bytes_per_success": None},
+    }
+    line = report.spend_line(mobile, rows)
+    pages = mobile.urls
+    assert f"the plugin {600 * pages / 1e6:.2f} MB" in line
+    assert "fixed concurrency 16" in line and "(+0%)" in line
+    assert f"fixed concurrency 50 {750 * pages / 1e6:.2f} MB (-20%)" in line
+    assert "AutoThrottle" not in line
+    steady = scenarios.select(scenarios.build_scenarios(quick=True), "steady")[0]
+    assert report.spend_line(steady, rows) == ""
