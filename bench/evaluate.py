@@ -115,6 +115,11 @@ def evaluate_run(
             crawler_requests
             or int(gateway.get("requests", 0)) + int(gateway.get("connects", 0)),
         ),
+        "bytes_per_success": m.bytes_per_success(
+            int(gateway.get("bytes_from_clients", 0))
+            + int(gateway.get("bytes_to_clients", 0)),
+            ok,
+        ),
         "cpu_ms_per_request": m.cpu_ms_per_request(
             max(
                 0.0,

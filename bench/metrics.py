@@ -262,6 +262,12 @@ def connections_per_request(
     return connections_accepted / crawler_requests if crawler_requests else None
 
 
+def bytes_per_success(gateway_bytes: int, successes: int) -> float | None:
+    """Bytes through the gateway (both directions, as it counted them) per
+    URL that ended with a 200: what a bandwidth-priced pool bills per page."""
+    return gateway_bytes / successes if successes and gateway_bytes else None
+
+
 def cpu_ms_per_request(cpu_seconds: float, crawler_requests: int) -> float | None:
     """CPU milliseconds per request sent (pass CPU net of the process start-up)."""
     return 1000.0 * cpu_seconds / crawler_requests if crawler_requests else None

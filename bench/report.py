@@ -41,6 +41,44 @@ def _limit(row: Mapping[str, Any]) -> str:
     return "; ".join(parts) or "–"
 
 
+def _bytes(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value / 1000:.2f} kB" if value < 10**6 else f"{value / 10**6:.2f} MB"
+
+
+def spend_line(scenario: Scenario, rows: Mapping[str, Mapping[str, Any]]) -> str:
+    """For a pool preset: what the plugin spent for the scenario's pages
+    against fixed concurrency at the preset's ends and AutoThrottle, as the
+    gateway counted the bytes."""
+    plugin = rows.get("plugin", {}).get("bytes_per_success")
+    if not scenario.name.startswith("preset-") or plugin is None:
+        return ""
+    preset = scenario.preset
+    names = {
+        "fixed-low": f"fixed concurrency {preset.domain_concurrency_start}",
+        "fixed-high": f"fixed concurrency {preset.domain_concurrency_max}",
+        "autothrottle": "AutoThrottle",
+    }
+    pages = scenario.urls
+    parts = []
+    for variant, label in names.items():
+        other = rows.get(variant, {}).get("bytes_per_success")
+        if other:
+            parts.append(
+                f"{label} {other * pages / 1e6:.2f} MB ({plugin / other - 1:+.0%})"
+            )
+    if not parts:
+        return ""
+    return (
+        f"Bytes through the gateway for the scenario's {pages} pages (per "
+        f"successful page × {pages}; TLS included, as the gateway counts them): "
+        f"the plugin {plugin * pages / 1e6:.2f} MB; "
+        + "; ".join(parts)
+        + " (the plugin's difference to each in brackets)."
+    )
+
+
 def _extra_columns(scenario: Scenario) -> list[tuple[str, Any]]:
     """Scenario-specific columns: (header, function(row) -> text)."""
     if scenario.change_at is not None:
@@ -100,6 +138,7 @@ def scenario_table(
         "client limit",
         "new conn. / request",
         "CPU ms / request",
+        "bytes per successful page",
         "run",
         *(h for h, _ in extra),
     ]
@@ -129,6 +168,7 @@ def scenario_table(
             _limit(row),
             num(row["connections_per_request"], 3),
             num(row["cpu_ms_per_request"], 2),
+            _bytes(row.get("bytes_per_success")),
             f"{row['wall_seconds']:.0f} s" if row.get("wall_seconds") else "–",
             *(fn(row) for _, fn in extra),
         ]
@@ -148,6 +188,7 @@ def scenario_table(
         conc_text,
         "–",
         "→ 0",
+        "–",
         "–",
         "–" if ideal.get("seconds") is None else f"{ideal['seconds']:.0f} s + start-up",
     ]
@@ -176,7 +217,9 @@ LEGEND = (
     "stats when it adapts, else the configured value; **new conn. / request** = connections the "
     "gateway accepted per request the crawler sent; **CPU ms / request** = the "
     "crawl process's CPU time per request, net of its start-up (an empty crawl "
-    "of the same variant); **run** = wall "
+    "of the same variant); **bytes per successful page** = bytes through the "
+    "gateway, both directions, as it counted them (TLS included), per URL that "
+    "ended 200; **run** = wall "
     "time of the crawl process. See docs/benchmark.md."
 )
 
@@ -236,6 +279,9 @@ def render(results: Mapping[str, Any], scenarios: list[Scenario]) -> str:
             "",
         ]
         notes = [*scenario.notes, *data.get("observations", [])]
+        spend = spend_line(scenario, data["metrics"])
+        if spend:
+            notes.append(spend)
         out += [f"- {note}" for note in notes]
         if notes:
             out.append("")

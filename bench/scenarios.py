@@ -11,7 +11,10 @@ should stay under 25 minutes on two cores).
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import metrics
@@ -36,7 +39,9 @@ PAUSE_SLOT = "plugin-pause-slot"
 # stays there, so next to plain Scrapy it shows the overhead alone, at the
 # same concurrency for the whole crawl.
 START_HIGH = "plugin-start-high"
-ALL_VARIANTS = (*VARIANTS, PAUSE_SLOT, START_HIGH, PLAIN)
+# The plugin (as START_HIGH) writing a JUSTPROXIES_TRACE: the trace's overhead.
+TRACE = "plugin-trace"
+ALL_VARIANTS = (*VARIANTS, PAUSE_SLOT, START_HIGH, TRACE, PLAIN)
 
 # How each scenario kind turns into a "rate" for goodput.
 RATE = "rate"  # token bucket: the rate in force (schedule included)
@@ -275,7 +280,7 @@ def build_scenarios(
             kind=UNLIMITED,
             settle=settle,
             timeout=_timeout(phase),
-            variants=(*VARIANTS, START_HIGH, PLAIN),
+            variants=(*VARIANTS, START_HIGH, TRACE, PLAIN),
             notes=(
                 f"`{PLAIN}`: no add-on, the proxy in `meta['proxy']` by hand, the "
                 f"same preset numbers with the per-domain concurrency at the high "
@@ -289,6 +294,8 @@ def build_scenarios(
                 f"the same concurrency as `{PLAIN}` from the first second: its "
                 "difference is the plugin's overhead alone; `plugin`'s also "
                 "includes the ramp from the preset's low end.",
+                f"`{TRACE}`: `{START_HIGH}` writing a `JUSTPROXIES_TRACE`; its CPU "
+                f"per request against `{START_HIGH}`'s is the trace's overhead.",
             ),
         ),
     ]
@@ -415,8 +422,11 @@ def variant_spec(
         pass
     elif variant == PAUSE_SLOT:
         settings["JUSTPROXIES_RETRY_AFTER_MODE"] = "slot"
-    elif variant == START_HIGH:
+    elif variant in (START_HIGH, TRACE):
         settings["CONCURRENT_REQUESTS_PER_DOMAIN"] = preset.domain_concurrency_max
+        if variant == TRACE:
+            trace = Path(tempfile.gettempdir()) / f"bench-trace-{os.getpid()}.jsonl"
+            settings["JUSTPROXIES_TRACE"] = str(trace)
     elif variant in ("fixed-low", "fixed-high"):
         settings["JUSTPROXIES_THROTTLE_ENABLED"] = False
         settings["CONCURRENT_REQUESTS_PER_DOMAIN"] = (

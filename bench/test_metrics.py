@@ -379,12 +379,19 @@ def test_variant_specs(variant: str) -> None:
         "plugin": None,
         scenarios.PAUSE_SLOT: None,
         scenarios.START_HIGH: 50,
+        scenarios.TRACE: 50,
         "fixed-low": 16,
         "fixed-high": 50,
         "autothrottle": 16,
     }[variant]
     assert spec.settings.get("CONCURRENT_REQUESTS_PER_DOMAIN") == expected
-    adaptive = variant in ("plugin", scenarios.PAUSE_SLOT, scenarios.START_HIGH)
+    adaptive = variant in (
+        "plugin",
+        scenarios.PAUSE_SLOT,
+        scenarios.START_HIGH,
+        scenarios.TRACE,
+    )
+    assert ("JUSTPROXIES_TRACE" in spec.settings) is (variant == scenarios.TRACE)
     assert spec.settings.get("JUSTPROXIES_THROTTLE_ENABLED", True) is adaptive
     assert spec.settings.get("JUSTPROXIES_RETRY_AFTER_MODE", "request") == (
         "slot" if variant == scenarios.PAUSE_SLOT else "request"
@@ -393,6 +400,12 @@ def test_variant_specs(variant: str) -> None:
         variant == "autothrottle"
     )
     assert "RETRY_TIMES" not in spec.settings
+
+
+def test_bytes_per_success() -> None:
+    assert m.bytes_per_success(2_000_000, 400) == 5000
+    assert m.bytes_per_success(0, 400) is None
+    assert m.bytes_per_success(1000, 0) is None
 
 
 # -- charts and report ------------------------------------------------------------------
@@ -487,3 +500,21 @@ def test_report_renders_a_table_per_scenario() -> None:
     assert "- an observation" in text
     assert "![steady](steady.svg)" in text
     assert "the machine was not idle" in text
+
+
+def test_spend_line_compares_the_plugin_for_the_same_pages() -> None:
+    mobile = scenarios.select(scenarios.build_scenarios(quick=True), "mobile")[0]
+    rows = {
+        "plugin": {"bytes_per_success": 600.0},
+        "fixed-low": {"bytes_per_success": 600.0},
+        "fixed-high": {"bytes_per_success": 750.0},
+        "autothrottle": {"bytes_per_success": None},
+    }
+    line = report.spend_line(mobile, rows)
+    pages = mobile.urls
+    assert f"the plugin {600 * pages / 1e6:.2f} MB" in line
+    assert "fixed concurrency 16" in line and "(+0%)" in line
+    assert f"fixed concurrency 50 {750 * pages / 1e6:.2f} MB (-20%)" in line
+    assert "AutoThrottle" not in line
+    steady = scenarios.select(scenarios.build_scenarios(quick=True), "steady")[0]
+    assert report.spend_line(steady, rows) == ""

@@ -22,6 +22,7 @@ from scrapy_justproxies.sandbox import run_sandbox_process
 
 HERE = Path(__file__).resolve().parent
 OUTPUT = HERE.parent / "demo-output"
+REPORT = OUTPUT / "report.html"
 SITE = "shop.test"
 PAGES = 40
 SANDBOX_CONFIG: dict[str, Any] = {
@@ -47,11 +48,14 @@ def crawl(
     OUTPUT.mkdir(exist_ok=True)
     stats_file = OUTPUT / "stats.json"
     stats_file.unlink(missing_ok=True)
+    REPORT.unlink(missing_ok=True)
     (OUTPUT / "crawl.log").unlink(missing_ok=True)  # Scrapy appends to LOG_FILE
     command = [
         sys.executable, "-m", "scrapy", "crawl", "catalog",
         "-O", str(OUTPUT / "items.jsonl"),
         "-s", f"LOG_FILE={OUTPUT / 'crawl.log'}",
+        "-s", f"JUSTPROXIES_TRACE={OUTPUT / 'trace.jsonl'}",
+        "-s", f"JUSTPROXIES_REPORT={REPORT}",
         *(["-a", f"start_url={start_url}"] if start_url else []),
         *extra,
     ]  # fmt: skip
@@ -79,7 +83,15 @@ def summarise(stats: dict[str, Any], site: dict[str, Any] | None) -> None:
         f"  ({items / stats['_elapsed']:.1f}/s over {stats['_elapsed']:.1f} s)",
         f"  429 responses           {stats.get('downloader/response_status_count/429', 0)}",
         f"  requests via gateway    {stats.get('justproxies/requests/proxied', 0)}",
+        f"  bytes via gateway       {stats.get('justproxies/bytes/sent', 0)} sent, "
+        f"{stats.get('justproxies/bytes/received', 0)} received "
+        f"({stats.get('justproxies/bytes/rate_limited', 0)} for 429s)",
     ]
+    if "justproxies/cost" in stats:
+        lines.append(
+            f"  cost (PRICE_PER_GB)     {stats['justproxies/cost']:.4f} "
+            f"(429s: {stats.get('justproxies/cost/rate_limited', 0):.4f})"
+        )
     for key, peak in sorted(stats.items()):
         if key.startswith("justproxies/limit_peak/"):
             domain = key.rsplit("/", 1)[1]
@@ -95,7 +107,10 @@ def summarise(stats: dict[str, Any], site: dict[str, Any] | None) -> None:
             f" direct requests {site['direct']}",
         ]
     lines.append(f"  items in {OUTPUT / 'items.jsonl'}, log in {OUTPUT / 'crawl.log'}")
+    lines.append(f"  trace in {OUTPUT / 'trace.jsonl'}")
     print("\n".join(lines))
+    if REPORT.exists():
+        print(f"\nReport (open it in a browser): {REPORT}")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from .config import (
     Concurrency,
     Config,
     JustProxiesConfigError,
+    ObservabilityConfig,
     SourceKind,
     ThrottleConfig,
     check_download_handlers,
@@ -24,6 +25,7 @@ from .middleware import (
     JustProxiesScrubMiddleware,
 )
 from .throttle import JustProxiesThrottle
+from .trace import JustProxiesTrace
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -67,6 +69,11 @@ class Addon:
         if ThrottleConfig.from_settings(settings, os.environ).enabled:
             settings.setdefault_in_component_priority_dict(
                 "EXTENSIONS", JustProxiesThrottle, 0
+            )
+        observability = ObservabilityConfig.from_settings(settings, os.environ)
+        if observability.trace_path or observability.report_path:  # issue 10
+            settings.setdefault_in_component_priority_dict(
+                "EXTENSIONS", JustProxiesTrace, 0
             )
         for name, effective in effective_settings(settings, config).items():
             if effective.kind is SourceKind.PRESET:

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -957,3 +958,88 @@ def check_download_handlers(settings: BaseSettings) -> None:
                 "use Scrapy's default, "
                 "'scrapy.core.downloader.handlers.http11.HTTP11DownloadHandler'."
             )
+
+
+# -- observability (issue 10): bytes, money, trace, report ----------------------
+
+DEFAULT_STATS_DOMAINS: Final = 20
+"""Per-domain stats are kept for this many domains (the busiest ones)."""
+
+
+@dataclass(frozen=True)
+class ObservabilityConfig:
+    """What the crawl reports about itself: cost, trace file, HTML report."""
+
+    price_per_gb: float | None = None
+    """The pool's price per GB (10^9 bytes) in the user's currency; None: no
+    money figures."""
+    trace_path: str | None = None
+    report_path: str | None = None
+    stats_domains: int = DEFAULT_STATS_DOMAINS
+
+    @classmethod
+    def from_settings(
+        cls, settings: BaseSettings, environ: Mapping[str, str]
+    ) -> ObservabilityConfig:
+        reader = _Reader(settings, environ)
+        price: float | None = None
+        if reader.raw("JUSTPROXIES_PRICE_PER_GB") not in (None, ""):
+            price = reader.number(
+                "JUSTPROXIES_PRICE_PER_GB", float, default=0.0, minimum=0.0
+            )
+            if not math.isfinite(price):
+                raise JustProxiesConfigError(
+                    f"{reader.where('JUSTPROXIES_PRICE_PER_GB')} must be a finite "
+                    "number, e.g. 8.0 for 8.00 per GB."
+                )
+        return cls(
+            price_per_gb=price,
+            trace_path=_path(reader, "JUSTPROXIES_TRACE"),
+            report_path=_path(reader, "JUSTPROXIES_REPORT"),
+            stats_domains=reader.number(
+                "JUSTPROXIES_STATS_DOMAINS",
+                int,
+                default=DEFAULT_STATS_DOMAINS,
+                minimum=0,
+            ),
+        )
+
+
+def _path(reader: _Reader, name: str) -> str | None:
+    value = reader.raw(name)
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if value is not None and not isinstance(value, str):
+        raise JustProxiesConfigError(
+            f"{reader.where(name)} must be a file path (a string), not {value!r}."
+        )
+    return (value or "").strip() or None
+
+
+def in_force(settings: BaseSettings, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings this crawl runs with, resolved and validated, for the
+    trace's header. No credentials: only the gateway URL without them."""
+    config = Config.from_settings(settings, environ)
+    if not config.enabled:
+        return {"JUSTPROXIES_ENABLED": False}
+    concurrency = Concurrency.resolve(settings, config, environ)
+    throttle = ThrottleConfig.from_settings(settings, environ)
+    observability = ObservabilityConfig.from_settings(settings, environ)
+    return {
+        "JUSTPROXIES_POOL": config.pool.name if config.pool else None,
+        "JUSTPROXIES_COUNTRY": config.country,
+        "CONCURRENT_REQUESTS": concurrency.total,
+        "CONCURRENT_REQUESTS_PER_DOMAIN": concurrency.domain_start,
+        "JUSTPROXIES_DOMAIN_CONCURRENCY_MAX": concurrency.domain_max,
+        "DOWNLOAD_DELAY": concurrency.delay,
+        "DOWNLOAD_TIMEOUT": concurrency.download_timeout,
+        "RETRY_TIMES": concurrency.retry_times,
+        "JUSTPROXIES_THROTTLE_ENABLED": throttle.enabled,
+        "JUSTPROXIES_THROTTLE_INCREASE": throttle.increase_factor,
+        "JUSTPROXIES_THROTTLE_TOLERATED_429_SHARE": throttle.tolerated_share,
+        "JUSTPROXIES_RETRY_429_TIMES": throttle.retry_429_times,
+        "JUSTPROXIES_RETRY_AFTER_MAX": throttle.retry_after_max,
+        "JUSTPROXIES_RETRY_AFTER_MODE": throttle.retry_after_mode,
+        "JUSTPROXIES_PRICE_PER_GB": observability.price_per_gb,
+        "JUSTPROXIES_STATS_DOMAINS": observability.stats_domains,
+    }

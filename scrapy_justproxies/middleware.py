@@ -24,6 +24,7 @@ from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.misc import load_object
 
+from .billing import ByteMeter
 from .config import (
     Concurrency,
     Config,
@@ -492,15 +493,31 @@ class JustProxiesScrubMiddleware:
     The add-on enables it; by hand, add it at priority 950.
     """
 
+    # Issue 10: also the byte meter's one hook (it sees every answer first,
+    # before HttpCompressionMiddleware inflates it).
+    meter: ByteMeter | None = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> JustProxiesScrubMiddleware:
+        middleware = cls()
+        middleware.meter = ByteMeter.of(crawler)
+        return middleware
+
     def process_response(
         self, request: Request, response: Response, spider: Spider | None = None
     ) -> Response:
+        if self.meter is not None:
+            self.meter.on_response(request, response, META_ROUTED in request.meta)
         _scrub(request)
         return response
 
     def process_exception(
         self, request: Request, exception: Exception, spider: Spider | None = None
     ) -> None:
+        if self.meter is not None:
+            routed = META_ROUTED in request.meta
+            sent = not is_gateway_connection_failure(exception)
+            self.meter.on_failure(request, sent, routed)
         _scrub(request)
 
 

@@ -95,6 +95,8 @@ class JustProxiesThrottle:
         self.guard = SlotGuard.of(crawler)
         self.guard.limit_for = self._limit_for
         self.guard.listeners.append(self._sent)
+        self.decision_listeners: list[Callable[[str, Decision, float], None]] = []
+        """Told of every limit change (the trace records them)."""
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> JustProxiesThrottle:
@@ -184,6 +186,8 @@ class JustProxiesThrottle:
 
     def _apply(self, key: str, domain: _Domain, decision: Decision, now: float) -> None:
         self.guard.set_concurrency(key, decision.new_limit)
+        for listener in self.decision_listeners:
+            listener(key, decision, now)
         domain.peak = max(domain.peak, decision.new_limit)
         domain.changes[decision.reason] += 1
         self._set_stat(f"justproxies/limit/{key}", decision.new_limit)

@@ -13,6 +13,7 @@ from scrapy_justproxies import (
 )
 from scrapy_justproxies.config import TEMPLATE_OVERRIDE_PRIORITY
 from scrapy_justproxies.middleware import JustProxiesScrubMiddleware as SCRUB
+from scrapy_justproxies.trace import JustProxiesTrace
 
 CREDENTIALS = {
     "JUSTPROXIES_GATEWAY": "127.0.0.1:9",
@@ -167,3 +168,27 @@ def test_untested_download_handler_is_refused_by_the_addon() -> None:
     )
     with pytest.raises(JustProxiesConfigError, match="DOWNLOAD_HANDLERS"):
         Addon().update_settings(settings)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"JUSTPROXIES_TRACE": "t.jsonl"}, {"JUSTPROXIES_REPORT": "r.html"}],
+    ids=["trace", "report"],
+)
+def test_enables_the_trace_when_a_trace_or_report_is_asked_for(
+    values: dict[str, object],
+) -> None:
+    settings = project(values)
+    Addon().update_settings(settings)
+    assert settings.getdict("EXTENSIONS")[JustProxiesTrace] == 0
+
+
+def test_no_trace_by_default() -> None:
+    settings = project({})
+    Addon().update_settings(settings)
+    assert JustProxiesTrace not in settings.getdict("EXTENSIONS")
+
+
+def test_bad_price_fails_in_the_addon() -> None:
+    with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_PRICE_PER_GB"):
+        Addon().update_settings(project({"JUSTPROXIES_PRICE_PER_GB": -2}))

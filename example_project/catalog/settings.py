@@ -23,6 +23,12 @@ JUSTPROXIES_POOL = "residential"
 CONCURRENT_REQUESTS_PER_DOMAIN = 1
 DOWNLOAD_DELAY = 1
 
+# What the crawl costs: the close summary and the stats give bytes through the
+# gateway and, at your pool's price per GB, money (see the README). `make demo`
+# also asks for a trace and an HTML report (JUSTPROXIES_TRACE,
+# JUSTPROXIES_REPORT); set them here to get them on every crawl.
+JUSTPROXIES_PRICE_PER_GB = 8.0
+
 ROBOTSTXT_OBEY = True
 FEED_EXPORT_ENCODING = "utf-8"
 

@@ -91,6 +91,10 @@ class GatewayStats:
         self.upstream_connections = 0
         self.upstream_reuses = 0
         self.upstream_errors = 0
+        # Bytes on client connections, both directions, everything included
+        # (CONNECT, tunnelled TLS): what a provider would bill.
+        self.bytes_from_clients = 0
+        self.bytes_to_clients = 0
         self.injected: Counter[str] = Counter({"502": 0, "503": 0, "drop": 0})
         self.exit_ips: Counter[str] = Counter()
         self.sessions: dict[str, str] = {}
@@ -108,12 +112,33 @@ class GatewayStats:
             "upstream_connections": self.upstream_connections,
             "upstream_reuses": self.upstream_reuses,
             "upstream_errors": self.upstream_errors,
+            "bytes_from_clients": self.bytes_from_clients,
+            "bytes_to_clients": self.bytes_to_clients,
             "injected": dict(self.injected),
             "exit_ips": dict(sorted(self.exit_ips.items())),
             "distinct_exit_ips": len(self.exit_ips),
             "sessions": dict(self.sessions),
             "countries": dict(self.countries),
         }
+
+
+class _CountingTransport:
+    """A client transport that adds what is written to it to the stats."""
+
+    def __init__(self, transport: Any, stats: GatewayStats) -> None:
+        self._transport = transport
+        self._stats = stats
+
+    def write(self, data: bytes) -> None:
+        self._stats.bytes_to_clients += len(data)
+        self._transport.write(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self._stats.bytes_to_clients += sum(len(piece) for piece in data)
+        self._transport.writeSequence(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 # -- upstream side -------------------------------------------------------------
@@ -475,10 +500,11 @@ class GatewayProtocol(Protocol):
 
     @property
     def tx(self) -> Any:
-        return self.transport
+        return self._counting
 
     def connectionMade(self) -> None:
         _no_delay(self.transport)
+        self._counting = _CountingTransport(self.transport, self.gateway.stats)
         stats = self.gateway.stats
         stats.connections_accepted += 1
         stats.connections_open += 1
@@ -501,6 +527,7 @@ class GatewayProtocol(Protocol):
         self.closed.callback(None)
 
     def dataReceived(self, data: bytes) -> None:
+        self.gateway.stats.bytes_from_clients += len(data)
         if self.tunnel is not None:
             self.tunnel.tx.write(data)
             return

@@ -1,0 +1,383 @@
+"""The crawl report: one self-contained HTML file from a trace.
+
+``JUSTPROXIES_REPORT = "report.html"`` writes it when the crawl closes;
+``python -m scrapy_justproxies.report TRACE.jsonl -o report.html`` renders any
+trace (:mod:`scrapy_justproxies.trace`) later, also one cut short by a kill.
+No network: the charts are inline SVG, the table sorts with a few lines of
+inline script.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import Any, Final
+
+from ..billing import GB, cost
+from .charts import GAP, LEFT, PANEL_H, RIGHT, Panel, legend, nice_max, svg_open
+
+CHARTED_DOMAINS: Final = 12
+"""Domains with a chart (the busiest by requests); the rest are in the table."""
+MAX_POINTS: Final = 900
+"""Longer crawls are drawn in bins of several seconds."""
+CHART_WIDTH: Final = 940
+COLORS: Final = {
+    "limit": "#1f5fbf",
+    "in_flight": "#ff7f0e",
+    "ok": "#2ca02c",
+    "429": "#d62728",
+}
+
+
+class TraceError(ValueError):
+    """The file is not a JustProxies trace."""
+
+
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    """The trace's records; a last line cut short by a kill is left out."""
+    records: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as lines:
+        pending_error: str | None = None
+        for number, line in enumerate(lines, 1):
+            if pending_error is not None:  # a bad line that was not the last
+                raise TraceError(pending_error)
+            try:
+                record = json.loads(line)
+            except ValueError:
+                pending_error = f"{path}:{number}: not a JSON line"
+                continue
+            if not isinstance(record, dict) or "type" not in record:
+                raise TraceError(f"{path}:{number}: not a trace record")
+            records.append(record)
+    if not records or records[0].get("type") != "header":
+        raise TraceError(
+            f"{path} does not start with a JustProxies trace header "
+            "(written by JUSTPROXIES_TRACE)"
+        )
+    return records
+
+
+@dataclass
+class DomainSummary:
+    name: str
+    ok: int = 0
+    rate_limited: int = 0
+    error: int = 0
+    gateway: int = 0
+    sent: int = 0
+    received: int = 0
+    rate_limited_bytes: int = 0
+    seconds: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def attempts(self) -> int:
+        return self.ok + self.rate_limited + self.error + self.gateway
+
+    @property
+    def bytes(self) -> int:
+        return self.sent + self.received
+
+    @property
+    def share_429(self) -> float:
+        answered = self.ok + self.rate_limited + self.error
+        return self.rate_limited / answered if answered else 0.0
+
+    @property
+    def attempts_per_success(self) -> float | None:
+        return self.attempts / self.ok if self.ok else None
+
+
+def summarize(records: Iterable[dict[str, Any]]) -> dict[str, DomainSummary]:
+    domains: dict[str, DomainSummary] = {}
+    for record in records:
+        kind = record.get("type")
+        if kind not in ("domain", "decision"):
+            continue
+        name = str(record["domain"])
+        domain = domains.get(name)
+        if domain is None:
+            domain = domains[name] = DomainSummary(name)
+        if kind == "decision":
+            domain.decisions.append(record)
+            continue
+        domain.seconds.append(record)
+        domain.ok += record.get("ok", 0)
+        domain.rate_limited += record.get("429", 0)
+        domain.error += record.get("error", 0)
+        domain.gateway += record.get("gateway", 0)
+        domain.sent += record.get("sent", 0)
+        domain.received += record.get("received", 0)
+        domain.rate_limited_bytes += record.get("bytes_429", 0)
+    return domains
+
+
+def _binned(
+    seconds: list[dict[str, Any]], size: int
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Per bin of ``size`` seconds (by index): the last limit, the most in
+    flight, and the answers per second in it."""
+    bins: dict[int, list[dict[str, Any]]] = {}
+    for record in seconds:
+        bins.setdefault(max(0, round(record["t"]) - 1) // size, []).append(record)
+    for index in sorted(bins):
+        group = bins[index]
+        yield (
+            index,
+            {
+                "limit": group[-1].get("limit"),
+                "in_flight": max(r.get("in_flight", 0) for r in group),
+                "ok": sum(r.get("ok", 0) for r in group) / size,
+                "429": sum(r.get("429", 0) for r in group) / size,
+            },
+        )
+
+
+def _steps(
+    bins: list[tuple[int, dict[str, Any]]], size: int, name: str
+) -> list[tuple[float, float | None]]:
+    """Each bin's value held over its span; a break where the domain was
+    idle (no record)."""
+    points: list[tuple[float, float | None]] = []
+    previous: int | None = None
+    for index, values in bins:
+        if previous is not None and index != previous + 1:
+            points.append((index * size, None))
+        value = values[name]
+        points += [(index * size, value), ((index + 1) * size, value)]
+        previous = index
+    return points
+
+
+def domain_chart(domain: DomainSummary, t_end: float) -> str:
+    """Two panels: the limit and requests in flight, with the limit decisions
+    marked; admitted answers and 429s per second."""
+    size = max(1, math.ceil(t_end / MAX_POINTS))
+    t_end = max(t_end, math.ceil(t_end / size) * size)
+    points = list(_binned(domain.seconds, size))
+    width = CHART_WIDTH
+    panel_w = width - LEFT - RIGHT
+    top = 80
+    height = top + 2 * PANEL_H + GAP + 40
+    limits = [p["limit"] for _, p in points if p["limit"] is not None]
+    decided = [d[k] for d in domain.decisions for k in ("old", "new")]
+    conc_max = nice_max(
+        max([*limits, *decided, *(p["in_flight"] for _, p in points), 1]) * 1.05
+    )
+    busiest = max([*(max(p["ok"], p["429"]) for _, p in points), 1])
+    answers_max = nice_max(busiest * 1.05)
+    concurrency = Panel(LEFT, top, panel_w, t_end, conc_max)
+    answers = Panel(LEFT, top + PANEL_H + GAP, panel_w, t_end, answers_max)
+    attributes = f' class="domain-chart" data-domain="{escape(domain.name)}"'
+    out = svg_open(width, height, attributes)
+    out.append(f'<text x="{LEFT}" y="20" class="title">{escape(domain.name)}</text>')
+    legend_svg, x = legend(LEFT, 38, [("limit", COLORS["limit"])], dashed=True)
+    out += legend_svg
+    legend_svg, x = legend(
+        x,
+        38,
+        [
+            ("in flight (most)", COLORS["in_flight"]),
+            ("admitted/s", COLORS["ok"]),
+            ("429/s", COLORS["429"]),
+        ],
+    )
+    out += legend_svg
+    out.append(
+        f'<path d="M{x:g},{33:g}l4,7h-8z" fill="#444"/>'
+        f'<text x="{x + 9:g}" y="42" class="legend">limit decision</text>'
+    )
+    out += concurrency.frame("concurrency limit and requests in flight")
+    out += answers.frame(
+        "admitted answers and 429s per second"
+        + (f" (mean over {size} s)" if size > 1 else "")
+    )
+    for panel, name, css in (
+        (concurrency, "in_flight", "line"),
+        (concurrency, "limit", "line dashed"),  # on top, dashed: both show
+        (answers, "ok", "line"),
+        (answers, "429", "line"),
+    ):
+        out += panel.polyline(_steps(points, size, name), css, COLORS[name])
+    out += concurrency.markers(
+        [
+            (
+                float(d["t"]),
+                float(d["new"]),
+                COLORS["ok"] if d["new"] > d["old"] else COLORS["429"],
+                f"{d['t']:.1f} s: {d['old']} → {d['new']} ({d['reason']}; "
+                f"{d['evidence'].get('429', 0)} of {d['evidence'].get('answers', 0)} "
+                "answers were 429)",
+            )
+            for d in domain.decisions
+        ]
+    )
+    out.append(
+        f'<text x="{LEFT + panel_w / 2}" y="{height - 8}" class="xtick">'
+        "seconds since the crawl started</text>"
+    )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _size(value: int) -> str:
+    if value >= GB // 10:
+        return f"{value / GB:.2f} GB"
+    if value >= 10**6:
+        return f"{value / 10**6:.1f} MB"
+    return f"{value / 10**3:.1f} kB"
+
+
+def _table(domains: list[DomainSummary], price: float | None) -> str:
+    head = [
+        ("domain", "text"),
+        ("pages", "num"),
+        ("429s", "num"),
+        ("429 share", "num"),
+        ("attempts per success", "num"),
+        ("bytes", "num"),
+        ("429 bytes", "num"),
+    ]
+    if price is not None:
+        head.append(("cost", "num"))
+    rows = []
+    for d in domains:
+        aps = d.attempts_per_success
+        cells = [
+            (d.name, d.name),
+            (d.ok, f"{d.ok:,}"),
+            (d.rate_limited, f"{d.rate_limited:,}"),
+            (d.share_429, f"{d.share_429:.1%}"),
+            (aps if aps is not None else math.inf, f"{aps:.2f}" if aps else "–"),
+            (d.bytes, _size(d.bytes)),
+            (d.rate_limited_bytes, _size(d.rate_limited_bytes)),
+        ]
+        if price is not None:
+            c = cost(d.bytes, price)
+            cells.append((c, f"{c:.2f}"))
+        rows.append(
+            "<tr>"
+            + "".join(
+                f'<td data-v="{escape(str(value))}">{escape(text)}</td>'
+                for value, text in cells
+            )
+            + "</tr>"
+        )
+    header = "".join(
+        f'<th data-kind="{kind}" onclick="sortBy(this)">{escape(name)}</th>'
+        for name, kind in head
+    )
+    return (
+        f'<table id="domains"><thead><tr>{header}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+_SCRIPT: Final = """
+function sortBy(th) {
+  const table = th.closest("table"), body = table.tBodies[0];
+  const col = th.cellIndex, num = th.dataset.kind === "num";
+  const down = th.dataset.dir !== "down";
+  for (const other of th.parentNode.children) delete other.dataset.dir;
+  th.dataset.dir = down ? "down" : "up";
+  const key = r => num ? parseFloat(r.cells[col].dataset.v) : r.cells[col].dataset.v;
+  const rows = Array.from(body.rows).sort((a, b) =>
+    (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0) * (down ? -1 : 1));
+  for (const r of rows) body.appendChild(r);
+}
+// report.html#sort=cost opens the table sorted by that column.
+const wanted = decodeURIComponent(location.hash.replace(/^#sort=/, ""));
+for (const th of document.querySelectorAll("#domains th"))
+  if (location.hash.startsWith("#sort=") && th.textContent === wanted) sortBy(th);
+"""
+
+_CSS: Final = """
+body{font-family:DejaVu Sans,Arial,sans-serif;margin:24px;color:#222}
+h1{font-size:20px}h2{font-size:16px;margin-top:28px}
+table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}
+th{background:#f2f2f2;cursor:pointer;user-select:none}
+th[data-dir=down]::after{content:" ▼"}th[data-dir=up]::after{content:" ▲"}
+.facts td{border:none;text-align:left;padding:1px 12px 1px 0}
+svg{display:block;margin:12px 0}
+"""
+
+
+def render_report(records: list[dict[str, Any]]) -> str:
+    """The report's HTML for a trace's records."""
+    header = records[0]
+    end = next((r for r in records if r.get("type") == "end"), None)
+    domains = summarize(records)
+    price = header.get("price_per_gb")
+    t_end = max(
+        (float(r["t"]) for r in records if "t" in r),
+        default=1.0,
+    )
+    by_requests = sorted(domains.values(), key=lambda d: -d.attempts)
+    by_cost = sorted(domains.values(), key=lambda d: -d.bytes)
+    total = sum(d.bytes for d in by_cost)
+    total_429 = sum(d.rate_limited_bytes for d in by_cost)
+    pages = sum(d.ok for d in by_cost)
+    attempts = sum(d.attempts for d in by_cost)
+    started = datetime.fromtimestamp(header.get("started", 0), tz=timezone.utc)
+    facts = [
+        ("spider", str(header.get("spider", ""))),
+        ("started", started.strftime("%Y-%m-%d %H:%M:%S UTC")),
+        ("duration", f"{t_end:.0f} s"),
+        (
+            "ended",
+            end.get("reason", "?")
+            if end
+            else "no end record: the crawl was killed, the trace is cut short",
+        ),
+        ("pool", str(header.get("pool") or "none")),
+        ("plugin / Scrapy", f"{header.get('plugin')} / {header.get('scrapy')}"),
+        ("pages (answers below 400)", f"{pages:,}"),
+        ("attempts per success", f"{attempts / pages:.2f}" if pages else "–"),
+        ("bytes through the gateway", _size(total)),
+        ("of which 429s", _size(total_429)),
+    ]
+    if price is not None:
+        facts.append(
+            (
+                "cost",
+                f"{cost(total, price):.2f} at {price:.2f}/GB "
+                f"(429s: {cost(total_429, price):.2f})",
+            )
+        )
+    charted = by_requests[:CHARTED_DOMAINS]
+    rest = len(by_requests) - len(charted)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>JustProxies crawl report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>JustProxies crawl report</h1>",
+        '<table class="facts">'
+        + "".join(
+            f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in facts
+        )
+        + "</table>",
+        "<h2>Domains, by cost (click a column to sort)</h2>",
+        _table(by_cost, price),
+        f"<h2>The {len(charted)} busiest domains</h2>"
+        + (f"<p>{rest} more are in the table above.</p>" if rest > 0 else ""),
+        *(domain_chart(d, t_end) for d in charted),
+        "<h2>Settings in force</h2>",
+        "<pre>"
+        + escape(json.dumps(header.get("settings", {}), indent=2, sort_keys=True))
+        + "</pre>",
+        f"<script>{_SCRIPT}</script>",
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(trace: Path, output: Path) -> None:
+    output.write_text(render_report(read_trace(trace)), encoding="utf-8")
