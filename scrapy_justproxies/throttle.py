@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 # ControllerSettings field -> the setting a user changes for it.
 _SETTING_FOR_FIELD = {
     "start": "CONCURRENT_REQUESTS_PER_DOMAIN",
-    "ceiling": "JUSTPROXIES_DOMAIN_CONCURRENCY_MAX",
+    "maximum": "JUSTPROXIES_DOMAIN_CONCURRENCY_MAX",
     "increase_factor": "JUSTPROXIES_THROTTLE_INCREASE",
     "tolerated_share": "JUSTPROXIES_THROTTLE_TOLERATED_429_SHARE",
 }
@@ -117,7 +117,7 @@ class JustProxiesThrottle:
         try:
             controller_settings = ControllerSettings(
                 start=concurrency.domain_start,
-                ceiling=concurrency.domain_max,
+                maximum=concurrency.domain_max,
                 increase_factor=throttle.increase_factor,
                 tolerated_share=throttle.tolerated_share,
             )
@@ -198,8 +198,8 @@ class JustProxiesThrottle:
         domain.last_logged = now
         last = decisions[-1]
         estimate = (
-            f"; 429s begin near {last.ceiling_estimate}"
-            if last.ceiling_estimate is not None
+            f"; 429s begin near {last.overload_level}"
+            if last.overload_level is not None
             else ""
         )
         earlier = (
