@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -675,3 +676,51 @@ def _slot_groups(raw: Mapping[str, Any]) -> dict[str, str]:
         for host in [group, *hosts]:
             groups[host.lower()] = group.lower()
     return groups
+
+
+# -- learning: the warm-start state file (issue 9) ---------------------------
+
+STATE_FILE_DEFAULT = "justproxies/limits.json"
+"""Inside the project's data dir (``.scrapy``), as Scrapy puts HTTPCACHE_DIR."""
+STATE_MAX_AGE_DEFAULT = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    """Where the learned limits are kept between crawls, and for how long."""
+
+    state_file: str | None = None
+    """Path of the state file; None: nothing is read or saved."""
+    max_age: float = STATE_MAX_AGE_DEFAULT
+    """Seconds after which a learned limit is ignored."""
+
+    @classmethod
+    def from_settings(
+        cls, settings: BaseSettings, environ: Mapping[str, str]
+    ) -> LearningConfig:
+        reader = _Reader(settings, environ)
+        name = "JUSTPROXIES_STATE_FILE"
+        value = reader.raw(name)
+        explicitly_off = value is None and settings.getpriority(name) is not None
+        if value is None and not explicitly_off:
+            # Imported late: it looks for scrapy.cfg in the working directory.
+            from scrapy.utils.project import data_path  # noqa: PLC0415
+
+            state_file: str | None = data_path(STATE_FILE_DEFAULT)
+        elif value is None:
+            state_file = None
+        elif isinstance(value, (str, os.PathLike)):
+            text = os.fspath(value).strip()
+            state_file = None if text.lower() in ("", "none", "off") else text
+        else:
+            raise JustProxiesConfigError(
+                f"{reader.where(name)} must be a file path, or None to keep no "
+                f"state, not {value!r}."
+            )
+        max_age = reader.number(
+            "JUSTPROXIES_STATE_MAX_AGE",
+            float,
+            default=STATE_MAX_AGE_DEFAULT,
+            minimum=0.0,
+        )
+        return cls(state_file=state_file, max_age=max_age)
