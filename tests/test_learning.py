@@ -145,7 +145,7 @@ def test_kill_9_leaves_a_state_file_the_next_crawl_starts_from(
         **gateway_env,
         "JUSTPROXIES_POOL": "mobile",
     }
-    child = subprocess.Popen(  # noqa: S603 - our own child script
+    child = subprocess.Popen(
         [sys.executable, str(CHILD), str(spec)],
         env=env,
         cwd=workdir,
