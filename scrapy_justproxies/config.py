@@ -693,6 +693,9 @@ class LearningConfig:
     """Path of the state file; None: nothing is read or saved."""
     max_age: float = STATE_MAX_AGE_DEFAULT
     """Seconds after which a learned limit is ignored."""
+    slow_start: int = 4
+    """A cold domain's first volley; it doubles every answer time until the
+    429s climb. 0: the first volley is CONCURRENT_REQUESTS_PER_DOMAIN."""
 
     @classmethod
     def from_settings(
@@ -723,4 +726,7 @@ class LearningConfig:
             default=STATE_MAX_AGE_DEFAULT,
             minimum=0.0,
         )
-        return cls(state_file=state_file, max_age=max_age)
+        slow_start = reader.number(
+            "JUSTPROXIES_THROTTLE_SLOW_START", int, default=4, minimum=0
+        )
+        return cls(state_file=state_file, max_age=max_age, slow_start=slow_start)

@@ -62,6 +62,7 @@ _SETTING_FOR_FIELD = {
     "maximum": "JUSTPROXIES_DOMAIN_CONCURRENCY_MAX",
     "increase_factor": "JUSTPROXIES_THROTTLE_INCREASE",
     "tolerated_share": "JUSTPROXIES_THROTTLE_TOLERATED_429_SHARE",
+    "slow_start": "JUSTPROXIES_THROTTLE_SLOW_START",
 }
 
 
@@ -134,17 +135,18 @@ class JustProxiesThrottle:
                 "AutoThrottle."
             )
         concurrency = Concurrency.resolve(settings, config, os.environ)
+        learning = LearningConfig.from_settings(settings, os.environ)
         try:
             controller_settings = ControllerSettings(
                 start=concurrency.domain_start,
                 maximum=concurrency.domain_max,
                 increase_factor=throttle.increase_factor,
                 tolerated_share=throttle.tolerated_share,
+                slow_start=learning.slow_start,
             )
         except ControllerSettingsError as exc:
             name = _SETTING_FOR_FIELD.get(exc.field, exc.field)
             raise JustProxiesConfigError(f"{name}: {exc}") from None
-        learning = LearningConfig.from_settings(settings, os.environ)
         extension = cls(crawler, throttle, controller_settings, learning=learning)
         crawler.signals.connect(extension._answered, signals.response_downloaded)
         crawler.signals.connect(extension._left, signals.request_left_downloader)
