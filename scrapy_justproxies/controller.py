@@ -308,6 +308,8 @@ class Ticket:
     epoch: int
     """The limit epoch the request was sent under."""
     sent_at: float
+    inflight: int = 0
+    """Requests in flight to the domain once this one was sent."""
 
 
 class Phase(str, enum.Enum):
@@ -497,6 +499,13 @@ def cusum_step(total: float, rate_limited: bool, tolerated_share: float) -> floa
     return max(0.0, total + (1.0 if rate_limited else 0.0) - tolerated_share)
 
 
+_CLIMBS_KEPT = 6
+"""Measured climbs kept to tell the kind of limit."""
+_DISTINCT_TIMES = 0.4
+"""Answer times that differ this much make two climbs comparable."""
+_SAME = 0.15
+"""Rates (or levels) this close count as the same."""
+
 # -- evidence ---------------------------------------------------------------
 
 
@@ -548,6 +557,8 @@ class Evidence:
         self.answer_times: deque[float] = deque(maxlen=self.ANSWER_TIME_SAMPLES)
         self.ok_since_step = 0
         self.total_samples = 0
+        # In flight (besides it) when the first 429 since the last climb was sent.
+        self.refused_inflight: int | None = None
 
     def sent(self, now: float, inflight: int) -> Ticket:
         if now >= self.evidence_from:
@@ -555,7 +566,7 @@ class Evidence:
             w.sends += 1
             w.inflight_sum += inflight
             w.peak_inflight = max(w.peak_inflight, inflight)
-        return Ticket(epoch=self.epoch, sent_at=now)
+        return Ticket(epoch=self.epoch, sent_at=now, inflight=inflight)
 
     def answered(
         self, ticket: Ticket, outcome: Outcome, now: float, *, any_epoch: bool
@@ -563,6 +574,9 @@ class Evidence:
         if outcome is Outcome.IGNORED:
             return
         limited = outcome is Outcome.RATE_LIMITED
+        if limited and self.refused_inflight is None:
+            # The others in flight when this one was refused were admitted.
+            self.refused_inflight = max(0, ticket.inflight - 1)
         if not limited:
             # The site's side of things: counted whatever the epoch.
             if self.first_answer is None:
@@ -624,6 +638,30 @@ class Evidence:
             return None
         return len(self.ok_times) / span
 
+    def measured(self, now: float) -> bool:
+        """A full ``memory_seconds`` of clean answers (at least 5) to go by."""
+        return (
+            self.first_answer is not None
+            and now - self.first_answer >= self.settings.memory_seconds
+            and len(self.ok_times) >= 5
+        )
+
+    def answer_time_steady(self) -> bool:
+        """The last few clean answers took about as long as the last many:
+        the answer time is not moving (a measurement now is not a mix)."""
+        times = list(self.answer_times)
+        if len(times) < self.ANSWER_TIME_SAMPLES:
+            return False
+        recent = times[-self.ANSWER_TIME_SAMPLES // 4 :]
+        mean_recent = sum(recent) / len(recent)
+        mean_all = sum(times) / len(times)
+        return abs(mean_recent / mean_all - 1) < 0.2 if mean_all > 0 else False
+
+    def answer_time_recent(self) -> float | None:
+        """Mean of the last quarter of the clean answers kept."""
+        times = list(self.answer_times)[-self.ANSWER_TIME_SAMPLES // 4 :]
+        return sum(times) / len(times) if times else None
+
     def answer_time(self) -> float | None:
         """Mean seconds of the last few clean answers."""
         if not self.answer_times:
@@ -638,6 +676,7 @@ class Evidence:
         self.reset_climb()
 
     def reset_climb(self) -> None:
+        self.refused_inflight = None
         self.cusum = 0.0
         self.run_ok = self.run_limited = 0
         self.recent.clear()
@@ -678,6 +717,8 @@ class DomainController:
         self._kind = LimitKind.UNKNOWN
         self._derived_at: float | None = None
         self._learned_at: float | None = None
+        # (admitted rate, answer time) of the last measured climbs.
+        self._climbs: deque[tuple[float, float]] = deque(maxlen=_CLIMBS_KEPT)
         if learned is not None:
             self._limit = clamp(learned.concurrency, settings)
             self._rate = learned.rate
@@ -845,6 +886,14 @@ class DomainController:
         ev = self._evidence
         answer_time = ev.answer_time()
         rate = ev.admitted_rate(now)
+        steady = ev.answer_time_steady()
+        if not steady:
+            # The answer time is moving (answers at the old and the new one
+            # arrive together): the latest answers tell the new one, and the
+            # burst of answers overstates the rate, so keep the one learned.
+            answer_time = ev.answer_time_recent() or answer_time
+            if rate is not None and self._rate is not None:
+                rate = min(rate, self._rate)
         measured = len(ev.ok_times) >= s.min_samples
         # Answers much faster than where the level was derived: the level
         # that was clean then says nothing now (a rate-limited site).
@@ -855,8 +904,21 @@ class DomainController:
         )
         if rate is not None and answer_time is not None:
             estimate = math.floor(admitted_level(rate, answer_time))
+            if (
+                self._phase is Phase.SLOW_START
+                and ev.refused_inflight is not None
+                and ev.refused_inflight > estimate
+            ):
+                # Slow start: the last second's rate includes the ramp (too
+                # low); what was in flight when the first 429 came includes
+                # the site's burst (too high). The site's level lies between.
+                estimate = (estimate + ev.refused_inflight) // 2
             target = clamp(min(self._limit - 1, estimate), s)
-            if measured:
+            if (
+                measured
+                and ev.answer_time_steady()
+                and self._phase is not Phase.SLOW_START
+            ):
                 self._learn_kind(rate, answer_time)
                 self._rate = rate
                 self._derived_at = answer_time
@@ -870,8 +932,6 @@ class DomainController:
             # The 429s began right after a raise or a probe from a level that
             # was clean: go back there. If the 429s go on at that level too,
             # the next climb has no last good level and uses the estimate.
-            if self._rederived_up:
-                self._kind = LimitKind.INFLIGHT
             target = max(target, clamp(self._last_good, s))
         self._last_good = None
         ev.reset_climb()  # also when already at the floor: judge afresh
@@ -882,7 +942,7 @@ class DomainController:
         # it is only a guess: grow back up to the level that drew the 429s.
         margin = math.ceil(target * s.increase_factor - 1e-9) + 1
         self._overload_level = (
-            self._limit if not measured else max(min(self._limit, margin), target + 1)
+            max(min(self._limit, margin), target + 1) if measured else self._limit
         )
         self._enter(Phase.SETTLED)
         return self._apply(now, target, Reason.BACKOFF)
@@ -925,19 +985,30 @@ class DomainController:
         return self._apply(now, target, Reason.REDERIVE, keep_last_good=True)
 
     def _learn_kind(self, rate: float, answer_time: float) -> None:
-        """Two saturated measurements at answer times that differ tell what
-        the site counts: the same rate means requests per second, the same
-        level (rate times answer time) requests in flight."""
-        if self._rate is None or self._derived_at is None:
-            return
-        shift = self._settings.answer_time_shift
-        if abs(answer_time / self._derived_at - 1) < shift:
-            return
-        before = admitted_level(self._rate, self._derived_at)
-        now = admitted_level(rate, answer_time)
-        if abs(rate / self._rate - 1) < shift:
+        """Saturated measurements at answer times that differ tell what the
+        site counts: the same rate means requests per second, the same level
+        (rate times answer time) requests in flight. Each pair of climbs
+        whose answer times differ by 40% or more votes (a measurement taken
+        while the answer time was moving agrees with neither and abstains);
+        the majority decides."""
+        self._climbs.append((rate, answer_time))
+        votes = {LimitKind.RATE: 0, LimitKind.INFLIGHT: 0}
+        climbs = list(self._climbs)
+        for i, (rate_a, time_a) in enumerate(climbs):
+            for rate_b, time_b in climbs[i + 1 :]:
+                if abs(time_b / time_a - 1) < _DISTINCT_TIMES:
+                    continue
+                same_rate = abs(rate_b / rate_a - 1) < _SAME
+                level_a = admitted_level(rate_a, time_a)
+                level_b = admitted_level(rate_b, time_b)
+                same_level = abs(level_b / level_a - 1) < _SAME
+                if same_rate and not same_level:
+                    votes[LimitKind.RATE] += 1
+                elif same_level and not same_rate:
+                    votes[LimitKind.INFLIGHT] += 1
+        if votes[LimitKind.RATE] > votes[LimitKind.INFLIGHT]:
             self._kind = LimitKind.RATE
-        elif abs(now / before - 1) < shift:
+        elif votes[LimitKind.INFLIGHT] > votes[LimitKind.RATE]:
             self._kind = LimitKind.INFLIGHT
 
     # -- phases and applying -----------------------------------------------------

@@ -479,7 +479,7 @@ def test_never_above_the_ceiling() -> None:
 
 def test_tickets_carry_the_epoch_and_send_time() -> None:
     ctl = DomainController(LOW_START, now=5.0)
-    assert ctl.on_sent(5.5, 3) == Ticket(epoch=0, sent_at=5.5)
+    assert ctl.on_sent(5.5, 3) == Ticket(epoch=0, sent_at=5.5, inflight=3)
     assert ctl.settings is LOW_START
 
 
