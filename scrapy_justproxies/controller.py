@@ -717,6 +717,8 @@ class DomainController:
         self._kind = LimitKind.UNKNOWN
         self._derived_at: float | None = None
         self._learned_at: float | None = None
+        self._pace: float | None = None
+        self._pace_until = now
         # (admitted rate, answer time) of the last measured climbs.
         self._climbs: deque[tuple[float, float]] = deque(maxlen=_CLIMBS_KEPT)
         if learned is not None:
@@ -728,6 +730,16 @@ class DomainController:
             if learned.rate is not None or learned.kind is not LimitKind.UNKNOWN:
                 self._overload_level = self._limit + 1
                 self._phase = Phase.SETTLED
+            # The first volley of a warm start goes out spread over one answer
+            # time (at the learned rate), not at once: a token bucket's burst
+            # is smaller than the level, and the level fits the rate only
+            # once the first answers come back.
+            ramp_rate = learned.rate
+            if ramp_rate is None and learned.answer_time:
+                ramp_rate = learned.concurrency / learned.answer_time
+            if ramp_rate and learned.answer_time:
+                self._pace = 1.0 / ramp_rate
+                self._pace_until = now + learned.answer_time
         elif settings.slow_start and settings.slow_start < settings.start:
             self._limit = max(settings.floor, settings.slow_start)
             self._phase = Phase.SLOW_START
@@ -770,14 +782,24 @@ class DomainController:
         samples = self._evidence.total_samples
         if self._phase is Phase.SLOW_START or samples < self._settings.min_samples:
             return None
+        # The clean level: not a probe above it.
+        level = self._limit - 1 if self._phase is Phase.PROBE else self._limit
         return Learned(
-            concurrency=self._limit,
+            concurrency=max(self._settings.floor, level),
             rate=self._rate,
             kind=self._kind,
             answer_time=self._derived_at or self._evidence.answer_time(),
             at=now,
             samples=samples,
         )
+
+    def pace(self, now: float) -> float | None:
+        """Seconds to leave between two sends, or None (no pacing): only the
+        first answer time of a warm start, so its first volley does not go
+        out at once."""
+        if self._pace is not None and now < self._pace_until:
+            return self._pace
+        return None
 
     def on_sent(self, now: float, inflight: int) -> Ticket:
         """A request is going out; ``inflight`` counts it too."""

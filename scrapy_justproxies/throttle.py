@@ -111,6 +111,7 @@ class JustProxiesThrottle:
         }
         self.guard = SlotGuard.of(crawler)
         self.guard.limit_for = self._limit_for
+        self.guard.pace_for = self._pace_for
         self.guard.listeners.append(self._sent)
         self.learning = learning or LearningConfig()
         self.wall_clock = wall_clock
@@ -176,6 +177,11 @@ class JustProxiesThrottle:
         # A slot Scrapy garbage-collected and made again keeps its limit.
         return self._domain(key).controller.limit
 
+    def _pace_for(self, key: str) -> float | None:
+        if key in self.pinned:
+            return None
+        return self._domain(key).controller.pace(self.clock())
+
     def _sent(self, key: str, request: Request, in_flight: int) -> None:
         if key in self.pinned:
             return  # DOWNLOAD_SLOTS gives this slot its own fixed concurrency
@@ -204,6 +210,8 @@ class JustProxiesThrottle:
         if outcome is Outcome.RATE_LIMITED:
             domain.rate_limited += 1
             self._inc_stat(f"justproxies/rate_limited/{key}")
+        if domain.controller.pace(now) is None:
+            self.guard.pace(key, None)  # a warm start's first volley is out
         decision = domain.controller.decide(now)
         if decision is not None and decision.changed:
             self._apply(key, domain, decision, now)

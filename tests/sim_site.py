@@ -190,6 +190,8 @@ class Run:
     """Distinct requests the crawler created."""
     inflight_end: int = 0
     retry_queue_end: int = 0
+    learned: Learned | None = None
+    """What the controller had learned at the end (for a warm start)."""
 
     def goodput(self, t0: float, t1: float) -> float:
         """Successful answers per second in ``[t0, t1)``."""
@@ -294,9 +296,20 @@ def simulate(
     retries: deque[float] = deque()  # due times of requests waiting to retry
     now = 0.0
 
+    next_send = 0.0  # pacing: no send before this time
+
     def fill() -> None:
-        nonlocal inflight, seq
+        nonlocal inflight, seq, next_send
         while inflight < limit:
+            gap = controller.pace(now) if controller is not None else None
+            if gap is not None and now < next_send - 1e-12:
+                # Paced (the glue's slot delay): wake up when the next may go.
+                seq += 1
+                heapq.heappush(
+                    events, (next_send, seq, _WAKE, None, Outcome.IGNORED, False)
+                )
+                return
+            next_send = now + (gap or 0.0)
             due_retry = bool(retries) and retries[0] <= now
             if not due_retry:
                 outstanding = inflight + len(retries)
@@ -369,4 +382,6 @@ def simulate(
         fill()
     run.inflight_end = inflight
     run.retry_queue_end = len(retries)
+    if controller is not None:
+        run.learned = controller.learned(duration)
     return run

@@ -18,7 +18,10 @@ from scrapy_justproxies.controller import (
     ControllerSettingsError,
     Decision,
     DomainController,
+    Learned,
+    LimitKind,
     Outcome,
+    Phase,
     Reason,
     Ticket,
     backoff_target,
@@ -30,6 +33,9 @@ from scrapy_justproxies.controller import (
 try:  # tests/ is a package
     from tests.sim_site import (
         LATENCY_MEAN,
+        LATENCY_SIGMA,
+        FixedWindow,
+        Gcra,
         InflightCap,
         Run,
         TokenBucket,
@@ -39,6 +45,9 @@ try:  # tests/ is a package
 except ImportError:  # tests/ on sys.path (rootdir-less test dir)
     from sim_site import (  # type: ignore[no-redef,import-not-found]
         LATENCY_MEAN,
+        LATENCY_SIGMA,
+        FixedWindow,
+        Gcra,
         InflightCap,
         Run,
         TokenBucket,
@@ -654,3 +663,191 @@ def test_same_seed_same_decisions() -> None:
     assert decisions_of(first) == decisions_of(again)
     assert len(first.decisions) > 50
     assert decisions_of(first) != decisions_of(other)
+
+
+# -- issue 9: learn the limit in one step, tell rate from in-flight, remember --
+
+DATACENTER = ControllerSettings(start=50, maximum=200)
+DATACENTER_HOP = 0.09  # the gateway's hop on every answer, 429s included
+
+
+def cold(settings: ControllerSettings, seed: int, site: Any = None) -> Run:
+    """Datacenter pool on a 50 req/s site: the preset's start (50) is more
+    than three times the knee (50/s * (0.09 + 0.212) s = 15)."""
+    return simulate(
+        site if site is not None else TokenBucket.steady(RATE, burst=10),
+        settings,
+        seed=seed,
+        duration=20,
+        hop=DATACENTER_HOP,
+        site_429_latency=False,
+    )
+
+
+def test_sim_limiters() -> None:
+    window = FixedWindow(limit=3, window=2.0)
+    assert [window.admit(0.1) for _ in range(4)] == [True, True, True, False]
+    assert window.admit(2.0)  # the next window
+    gcra = Gcra(rate=10, burst=2)
+    assert [gcra.admit(0.0) for _ in range(3)] == [True, True, False]
+    assert gcra.admit(0.1)
+    assert sum(gcra.admit(1 + i / 1000) for i in range(10_000)) == pytest.approx(
+        100, abs=3
+    )
+
+
+def test_hop_latency_delays_429s_too() -> None:
+    run = simulate(
+        TokenBucket.steady(5, burst=1),
+        None,
+        seed=1,
+        duration=5,
+        fixed_limit=20,
+        hop=0.5,
+        site_429_latency=False,
+    )
+    assert run.limited
+    assert min(run.limited) >= 0.5  # nothing comes back before the hop
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(
+    "site", [lambda: TokenBucket.steady(RATE, 10), lambda: Gcra(RATE, 10)],
+    ids=["token-bucket", "gcra"],
+)  # fmt: skip
+def test_cold_start_far_above_the_knee(seed: int, site: Any) -> None:
+    slow = cold(DATACENTER, seed, site())
+    volley = cold(replace(DATACENTER, slow_start=0), seed, site())
+    # Opening with 50 at once draws three times the 429s of slow start
+    # (measured: 15-17% against 3-6%; issue 9 wants 3%: not met here).
+    assert slow.share_429() < volley.share_429() / 2.5
+    assert slow.share_429() <= 0.065
+    assert slow.goodput(0, 20) / RATE >= 0.95
+    # The first backoff goes near the knee in one step, not by halvings.
+    knee = RATE * (DATACENTER_HOP + LATENCY_MEAN)
+    first = next(d for d in slow.decisions if d.reason is Reason.BACKOFF)
+    assert abs(first.new_limit - knee) <= 0.25 * knee
+    halvings = [d for d in volley.decisions if d.reason is Reason.BACKOFF][:2]
+    assert [(d.old_limit, d.new_limit) for d in halvings][0] == (50, 25)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_slow_start_costs_nothing_without_a_limit(seed: int) -> None:
+    def reached(run: Run) -> float:
+        return next(t for t, limit in run.limits if limit == MOBILE.maximum)
+
+    slow = simulate(Unlimited(), replace(MOBILE, slow_start=4), seed=seed, duration=20)
+    volley = simulate(Unlimited(), MOBILE, seed=seed, duration=20)
+    # Doubling every answer time reaches the maximum before growing by a
+    # quarter per window from the preset's start does.
+    assert reached(slow) < reached(volley)
+    assert len(slow.ok) > len(volley.ok)
+    assert slow.decisions[0].old_limit == 4
+
+
+SHIFTS = [(0.0, 0.4), (20.0, 0.15), (40.0, 0.4)]
+MOBILE_SLOW = replace(MOBILE, slow_start=4)
+
+
+def shifted(site: Any, seed: int, settings: ControllerSettings = MOBILE_SLOW) -> Run:
+    """Answer time 0.4 s, 0.15 s from 20 s, 0.4 s again from 40 s."""
+    return simulate(
+        site,
+        settings,
+        seed=seed,
+        duration=60,
+        latency_p50=0.4,
+        latency_p95=0.7,
+        latency_schedule=SHIFTS,
+    )
+
+
+def mean_latency(p50: float) -> float:
+    return p50 * math.exp(LATENCY_SIGMA**2 / 2)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_answer_time_shift_on_a_rate_limited_site(seed: int) -> None:
+    run = shifted(TokenBucket.steady(RATE, burst=10), seed)
+    assert run.learned is not None
+    assert run.learned.kind is LimitKind.RATE
+    # Slower answers: the level is derived again from the learned rate at
+    # once, not regrown at half pace below a stale concurrency.
+    rederived = [d for d in run.decisions if d.reason is Reason.REDERIVE]
+    assert any(40 < d.at < 45 and d.new_limit > d.old_limit for d in rederived)
+    for start, end in ((25, 40), (45, 60)):
+        assert run.share_429(start, end) <= 0.045
+        assert run.goodput(start, end) / RATE >= 0.93
+
+
+def test_a_controller_that_keeps_the_concurrency_misses_the_rise() -> None:
+    # Re-deriving needs an answer-time shift beyond 100x: never.
+    never = replace(MOBILE_SLOW, answer_time_shift=100.0)
+    run = shifted(TokenBucket.steady(RATE, burst=10), 1, never)
+    assert run.goodput(45, 60) / RATE < 0.9
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_answer_time_shift_on_an_inflight_cap(seed: int) -> None:
+    run = shifted(InflightCap(8), seed)
+    assert run.learned is not None
+    assert run.learned.kind is not LimitKind.RATE
+    for start, end, p50 in ((25, 40, 0.15), (45, 60, 0.4)):
+        assert run.share_429(start, end) <= 0.04
+        assert run.goodput(start, end) / (8 / mean_latency(p50)) >= 0.9
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_warm_start_from_what_a_first_run_learned(seed: int) -> None:
+    def crawl(site: TokenBucket, learned: Learned | None, run_seed: int) -> Run:
+        return simulate(
+            site, MOBILE_SLOW, seed=run_seed, duration=20, hop=0.3,
+            site_429_latency=False, learned=learned,
+        )  # fmt: skip
+
+    first = crawl(TokenBucket.steady(RATE, 10), None, seed)
+    learned = first.learned
+    assert learned is not None
+    assert learned.rate == pytest.approx(RATE, rel=0.15)
+    second = crawl(TokenBucket.steady(RATE, 10), learned, seed + 100)
+    # Its first volley is spread over one answer time at the learned rate.
+    assert second.time_to(0.9 * RATE, 0.0, span=1.0) <= 0.6
+    assert second.goodput(1, 20) / RATE >= 0.95
+    assert second.share_429() < first.share_429()
+    assert second.share_429() <= 0.03  # issue 9 wants 1%: not met here
+    # A site that lowered its limit since: followed as in the drop scenario.
+    lowered = simulate(
+        TokenBucket.steady(20, 10), MOBILE_SLOW, seed=seed, duration=30, hop=0.3,
+        site_429_latency=False, learned=learned,
+    )  # fmt: skip
+    assert lowered.share_429(10, 30) <= 0.06
+    assert lowered.goodput(10, 30) / 20 >= 0.95
+
+
+def test_warm_start_begins_settled_and_paced() -> None:
+    learned = Learned(26, 50.0, LimitKind.RATE, 0.5, 0.0, 600)
+    ctl = DomainController(MOBILE_SLOW, now=0.0, learned=learned)
+    assert (ctl.limit, ctl.phase) == (26, Phase.SETTLED)
+    assert ctl.pace(0.0) == pytest.approx(1 / 50)
+    assert ctl.pace(0.5) is None  # one answer time later: no pacing
+
+
+def test_learned_round_trip_and_bad_values() -> None:
+    learned = Learned(11, 49.5, LimitKind.INFLIGHT, 0.22, 1000.0, 800)
+    assert Learned.from_dict(learned.to_dict()) == learned
+    for bad in (
+        {},
+        {**learned.to_dict(), "concurrency": 0},
+        {**learned.to_dict(), "concurrency": True},
+        {**learned.to_dict(), "rate": -1},
+        {**learned.to_dict(), "kind": "other"},
+        {**learned.to_dict(), "at": "yesterday"},
+    ):
+        with pytest.raises(ValueError):
+            Learned.from_dict(bad)
+
+
+def test_nothing_learned_before_enough_answers() -> None:
+    ctl = DomainController(MOBILE_SLOW, now=0.0)
+    assert ctl.phase is Phase.SLOW_START
+    assert ctl.learned(0.0) is None
