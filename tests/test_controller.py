@@ -727,8 +727,10 @@ def test_cold_start_far_above_the_knee(seed: int, site: Any) -> None:
     knee = RATE * (DATACENTER_HOP + LATENCY_MEAN)
     first = next(d for d in slow.decisions if d.reason is Reason.BACKOFF)
     assert abs(first.new_limit - knee) <= 0.25 * knee
-    halvings = [d for d in volley.decisions if d.reason is Reason.BACKOFF][:2]
-    assert [(d.old_limit, d.new_limit) for d in halvings][0] == (50, 25)
+    # Without slow start the first cut is a halving (too few answers to
+    # measure the rate yet), and more cuts follow.
+    volley_cut = next(d for d in volley.decisions if d.reason is Reason.BACKOFF)
+    assert (volley_cut.old_limit, volley_cut.new_limit) == (50, 25)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
