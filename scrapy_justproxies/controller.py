@@ -169,9 +169,10 @@ class ControllerSettings:
     probes_to_grow: int = 2
     """Clean probes in a row after which the estimate is dropped."""
     backoff_settle_seconds: float = 1.0
-    """After a backoff, requests sent within this time are not evidence: the
-    site is still paying back the overload (a token bucket left empty), so
-    429s there would blame the new, lower level for the old one."""
+    """After a backoff, requests sent within this time (or two answer times,
+    if shorter) are not evidence: the site is still paying back the overload
+    (a token bucket left empty), so 429s there would blame the new, lower
+    level for the old one."""
 
     slow_start: int = 4
     """Limit of the very first volley: it grows by one per clean answer (it
@@ -1076,6 +1077,12 @@ class DomainController:
             if new_epoch:
                 ev.new_epoch(now)
         if reason is Reason.BACKOFF:
-            ev.evidence_from = now + self._settings.backoff_settle_seconds
+            # At most two answer times: by then the requests sent at the old
+            # level are answered, and a fast site is judged again sooner.
+            settle = self._settings.backoff_settle_seconds
+            answer_time = ev.answer_time()
+            if answer_time is not None:
+                settle = min(settle, 2 * answer_time)
+            ev.evidence_from = now + settle
         ev.new_window(now)
         return decision
