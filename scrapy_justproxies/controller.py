@@ -970,8 +970,6 @@ class DomainController:
         self._enter(Phase.SETTLED)
         return self._apply(now, target, Reason.BACKOFF)
 
-    _rederived_up = False
-
     def _rederive(self, now: float) -> Decision | None:
         """A rate-limited site's concurrency follows its answer time: when
         that moved by ``answer_time_shift``, derive the level again from the
@@ -998,10 +996,12 @@ class DomainController:
         self._derived_at = answer_time
         if target == self._limit:
             return None
-        self._rederived_up = target > self._limit
-        self._last_good = self._limit if self._rederived_up else None
+        up = target > self._limit
+        # Raised from a clean level: if the guess was wrong (an in-flight
+        # cap after all), the climb goes back there.
+        self._last_good = self._limit if up else None
         level = target + 1
-        if self._rederived_up and self._overload_level is not None:
+        if up and self._overload_level is not None:
             level = max(level, self._overload_level)
         self._overload_level = level
         self._enter(Phase.SETTLED)
@@ -1072,7 +1072,6 @@ class DomainController:
                     reason in (Reason.INCREASE, Reason.PROBE) and target > self._limit
                 )
                 self._last_good = self._limit if raised else None
-                self._rederived_up = False
             self._limit = target
             if new_epoch:
                 ev.new_epoch(now)
