@@ -39,17 +39,21 @@ from scenarios import (
     ALL_VARIANTS,
     CAP,
     DEFAULT_MAX_RATE,
+    KILL_AFTER,
+    KILLED,
     RATE,
     Scenario,
     build_scenarios,
     interleave,
     select,
+    shift_metrics,
     variant_spec,
 )
 
 import scrapy_justproxies
 from scrapy_justproxies.sandbox import SandboxProcess, run_sandbox_process
-from scrapy_justproxies.sandbox.crawl import run_crawl
+from scrapy_justproxies.sandbox.crawl import CrawlResult, run_crawl
+from scrapy_justproxies.state import load as load_state
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"
@@ -146,6 +150,7 @@ def run_variant(
     startup_cpu: dict[str, float],
 ) -> dict[str, Any]:
     """One crawl of one variant, with the sandbox's view of it."""
+    state_file = learning_state_file(scenario, workdir)
     spec = variant_spec(
         variant,
         scenario.preset,
@@ -153,6 +158,7 @@ def run_variant(
         gateway=sandbox.gateway,
         user=sandbox.user,
         password=sandbox.password,
+        state_file=str(state_file) if state_file else None,
     )
     urls = scenario_urls(sandbox, scenario)
     requests = [
@@ -169,6 +175,7 @@ def run_variant(
         "meta": {k: _mask(str(v), sandbox.password) for k, v in spec.meta.items()},
     }
     cpu_before = cpu_snapshot(sandbox.pid)
+    killed = variant == KILLED
     try:
         result = run_crawl(
             workdir,
@@ -178,12 +185,17 @@ def run_variant(
             env=spec.env,
             python=python,
             # CLOSESPIDER_TIMEOUT bounds the crawl; this bounds a stuck process.
-            timeout=scenario.timeout + 90,
+            # (The killed variant: subprocess.run kills it with SIGKILL.)
+            timeout=KILL_AFTER * scenario.timeout if killed else scenario.timeout + 90,
             log_level="INFO",
         )
     except subprocess.TimeoutExpired:
-        record["error"] = "the crawl process did not exit in time"
-        return record
+        if not killed:
+            record["error"] = "the crawl process did not exit in time"
+            return record
+        result = killed_result(workdir)
+    if state_file is not None:
+        record["state_file"] = state_file_summary(state_file)
     stats = sandbox.client.stats()
     cpu_after = cpu_snapshot(sandbox.pid)
     crawl_stats = result.stats
@@ -212,11 +224,55 @@ def run_variant(
             },
         }
     )
-    if result.returncode != 0 or result.reason is None:
+    if not killed and (result.returncode != 0 or result.reason is None):
         tail = (result.output or result.log)[-2000:]
         record["error"] = f"crawl exited with code {result.returncode}"
         record["output_tail"] = _mask(tail, sandbox.password)
     return record
+
+
+# -- issue 9: learning -------------------------------------------------------------
+
+
+def learning_state_file(scenario: Scenario, workdir: Path) -> Path | None:
+    """The state file a warm-start scenario's crawls share (None: cold)."""
+    return workdir.parent / "limits.json" if scenario.state else None
+
+
+def state_file_summary(path: Path) -> dict[str, Any]:
+    """What the state file holds after a crawl (or why it cannot be used)."""
+    loaded = load_state(path, now=time.time(), max_age=7 * 86400.0)
+    return {
+        "exists": path.exists(),
+        "warning": loaded.warning,
+        "domains": {k: v.to_dict() for k, v in loaded.domains.items()},
+    }
+
+
+def killed_result(workdir: Path) -> Any:
+    """A stand-in result for a crawl killed with SIGKILL: no stats, no
+    close reason; the site's counters tell what it did."""
+    log_path = workdir / "crawl.log"
+    return CrawlResult(
+        returncode=-9,
+        reason="killed",
+        stats={},
+        outcomes={},
+        log=log_path.read_text() if log_path.exists() else "",
+        output="",
+        scrapy_version="",
+        cpu_seconds=0.0,
+        wall_seconds=0.0,
+    )
+
+
+def learning_metrics(scenario: Scenario, run: dict[str, Any]) -> dict[str, Any]:
+    """Issue 9's extra figures of one run (answer-time shifts)."""
+    series = evaluate.combined_series(
+        [evaluate.host_series(run, site.host) for site in scenario.sites]
+    )
+    shifts = shift_metrics(scenario, series)
+    return {"shifts": shifts} if shifts else {}
 
 
 # -- one scenario -----------------------------------------------------------------
@@ -283,6 +339,8 @@ def run_scenario(
     startup_cpu: dict[str, float],
 ) -> dict[str, Any]:
     runs: dict[str, Any] = {}
+    if scenario.state:  # a warm-start scenario's first crawl starts cold
+        (raw_dir / scenario.name / "limits.json").unlink(missing_ok=True)
     for variant in variants:
         progress[0] += 1
         log(f"[{progress[0]}/{progress[1]}] {scenario.name} / {variant} ...")
@@ -301,6 +359,8 @@ def run_scenario(
             + (f", ERROR: {error}" if error else f", reason {runs[variant]['reason']}")
         )
     rows = evaluate.evaluate_scenario(scenario, runs)
+    for variant, row in rows.items():
+        row.update(learning_metrics(scenario, runs[variant]))
     for variant, row in rows.items():
         log(
             f"    {variant:>13}: goodput {report.pct(row['goodput'])}, 429 "

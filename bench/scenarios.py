@@ -41,7 +41,15 @@ PAUSE_SLOT = "plugin-pause-slot"
 START_HIGH = "plugin-start-high"
 # The plugin (as START_HIGH) writing a JUSTPROXIES_TRACE: the trace's overhead.
 TRACE = "plugin-trace"
-ALL_VARIANTS = (*VARIANTS, PAUSE_SLOT, START_HIGH, TRACE, PLAIN)
+# Issue 9 (learning): the second crawl of a warm-start scenario, a crawl
+# killed with SIGKILL midway and the crawl after it, and the plugin without
+# slow start (its first volley is the preset's start level at once).
+WARM = "plugin-warm"
+KILLED = "plugin-killed"
+AFTER_KILL = "plugin-after-kill"
+NO_SLOW_START = "plugin-no-slow-start"
+LEARNING_VARIANTS = (WARM, KILLED, AFTER_KILL, NO_SLOW_START)
+ALL_VARIANTS = (*VARIANTS, PAUSE_SLOT, START_HIGH, TRACE, PLAIN, *LEARNING_VARIANTS)
 
 # How each scenario kind turns into a "rate" for goodput.
 RATE = "rate"  # token bucket: the rate in force (schedule included)
@@ -61,14 +69,29 @@ class Site:
     p50_ms: float = P50_MS
     p95_ms: float = P95_MS
     burst: float = BURST
+    limiter: str = "token_bucket"
+    """The sandbox's limiter: token_bucket, fixed_window or gcra."""
+    window_seconds: float = 20.0
+    latency_schedule: tuple[tuple[float, float, float], ...] = ()
+    """``(t, p50_ms, p95_ms)``: the site's answer time from ``t`` on."""
 
     @property
     def mean_latency_ms(self) -> float:
         return metrics.lognormal_mean_ms(self.p50_ms, self.p95_ms)
 
+    def mean_latency_ms_at(self, t: float) -> float:
+        p50, p95 = self.p50_ms, self.p95_ms
+        for at, p50_ms, p95_ms in self.latency_schedule:
+            if at <= t:
+                p50, p95 = p50_ms, p95_ms
+        return metrics.lognormal_mean_ms(p50, p95)
+
     def policy(self) -> dict[str, Any]:
         """The sandbox ``HostPolicy`` as JSON."""
         return {
+            "limiter": self.limiter,
+            "window_seconds": self.window_seconds,
+            "latency_schedule": [list(entry) for entry in self.latency_schedule],
             "rate": self.rate,
             "burst": self.burst,
             "inflight_cap": self.inflight_cap,
@@ -83,7 +106,9 @@ class Site:
     def rate_at(self, t: float) -> float | None:
         """The "rate" goodput is measured against at schedule second ``t``."""
         if self.inflight_cap is not None and self.rate is None:
-            return metrics.inflight_cap_rate(self.inflight_cap, self.mean_latency_ms)
+            return metrics.inflight_cap_rate(
+                self.inflight_cap, self.mean_latency_ms_at(t)
+            )
         return metrics.rate_at(self.rate, self.schedule, t)
 
     def ideal_concurrency(self, t: float) -> float | None:
@@ -93,11 +118,18 @@ class Site:
         rate = self.rate_at(t)
         if rate is None:
             return None
-        return metrics.ideal_concurrency(rate, self.mean_latency_ms)
+        return metrics.ideal_concurrency(rate, self.mean_latency_ms_at(t))
 
     def describe(self) -> str:
         parts = []
-        if self.rate is not None:
+        if self.rate is not None and self.limiter == "fixed_window":
+            parts.append(
+                f"{self.rate * self.window_seconds:g} per {self.window_seconds:g} s "
+                "(fixed window)"
+            )
+        elif self.rate is not None and self.limiter == "gcra":
+            parts.append(f"{self.rate:g} req/s (GCRA, burst {self.burst:g})")
+        elif self.rate is not None:
             parts.append(f"{self.rate:g} req/s (burst {self.burst:g})")
         for at, rate in self.schedule:
             parts.append(
@@ -111,6 +143,8 @@ class Site:
             f"latency P50 {self.p50_ms:g} ms / P95 {self.p95_ms:g} ms"
             f" (mean {self.mean_latency_ms:.0f} ms)"
         )
+        for at, p50, p95 in self.latency_schedule:
+            parts.append(f"P50 {p50:g} ms / P95 {p95:g} ms from t = {at:g} s")
         parts.append(f"{self.urls} URLs")
         return f"`{self.host}`: " + ", ".join(parts)
 
@@ -130,10 +164,21 @@ class Scenario:
     """``CLOSESPIDER_TIMEOUT`` of every run of this scenario."""
     variants: tuple[str, ...] = VARIANTS
     notes: tuple[str, ...] = ()
+    state: bool = False
+    """The plugin variants share one JUSTPROXIES_STATE_FILE (warm start);
+    otherwise every crawl starts cold (the state file is off)."""
+    shifts: tuple[float, ...] = ()
+    """Schedule times where the site's answer time changes."""
 
     @property
     def preset(self) -> PoolPreset:
         return PRESETS[self.pool]
+
+    @property
+    def hop_ms(self) -> float:
+        """The gateway's hop: the middle of the pool's P50 range. It delays
+        every answer, 429s included, as an exit node does."""
+        return hop_latency_ms(self.preset)
 
     @property
     def urls(self) -> int:
@@ -141,7 +186,7 @@ class Scenario:
 
     def sandbox_config(self, user: str, password: str) -> dict[str, Any]:
         return {
-            "gateway": {"users": {user: password}},
+            "gateway": {"users": {user: password}, "hop_latency_ms": self.hop_ms},
             "sites": {site.host: site.policy() for site in self.sites},
         }
 
@@ -213,7 +258,7 @@ def build_scenarios(
     tail = phase + 5  # how long two-sites and inflight-cap should take
     mobile = PRESETS["mobile"]
     steady_rate = 50.0
-    scenarios = [
+    scenarios: list[Scenario] = [
         Scenario(
             "steady",
             "Steady limit",
@@ -344,6 +389,7 @@ def build_scenarios(
                 notes=tuple(notes),
             )
         )
+    scenarios += learning_scenarios(phase)
     return scenarios
 
 
@@ -396,6 +442,7 @@ def variant_spec(
     gateway: str,
     user: str,
     password: str,
+    state_file: str | None = None,
 ) -> RunSpec:
     """Settings, environment and per-request meta of one variant."""
     common: dict[str, Any] = {"CLOSESPIDER_TIMEOUT": timeout}
@@ -418,8 +465,11 @@ def variant_spec(
         "JUSTPROXIES_POOL": preset.name,
         **common,
     }
-    if variant == "plugin":
-        pass
+    # Cold unless the scenario shares a state file between its runs.
+    settings["JUSTPROXIES_STATE_FILE"] = state_file
+    if variant in ("plugin", *LEARNING_VARIANTS):
+        if variant == NO_SLOW_START:
+            settings["JUSTPROXIES_THROTTLE_SLOW_START"] = 0
     elif variant == PAUSE_SLOT:
         settings["JUSTPROXIES_RETRY_AFTER_MODE"] = "slot"
     elif variant in (START_HIGH, TRACE):
@@ -441,3 +491,186 @@ def variant_spec(
     else:
         raise ValueError(f"unknown variant {variant!r}")
     return RunSpec(settings, env, {})
+
+
+# -- issue 9: learning (cold start, limiter kinds, answer-time shift, warm) -----
+
+
+def hop_latency_ms(preset: PoolPreset) -> float:
+    """The middle of the preset's P50 range: the gateway hop of every answer."""
+    return sum(preset.latency_p50_ms) / 2
+
+
+KILL_AFTER = 0.5
+"""Share of the phase after which the ``plugin-killed`` crawl gets SIGKILL."""
+
+LEARNING_NOTE = (
+    "The gateway's hop latency (the middle of the pool's P50 range) delays "
+    "every answer, 429s included. The plugin starts cold (state file off) "
+    f"unless the scenario is a warm start. `{NO_SLOW_START}`: the plugin with "
+    "`JUSTPROXIES_THROTTLE_SLOW_START = 0`, its first volley at the preset's "
+    "start level."
+)
+
+
+def learning_scenarios(phase: float) -> list[Scenario]:
+    """Cold start 3-5x above the knee (three pools and every limiter kind),
+    answer-time shifts on a rate and an in-flight limit, warm starts."""
+    cold_variants = ("plugin", NO_SLOW_START, "fixed-low", "autothrottle")
+    mean = metrics.lognormal_mean_ms(P50_MS, P95_MS)
+    cap_urls = round(metrics.inflight_cap_rate(8, mean) * phase)
+    shift_schedule = ((phase, 150.0, 262.0), (2 * phase, 400.0, 700.0))
+    out = [
+        Scenario(
+            "cold-datacenter",
+            "Cold start, datacenter preset (start 50) on a 50 req/s site",
+            "datacenter",
+            (Site("a.test", round(50 * phase), rate=50.0),),
+            timeout=_timeout(phase),
+            variants=cold_variants,
+            notes=(LEARNING_NOTE,),
+        ),
+        Scenario(
+            "cold-residential-cap",
+            "Cold start, residential preset (start 30) on an in-flight cap of 8",
+            "residential",
+            (Site("a.test", cap_urls, inflight_cap=8),),
+            kind=CAP,
+            timeout=_timeout(phase),
+            variants=cold_variants,
+            notes=(LEARNING_NOTE,),
+        ),
+        Scenario(
+            "cold-residential-two",
+            "Cold start, residential preset on two sites, 50 + 20 req/s",
+            "residential",
+            (
+                Site("a.test", round(50 * phase), rate=50.0),
+                Site("b.test", round(20 * phase), rate=20.0),
+            ),
+            timeout=_timeout(phase),
+            variants=cold_variants,
+            notes=(LEARNING_NOTE,),
+        ),
+    ]
+    for limiter, title, extra in (
+        ("fixed_window", "a fixed window, 1,000 per 20 s", {"window_seconds": 20.0}),
+        ("gcra", "GCRA, 50 req/s, burst 10", {}),
+    ):
+        out.append(
+            Scenario(
+                f"cold-{limiter.replace('_', '-')}",
+                f"Cold start, datacenter preset on {title}",
+                "datacenter",
+                (
+                    Site(
+                        "a.test",
+                        round(50 * phase * 1.5),
+                        rate=50.0,
+                        limiter=limiter,
+                        **extra,
+                    ),
+                ),
+                timeout=_timeout(1.5 * phase),
+                variants=cold_variants,
+                notes=(LEARNING_NOTE,),
+            )
+        )
+    for name, title, site, kind in (
+        (
+            "shift-rate",
+            "Answer time 0.4 -> 0.15 -> 0.4 s on a 50 req/s site",
+            Site(
+                "a.test",
+                round(50 * 3 * phase),
+                rate=50.0,
+                p50_ms=400.0,
+                p95_ms=700.0,
+                latency_schedule=shift_schedule,
+            ),
+            RATE,
+        ),
+        (
+            "shift-cap",
+            "Answer time 0.4 -> 0.15 -> 0.4 s on an in-flight cap of 8",
+            Site(
+                "a.test",
+                round(8 * phase * (2 / (400 * 1.1 / 1000) + 1 / (150 * 1.1 / 1000))),
+                inflight_cap=8,
+                p50_ms=400.0,
+                p95_ms=700.0,
+                latency_schedule=shift_schedule,
+            ),
+            CAP,
+        ),
+    ):
+        out.append(
+            Scenario(
+                name,
+                title,
+                "mobile",
+                (site,),
+                kind=kind,
+                change_at=phase,
+                settle=5.0,
+                shifts=(phase, 2 * phase),
+                timeout=_timeout(3 * phase),
+                variants=("plugin", "fixed-low", "autothrottle"),
+                notes=(LEARNING_NOTE,),
+            )
+        )
+    out += [
+        Scenario(
+            "warm-steady",
+            "Warm start: the steady crawl run twice",
+            "mobile",
+            (Site("a.test", round(50 * phase), rate=50.0),),
+            timeout=_timeout(phase),
+            variants=("plugin", WARM),
+            state=True,
+            notes=(
+                LEARNING_NOTE,
+                f"`plugin` runs first with an empty state file; `{WARM}` is the "
+                "second crawl, from the file the first one left.",
+            ),
+        ),
+        Scenario(
+            "warm-kill",
+            "Warm start after kill -9 of the first crawl",
+            "mobile",
+            (Site("a.test", round(50 * phase), rate=50.0),),
+            timeout=_timeout(phase),
+            variants=(KILLED, AFTER_KILL),
+            state=True,
+            notes=(
+                LEARNING_NOTE,
+                f"`{KILLED}` gets SIGKILL {KILL_AFTER * phase:g} s into the crawl "
+                f"(its numbers cover that part only); `{AFTER_KILL}` starts from "
+                "the state file it left.",
+            ),
+        ),
+    ]
+    return out
+
+
+def shift_metrics(
+    scenario: Scenario, seconds: list[metrics.Second]
+) -> dict[str, Any] | None:
+    """Per answer-time shift: the 429 share from 5 s after it to the next
+    one, the goodput there against the phase's ideal, and the 429s in the
+    3 s after it."""
+    if not scenario.shifts:
+        return None
+    site = scenario.sites[0]
+    ends = [*scenario.shifts[1:], math.inf]
+    out: dict[str, Any] = {}
+    for at, end in zip(scenario.shifts, ends, strict=True):
+        later = [s for s in seconds if at + 5 <= s.t < end and s.answers]
+        out[f"{at:g}"] = {
+            "share_429_from_5s": metrics.share_429_in(later),
+            "goodput_from_5s": metrics.goodput_share(later, site.rate_at),
+            "rate_limited_3s": sum(
+                s.rate_limited for s in seconds if at <= s.t < at + 3
+            ),
+        }
+    return out

@@ -383,6 +383,7 @@ def test_variant_specs(variant: str) -> None:
         "fixed-low": 16,
         "fixed-high": 50,
         "autothrottle": 16,
+        **dict.fromkeys(scenarios.LEARNING_VARIANTS),
     }[variant]
     assert spec.settings.get("CONCURRENT_REQUESTS_PER_DOMAIN") == expected
     adaptive = variant in (
@@ -390,6 +391,7 @@ def test_variant_specs(variant: str) -> None:
         scenarios.PAUSE_SLOT,
         scenarios.START_HIGH,
         scenarios.TRACE,
+        *scenarios.LEARNING_VARIANTS,
     )
     assert ("JUSTPROXIES_TRACE" in spec.settings) is (variant == scenarios.TRACE)
     assert spec.settings.get("JUSTPROXIES_THROTTLE_ENABLED", True) is adaptive
@@ -406,6 +408,37 @@ def test_bytes_per_success() -> None:
     assert m.bytes_per_success(2_000_000, 400) == 5000
     assert m.bytes_per_success(0, 400) is None
     assert m.bytes_per_success(1000, 0) is None
+
+
+def test_learning_scenarios() -> None:
+    """Issue 9: the hop latency is on, warm-start scenarios share a state
+    file (and only they), the answer-time shift metrics per shift."""
+    by_name = {s.name: s for s in scenarios.build_scenarios()}
+    cold = by_name["cold-datacenter"]
+    assert cold.sandbox_config("u", "p")["gateway"]["hop_latency_ms"] == 90
+    assert by_name["steady"].sandbox_config("u", "p")["gateway"]["hop_latency_ms"] == (
+        350
+    )
+    assert {s.name for s in by_name.values() if s.state} == {
+        "warm-steady",
+        "warm-kill",
+    }
+    spec = scenarios.variant_spec(
+        scenarios.NO_SLOW_START, PRESETS["datacenter"], timeout=30,
+        gateway="127.0.0.1:1", user="u", password="p", state_file="/x.json",
+    )  # fmt: skip
+    assert spec.settings["JUSTPROXIES_THROTTLE_SLOW_START"] == 0
+    assert spec.settings["JUSTPROXIES_STATE_FILE"] == "/x.json"
+    window = by_name["cold-fixed-window"].sites[0].policy()
+    assert (window["limiter"], window["window_seconds"]) == ("fixed_window", 20.0)
+    shift = by_name["shift-rate"]
+    seconds = [Second(t, 50, 10 if t in (20, 21) else 0, 10) for t in range(60)]
+    figures = scenarios.shift_metrics(shift, seconds)
+    assert figures is not None
+    assert figures["20"]["rate_limited_3s"] == 20
+    assert figures["40"]["share_429_from_5s"] == 0
+    assert figures["20"]["goodput_from_5s"] == pytest.approx(1.0)
+    assert scenarios.shift_metrics(cold, seconds) is None
 
 
 # -- charts and report ------------------------------------------------------------------

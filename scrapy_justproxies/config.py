@@ -1043,3 +1043,57 @@ def in_force(settings: BaseSettings, environ: Mapping[str, str]) -> dict[str, An
         "JUSTPROXIES_PRICE_PER_GB": observability.price_per_gb,
         "JUSTPROXIES_STATS_DOMAINS": observability.stats_domains,
     }
+
+
+# -- learning: the warm-start state file (issue 9) ---------------------------
+
+STATE_FILE_DEFAULT = "justproxies/limits.json"
+"""Inside the project's data dir (``.scrapy``), as Scrapy puts HTTPCACHE_DIR."""
+STATE_MAX_AGE_DEFAULT = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    """Where the learned limits are kept between crawls, and for how long."""
+
+    state_file: str | None = None
+    """Path of the state file; None: nothing is read or saved."""
+    max_age: float = STATE_MAX_AGE_DEFAULT
+    """Seconds after which a learned limit is ignored."""
+    slow_start: int = 4
+    """A cold domain's first volley; it doubles every answer time until the
+    429s climb. 0: the first volley is CONCURRENT_REQUESTS_PER_DOMAIN."""
+
+    @classmethod
+    def from_settings(
+        cls, settings: BaseSettings, environ: Mapping[str, str]
+    ) -> LearningConfig:
+        reader = _Reader(settings, environ)
+        name = "JUSTPROXIES_STATE_FILE"
+        value = reader.raw(name)
+        explicitly_off = value is None and settings.getpriority(name) is not None
+        if value is None and not explicitly_off:
+            # Imported late: it looks for scrapy.cfg in the working directory.
+            from scrapy.utils.project import data_path  # noqa: PLC0415
+
+            state_file: str | None = data_path(STATE_FILE_DEFAULT)
+        elif value is None:
+            state_file = None
+        elif isinstance(value, (str, os.PathLike)):
+            text = os.fspath(value).strip()
+            state_file = None if text.lower() in ("", "none", "off") else text
+        else:
+            raise JustProxiesConfigError(
+                f"{reader.where(name)} must be a file path, or None to keep no "
+                f"state, not {value!r}."
+            )
+        max_age = reader.number(
+            "JUSTPROXIES_STATE_MAX_AGE",
+            float,
+            default=STATE_MAX_AGE_DEFAULT,
+            minimum=0.0,
+        )
+        slow_start = reader.number(
+            "JUSTPROXIES_THROTTLE_SLOW_START", int, default=4, minimum=0
+        )
+        return cls(state_file=state_file, max_age=max_age, slow_start=slow_start)

@@ -8,60 +8,51 @@ for the whole crawl, because sites change their limits while a crawl runs.
 It is pure and stdlib-only: no Scrapy, no clock reads, no global state. Time
 is a float the caller passes in, so the same samples always give the same
 decisions (the simulation tests rely on that). The shape follows Netflix's
-concurrency-limits: the limit *algorithm* (:class:`DomainController`, one per
-domain) is separate from whatever *applies* the limit (the plugin sets the
-download slot's ``concurrency``); small pure functions (:func:`grow`,
-:func:`regrow`, :func:`backoff_target`, :func:`cusum_step`,
-:func:`split_budget`) hold the
-arithmetic, tenacity-style.
+concurrency-limits: :class:`Evidence` gathers what the answers say (the
+window, the epoch filter, the CUSUM, recent answers, the admitted rate and
+the answer time), as ``WindowedLimit`` does, and :class:`DomainController`
+decides from it; small pure functions hold the arithmetic.
 
 Samples in, decisions out::
 
-    ctl = DomainController(ControllerSettings(start=8, ceiling=50), now=t0)
+    ctl = DomainController(ControllerSettings(start=8, maximum=50), now=t0)
     ticket = ctl.on_sent(now, inflight)          # when a request goes out
     ctl.record(ticket, Outcome.OK, now)          # when its answer comes back
     decision = ctl.decide(now)                   # None, or a judged window
     if decision is not None and decision.changed:
         slot.concurrency = decision.new_limit
+    ctl.learned(wall_time)                       # what to remember (Learned)
 
-The algorithm, in short:
+Phases (:class:`Phase`, changed only in ``DomainController._enter``):
 
-* Evidence is counted per *epoch*: every limit change starts a new one and a
-  sample only counts when its request was sent under the current epoch. A
-  request sent before a change says nothing about the new limit (and a 429
-  from the old, higher limit must not punish the new one).
-* 429s are watched with a one-sided CUSUM: every answer adds 1 if it was a
-  429, minus ``tolerated_share``; the sum never goes below 0. When it exceeds
-  ``trigger_excess`` (that many 429s more than tolerated) the share is
-  climbing: back off at once, without waiting for the window to end. A sharp
-  rise (a site that drops its limit) fires within a handful of answers, a
-  slight one after a few seconds, and a clean level practically never.
-* Backoff is multiplicative and aims at the last good level: the share of
-  answers that were not 429 estimates which part of the limit the site
-  admits, so the new limit is ``round(limit * ok_share)`` (the share taken
-  over the climb, or over the last ``min_samples`` answers if the climb was
-  shorter), at least one below the level that drew the 429s and at least
-  ``limit * decrease_factor``. The level that drew them is remembered as
-  the domain's ceiling estimate.
-* Increases happen once per window (``window_seconds`` and ``min_samples``
-  answers), only when the window's 429 share is at most ``tolerated_share``
-  *and* the limit was used (the mean in-flight count at send time reached
-  ``min_utilization`` of the limit: an idle or under-filled slot teaches
-  nothing). With no ceiling estimate the limit grows by ``increase_factor``
-  (rounded up, at least +1). Below an estimate it grows back at half that
-  pace and stops one below it: the cut may have been too deep (a burst of
-  429s), or right (the site lowered its limit), and half the pace costs
-  little either way.
-* Just below the estimate it settles. After ``probe_interval`` seconds and
-  ``probe_samples`` answers there it probes one step up. A probe must stay
-  clean for ``probe_seconds`` (a token bucket's burst hides a slight
-  overload for a few seconds); a failed probe backs off again, detected by
-  the CUSUM in about a second. ``probes_to_grow`` clean probes in a row mean
-  the site raised its limit: the estimate is dropped and growth continues
-  at the normal pace.
-* Floor and ceiling bound every decision. At the floor a climbing share
-  still yields a ``backoff`` decision (unchanged limit), which a caller may
-  take as the cue to add a download delay.
+* ``SLOW_START``: the first volley is small (``slow_start``) and grows by one
+  per clean answer, doubling every answer time, so the crawl does not open
+  with a burst of 429s at a site that admits far less than the preset's
+  start; on a site with no limit it reaches ``maximum`` in a few answer times.
+* The 429 share climbs (a one-sided CUSUM: every answer adds 1 if it was a
+  429, minus ``tolerated_share``; it fires above ``trigger_excess``): go in
+  one step to what the site admitted, by Little's law: clean answers per
+  second over the last ``memory_seconds`` times their answer time. With too
+  few clean answers to measure that, cut by the share of 429s instead
+  (:func:`backoff_target`). Then ``SETTLED``: the limit grows back at half
+  pace towards the level that drew the 429s (the *overload level*, learned;
+  ``settings.maximum`` is the configured one) and stops one below it.
+* Settled long enough (``probe_interval``, ``probe_samples``): ``PROBE`` one
+  step up; it must stay clean ``probe_seconds``. ``probes_to_grow`` clean
+  probes mean the site admits more: ``GROW`` at the normal pace
+  (``increase_factor`` per clean, used window).
+* Evidence counts per epoch: a request sent before a limit change, or
+  within ``backoff_settle_seconds`` after a backoff, says nothing about the
+  new level.
+
+Rate and concurrency are kept apart: the controller remembers the admitted
+*rate* and the answer time the level was derived at. Two climbs at answer
+times that differ by ``answer_time_shift`` tell the kind of limit
+(:class:`LimitKind`): the same rate means requests per second, the same
+level requests in flight. When the answer time moves, a rate-limited site's
+level is derived again from its rate at once (``REDERIVE``); an in-flight
+cap's stays. An unknown kind is only re-derived upwards (a wrong guess costs
+one climb).
 
 Known limit: 429s the site sends whatever the load (a share of exits
 blocked, say) look like a climbing share once above ``tolerated_share``
@@ -73,27 +64,28 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import TypeVar
 
 __all__ = [
     "ControllerSettings",
     "ControllerSettingsError",
     "Decision",
     "DomainController",
+    "Evidence",
+    "Learned",
+    "LimitKind",
     "Outcome",
+    "Phase",
     "Reason",
     "Ticket",
+    "admitted_level",
     "backoff_target",
     "clamp",
     "cusum_step",
     "grow",
     "regrow",
-    "split_budget",
 ]
-
-K = TypeVar("K", bound=Hashable)
 
 
 class Outcome(str, enum.Enum):
@@ -123,6 +115,9 @@ class Reason(str, enum.Enum):
     tolerated share but not (yet) climbing."""
     IDLE = "idle"
     """Clean, but the limit was not used, so nothing was learned."""
+    REDERIVE = "rederive"
+    """The answer time moved on a rate-limited site: the level was derived
+    again from the learned rate."""
 
 
 class ControllerSettingsError(ValueError):
@@ -143,8 +138,10 @@ class ControllerSettings:
 
     start: int
     """Limit before any evidence (the low end of the pool's range)."""
-    ceiling: int
-    """Highest limit ever set (the high end of the pool's range)."""
+    maximum: int
+    """Highest limit ever set: the configured maximum (the high end of the
+    pool's range). Not to be confused with the learned
+    :attr:`DomainController.overload_level`."""
     floor: int = 1
     """Lowest limit ever set."""
     increase_factor: float = 1.25
@@ -172,9 +169,24 @@ class ControllerSettings:
     probes_to_grow: int = 2
     """Clean probes in a row after which the estimate is dropped."""
     backoff_settle_seconds: float = 1.0
-    """After a backoff, requests sent within this time are not evidence: the
-    site is still paying back the overload (a token bucket left empty), so
-    429s there would blame the new, lower level for the old one."""
+    """After a backoff, requests sent within this time (or two answer times,
+    if shorter) are not evidence: the site is still paying back the overload
+    (a token bucket left empty), so 429s there would blame the new, lower
+    level for the old one."""
+
+    slow_start: int = 4
+    """Limit of the very first volley: it grows by one per clean answer (it
+    doubles every answer time, as TCP's slow start) until the 429s climb or
+    it reaches ``maximum``. 0 turns slow start off (the first volley is
+    ``start`` requests at once)."""
+    slow_start_gain: float = 1.0
+    """Growth of slow start per clean answer: 1 doubles the limit every
+    answer time, 0.5 grows it by half (a smaller overshoot past the knee)."""
+    memory_seconds: float = 1.0
+    """How far back the admitted rate is measured when the 429s climb."""
+    answer_time_shift: float = 0.25
+    """Relative change of the answer time after which the concurrency of a
+    rate-limited site is re-derived from its learned rate."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -192,15 +204,35 @@ class ControllerSettings:
                 raise ControllerSettingsError(f.name, f"must be finite, got {value!r}")
         _check(self.floor >= 1, "floor", f"must be at least 1, got {self.floor}")
         _check(
-            self.ceiling >= self.floor,
-            "ceiling",
-            f"({self.ceiling}) must be at least floor ({self.floor})",
+            self.maximum >= self.floor,
+            "maximum",
+            f"({self.maximum}) must be at least floor ({self.floor})",
         )
         _check(
-            self.floor <= self.start <= self.ceiling,
+            self.floor <= self.start <= self.maximum,
             "start",
             f"({self.start}) must be between floor ({self.floor}) "
-            f"and ceiling ({self.ceiling})",
+            f"and maximum ({self.maximum})",
+        )
+        _check(
+            self.slow_start >= 0,
+            "slow_start",
+            f"must be at least 0, got {self.slow_start}",
+        )
+        _check(
+            self.slow_start_gain > 0,
+            "slow_start_gain",
+            f"must be above 0, got {self.slow_start_gain}",
+        )
+        _check(
+            self.memory_seconds > 0,
+            "memory_seconds",
+            f"must be above 0, got {self.memory_seconds}",
+        )
+        _check(
+            self.answer_time_shift > 0,
+            "answer_time_shift",
+            f"must be above 0, got {self.answer_time_shift}",
         )
         _check(
             self.increase_factor > 1,
@@ -277,8 +309,109 @@ class Ticket:
     epoch: int
     """The limit epoch the request was sent under."""
     sent_at: float
-    inflight: int
+    inflight: int = 0
     """Requests in flight to the domain once this one was sent."""
+
+
+class Phase(str, enum.Enum):
+    """Where a domain's controller stands; changed only by ``_enter``."""
+
+    SLOW_START = "slow_start"
+    """Nothing known yet: the limit grows by one per clean answer (doubling
+    every answer time) until the 429s climb."""
+    GROW = "grow"
+    """No overload level known: clean, used windows raise the limit by
+    ``increase_factor``."""
+    SETTLED = "settled"
+    """An overload level is known: the limit sits one below it (growing back
+    at half pace after a cut), and probes one step up now and then."""
+    PROBE = "probe"
+    """One step above the settled level, to find out whether the site now
+    admits more."""
+
+
+class LimitKind(str, enum.Enum):
+    """What the site limits, as far as the evidence tells."""
+
+    UNKNOWN = "unknown"
+    RATE = "rate"
+    """Requests per second: the concurrency it admits follows the answer time."""
+    INFLIGHT = "inflight"
+    """Requests in flight: the concurrency it admits stays when the answer
+    time moves."""
+
+
+@dataclass(frozen=True)
+class Learned:
+    """What a domain's controller learned, compact enough to store.
+
+    :meth:`DomainController.learned` exports it; ``DomainController(settings,
+    now, learned=...)`` starts from it (warm start).
+    """
+
+    concurrency: int
+    """The clean level: requests in flight the site admits."""
+    rate: float | None
+    """Admitted answers per second when the 429s climbed, if measured."""
+    kind: LimitKind
+    answer_time: float | None
+    """Mean seconds per clean answer when it was learned."""
+    at: float
+    """When it was learned (the caller's clock: wall time for a state file)."""
+    samples: int
+    """Answers it is based on."""
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "concurrency": self.concurrency,
+            "rate": self.rate,
+            "kind": self.kind.value,
+            "answer_time": self.answer_time,
+            "at": self.at,
+            "samples": self.samples,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Learned:
+        """The inverse of :meth:`to_dict`; ``ValueError`` on anything else."""
+        try:
+            concurrency = data["concurrency"]
+            rate = data.get("rate")
+            answer_time = data.get("answer_time")
+            at = data["at"]
+            samples = data["samples"]
+            kind = LimitKind(data.get("kind", LimitKind.UNKNOWN.value))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a learned limit: {exc}") from None
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+            raise ValueError("concurrency must be an integer")
+        if isinstance(samples, bool) or not isinstance(samples, int):
+            raise ValueError("samples must be an integer")
+        for name, value in (("rate", rate), ("answer_time", answer_time)):
+            if value is not None and not _positive(value):
+                raise ValueError(f"{name} must be a positive number or null")
+        if not _number(at) or concurrency < 1 or samples < 0:
+            raise ValueError("at, concurrency or samples out of range")
+        return cls(
+            concurrency=concurrency,
+            rate=None if rate is None else float(rate),  # type: ignore[arg-type]
+            kind=kind,
+            answer_time=None if answer_time is None else float(answer_time),  # type: ignore[arg-type]
+            at=float(at),  # type: ignore[arg-type]
+            samples=samples,
+        )
+
+
+def _number(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def _positive(value: object) -> bool:
+    return _number(value) and value > 0  # type: ignore[operator]
 
 
 @dataclass(frozen=True)
@@ -293,7 +426,7 @@ class Decision:
     """Non-ignored answers the verdict is based on."""
     rate_limited: int
     """429s among them."""
-    ceiling_estimate: int | None
+    overload_level: int | None
     """The lowest level known to draw 429s, after this decision."""
 
     @property
@@ -309,13 +442,13 @@ class Decision:
 
 
 def clamp(value: int, settings: ControllerSettings) -> int:
-    """``value`` limited to ``[settings.floor, settings.ceiling]``."""
-    return max(settings.floor, min(settings.ceiling, value))
+    """``value`` limited to ``[settings.floor, settings.maximum]``."""
+    return max(settings.floor, min(settings.maximum, value))
 
 
 def grow(limit: int, settings: ControllerSettings, cap: int | None = None) -> int:
     """The next limit at the normal pace: ``ceil(limit * increase_factor)``,
-    at least ``limit + 1``, at most ``cap`` (if given) and the ceiling.
+    at least ``limit + 1``, at most ``cap`` (if given) and the maximum.
 
     Never returns less than ``limit`` (a cap below it does not shrink it).
     """
@@ -325,29 +458,36 @@ def grow(limit: int, settings: ControllerSettings, cap: int | None = None) -> in
     return max(limit, clamp(target, settings))
 
 
-def regrow(limit: int, ceiling_estimate: int, settings: ControllerSettings) -> int:
-    """The next limit below a known ceiling estimate: half the normal pace
+def regrow(limit: int, overload_level: int, settings: ControllerSettings) -> int:
+    """The next limit below a known overload level: half the normal pace
     (``limit * (1 + (increase_factor - 1) / 2)``, at least +1), stopping one
-    below the estimate. Used after a backoff, whose cut may have been too
+    below the level. Used after a backoff, whose cut may have been too
     deep (a burst of 429s) or right (the site lowered its limit)."""
     half = 1 + (settings.increase_factor - 1) / 2
     target = max(limit + 1, math.floor(limit * half + 1e-9))
-    return max(limit, clamp(min(target, ceiling_estimate - 1), settings))
+    return max(limit, clamp(min(target, overload_level - 1), settings))
 
 
 def backoff_target(limit: int, ok_share: float, settings: ControllerSettings) -> int:
-    """Where to back off to from ``limit`` when the 429 share climbed.
+    """Where to back off to from ``limit`` when the 429 share climbed and
+    nothing better is known (too few clean answers to measure the rate).
 
     ``ok_share`` (the share of non-429 answers) estimates which part of the
     limit the site admits, so ``round(limit * ok_share)`` is about the last
     good level. The result is at least one below ``limit`` (that level drew
     the 429s), never deeper than ``limit * decrease_factor`` in one step
-    (a short window's share is noisy), and within floor and ceiling.
+    (a short window's share is noisy), and within floor and maximum.
     """
     ok_share = min(1.0, max(0.0, ok_share))
     estimate = math.floor(limit * ok_share + 0.5)
     deepest = math.ceil(limit * settings.decrease_factor - 1e-9)
     return clamp(min(limit - 1, max(deepest, estimate)), settings)
+
+
+def admitted_level(rate: float, answer_time: float) -> float:
+    """Little's law: requests in flight that ``rate`` answers per second of
+    ``answer_time`` seconds each keep busy."""
+    return rate * answer_time
 
 
 def cusum_step(total: float, rate_limited: bool, tolerated_share: float) -> float:
@@ -360,55 +500,193 @@ def cusum_step(total: float, rate_limited: bool, tolerated_share: float) -> floa
     return max(0.0, total + (1.0 if rate_limited else 0.0) - tolerated_share)
 
 
-def split_budget(wanted: Mapping[K, int], total: int, minimum: int = 1) -> dict[K, int]:
-    """Share ``total`` concurrent requests among keys that each want some.
+_CLIMBS_KEPT = 6
+"""Measured climbs kept to tell the kind of limit."""
+_DISTINCT_TIMES = 0.4
+"""Answer times that differ this much make two climbs comparable."""
+_SAME = 0.15
+"""Rates (or levels) this close count as the same."""
 
-    If the wants fit, everyone gets what it wants. Otherwise max-min fair
-    (water-filling): small wants are met in full and the rest is split
-    evenly among the larger ones, leftovers going to keys in the mapping's
-    order. Every key gets at least ``min(want, minimum)``, even if that
-    puts the sum above ``total`` (a domain must be able to make progress);
-    otherwise the sum is at most ``total``. Deterministic for a given input.
-    """
-    if total < 0 or minimum < 0:
-        raise ValueError("total and minimum must not be negative")
-    if any(want < 0 for want in wanted.values()):
-        raise ValueError("wants must not be negative")
-    if sum(wanted.values()) <= total:
-        return dict(wanted)
-    share = {key: min(want, minimum) for key, want in wanted.items()}
-    left = total - sum(share.values())
-    hungry = [key for key in wanted if share[key] < wanted[key]]
-    while left > 0 and hungry:
-        each = left // len(hungry)
-        if each == 0:
-            for key in hungry[:left]:
-                share[key] += 1
-            break
-        for key in hungry:
-            give = min(each, wanted[key] - share[key])
-            share[key] += give
-            left -= give
-        hungry = [key for key in hungry if share[key] < wanted[key]]
-    return share
-
-
-# -- the controller ---------------------------------------------------------
+# -- evidence ---------------------------------------------------------------
 
 
 @dataclass
 class _Window:
-    """Evidence gathered since the last verdict, for the current epoch."""
+    """Answers since the last verdict, for the current epoch."""
 
     start: float
     ok: int = 0
     rate_limited: int = 0
     sends: int = 0
     inflight_sum: int = 0
+    peak_inflight: int = 0
 
     @property
     def samples(self) -> int:
         return self.ok + self.rate_limited
+
+
+class Evidence:
+    """Everything the answers say, apart from what to do about it.
+
+    * the window (answers since the last verdict) and the epoch filter;
+    * the CUSUM on 429s and the climb that fires it;
+    * the last ``min_samples`` answers at this level;
+    * the admitted rate (clean answers per second over ``memory_seconds``)
+      and the answer time (mean of the last few clean answers), across
+      epochs: they describe the site, not the current limit.
+    """
+
+    ANSWER_TIME_SAMPLES = 32
+
+    def __init__(self, settings: ControllerSettings, now: float) -> None:
+        self.settings = settings
+        self.epoch = 0
+        self.epoch_start = now
+        self.epoch_samples = 0
+        # Requests sent before this time say nothing about the current level.
+        self.evidence_from = now
+        self.window = _Window(start=now)
+        self.cusum = 0.0
+        # Answers since the CUSUM last stood at 0: the climb that fires it.
+        self.run_ok = 0
+        self.run_limited = 0
+        # The last min_samples answers at this level (True: a 429).
+        self.recent: deque[bool] = deque(maxlen=settings.min_samples)
+        self.ok_times: deque[float] = deque()
+        self.first_answer: float | None = None
+        self.answer_times: deque[float] = deque(maxlen=self.ANSWER_TIME_SAMPLES)
+        self.ok_since_step = 0
+        self.total_samples = 0
+        # In flight (besides it) when the first 429 since the last climb was sent.
+        self.refused_inflight: int | None = None
+
+    def sent(self, now: float, inflight: int) -> Ticket:
+        if now >= self.evidence_from:
+            w = self.window
+            w.sends += 1
+            w.inflight_sum += inflight
+            w.peak_inflight = max(w.peak_inflight, inflight)
+        return Ticket(epoch=self.epoch, sent_at=now, inflight=inflight)
+
+    def answered(
+        self, ticket: Ticket, outcome: Outcome, now: float, *, any_epoch: bool
+    ) -> None:
+        if outcome is Outcome.IGNORED:
+            return
+        limited = outcome is Outcome.RATE_LIMITED
+        if limited and self.refused_inflight is None:
+            # The others in flight when this one was refused were admitted.
+            self.refused_inflight = max(0, ticket.inflight - 1)
+        if not limited:
+            # The site's side of things: counted whatever the epoch.
+            if self.first_answer is None:
+                self.first_answer = now
+            self.ok_times.append(now)
+            self.answer_times.append(max(0.0, now - ticket.sent_at))
+            self.ok_since_step += 1
+        self._forget(now)
+        if not any_epoch and (
+            ticket.epoch != self.epoch or ticket.sent_at < self.evidence_from
+        ):
+            return
+        if limited:
+            self.window.rate_limited += 1
+        else:
+            self.window.ok += 1
+        tolerated = self.settings.tolerated_share
+        self.cusum = cusum_step(self.cusum, limited, tolerated)
+        self.recent.append(limited)
+        self.epoch_samples += 1
+        self.total_samples += 1
+        if self.cusum == 0:
+            self.run_ok = self.run_limited = 0
+        elif limited:
+            self.run_limited += 1
+        else:
+            self.run_ok += 1
+
+    def _forget(self, now: float) -> None:
+        horizon = now - self.settings.memory_seconds
+        while self.ok_times and self.ok_times[0] <= horizon:
+            self.ok_times.popleft()
+
+    @property
+    def climbing(self) -> bool:
+        return self.cusum >= self.settings.trigger_excess
+
+    def ok_share_of_climb(self) -> float:
+        """The share of clean answers during the climb (or, if the climb was
+        short, over the last ``min_samples`` answers)."""
+        run = self.run_ok + self.run_limited
+        if run >= len(self.recent) and run:
+            return self.run_ok / run
+        if not self.recent:
+            return 1.0
+        return 1 - sum(self.recent) / len(self.recent)
+
+    def admitted_rate(self, now: float) -> float | None:
+        """Clean answers per second over the last ``memory_seconds`` (since
+        the first clean answer if that is more recent); None if too few."""
+        self._forget(now)
+        if self.first_answer is None or len(self.ok_times) < 5:
+            return None
+        span = min(self.settings.memory_seconds, now - self.first_answer)
+        # At least one answer time: the first answers of a crawl come back
+        # as one volley, in much less time than the site took to admit them.
+        span = max(span, self.answer_time() or 0.0)
+        if span <= 0:
+            return None
+        return len(self.ok_times) / span
+
+    def measured(self, now: float) -> bool:
+        """A full ``memory_seconds`` of clean answers (at least 5) to go by."""
+        return (
+            self.first_answer is not None
+            and now - self.first_answer >= self.settings.memory_seconds
+            and len(self.ok_times) >= 5
+        )
+
+    def answer_time_steady(self) -> bool:
+        """The last few clean answers took about as long as the last many:
+        the answer time is not moving (a measurement now is not a mix)."""
+        times = list(self.answer_times)
+        if len(times) < self.ANSWER_TIME_SAMPLES:
+            return False
+        recent = times[-self.ANSWER_TIME_SAMPLES // 4 :]
+        mean_recent = sum(recent) / len(recent)
+        mean_all = sum(times) / len(times)
+        return abs(mean_recent / mean_all - 1) < 0.2 if mean_all > 0 else False
+
+    def answer_time_recent(self) -> float | None:
+        """Mean of the last quarter of the clean answers kept."""
+        times = list(self.answer_times)[-self.ANSWER_TIME_SAMPLES // 4 :]
+        return sum(times) / len(times) if times else None
+
+    def answer_time(self) -> float | None:
+        """Mean seconds of the last few clean answers."""
+        if not self.answer_times:
+            return None
+        return sum(self.answer_times) / len(self.answer_times)
+
+    def new_epoch(self, now: float) -> None:
+        self.epoch += 1
+        self.epoch_start = now
+        self.epoch_samples = 0
+        self.evidence_from = now
+        self.reset_climb()
+
+    def reset_climb(self) -> None:
+        self.refused_inflight = None
+        self.cusum = 0.0
+        self.run_ok = self.run_limited = 0
+        self.recent.clear()
+
+    def new_window(self, now: float) -> None:
+        self.window = _Window(start=max(now, self.evidence_from))
+
+
+# -- the controller ---------------------------------------------------------
 
 
 class DomainController:
@@ -420,26 +698,52 @@ class DomainController:
     Everything is a function of the calls and the times passed in.
     """
 
-    def __init__(self, settings: ControllerSettings, now: float) -> None:
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        now: float,
+        learned: Learned | None = None,
+    ) -> None:
         self._settings = settings
+        self._evidence = Evidence(settings, now)
+        self._phase = Phase.GROW
         self._limit = settings.start
-        self._epoch = 0
-        self._epoch_start = now
-        self._epoch_samples = 0
-        # Requests sent before this time say nothing about the current level.
-        self._evidence_from = now
-        self._window = _Window(start=now)
-        self._cusum = 0.0
-        # Answers since the CUSUM last stood at 0: the climb that fires it.
-        self._run_ok = 0
-        self._run_limited = 0
-        # The last min_samples answers at this level (True: a 429).
-        self._recent: deque[bool] = deque(maxlen=settings.min_samples)
-        self._ceiling_estimate: int | None = None
-        self._probing = False
+        self._overload_level: int | None = None
         self._probe_successes = 0
-        # The clean level this epoch was raised from (see _backoff).
+        # The clean level this epoch was raised from (see _on_climb).
         self._last_good: int | None = None
+        # What the site admits: a rate, and the answer time the limit was
+        # derived at (a rate-limited site's concurrency follows it).
+        self._rate: float | None = None
+        self._kind = LimitKind.UNKNOWN
+        self._derived_at: float | None = None
+        self._learned_at: float | None = None
+        self._pace: float | None = None
+        self._pace_until = now
+        # (admitted rate, answer time) of the last measured climbs.
+        self._climbs: deque[tuple[float, float]] = deque(maxlen=_CLIMBS_KEPT)
+        if learned is not None:
+            self._limit = clamp(learned.concurrency, settings)
+            self._rate = learned.rate
+            self._kind = learned.kind
+            self._derived_at = learned.answer_time
+            self._learned_at = now
+            if learned.rate is not None or learned.kind is not LimitKind.UNKNOWN:
+                self._overload_level = self._limit + 1
+                self._phase = Phase.SETTLED
+            # The first volley of a warm start goes out spread over one answer
+            # time (at the learned rate), not at once: a token bucket's burst
+            # is smaller than the level, and the level fits the rate only
+            # once the first answers come back.
+            ramp_rate = learned.rate
+            if ramp_rate is None and learned.answer_time:
+                ramp_rate = learned.concurrency / learned.answer_time
+            if ramp_rate and learned.answer_time:
+                self._pace = 1.0 / ramp_rate
+                self._pace_until = now + learned.answer_time
+        elif settings.slow_start and settings.slow_start < settings.start:
+            self._limit = max(settings.floor, settings.slow_start)
+            self._phase = Phase.SLOW_START
 
     @property
     def settings(self) -> ControllerSettings:
@@ -450,137 +754,307 @@ class DomainController:
         return self._limit
 
     @property
-    def epoch(self) -> int:
-        """Bumped on every limit change."""
-        return self._epoch
+    def phase(self) -> Phase:
+        return self._phase
 
     @property
-    def ceiling_estimate(self) -> int | None:
-        """The lowest level known to draw 429s, or None if none is known."""
-        return self._ceiling_estimate
+    def kind(self) -> LimitKind:
+        return self._kind
+
+    @property
+    def rate(self) -> float | None:
+        """Admitted answers per second when the 429s last climbed."""
+        return self._rate
+
+    @property
+    def epoch(self) -> int:
+        """Bumped on every limit change (but the steps of slow start)."""
+        return self._evidence.epoch
+
+    @property
+    def overload_level(self) -> int | None:
+        """The lowest level known (learned) to draw 429s, or None; unlike
+        ``settings.maximum``, which is configured."""
+        return self._overload_level
+
+    def learned(self, now: float) -> Learned | None:
+        """What was learned so far, or None if nothing yet (``now`` is
+        stamped as its time, so pass the clock the store should keep)."""
+        samples = self._evidence.total_samples
+        if self._phase is Phase.SLOW_START or samples < self._settings.min_samples:
+            return None
+        # The clean level: not a probe above it.
+        level = self._limit - 1 if self._phase is Phase.PROBE else self._limit
+        return Learned(
+            concurrency=max(self._settings.floor, level),
+            rate=self._rate,
+            kind=self._kind,
+            answer_time=self._derived_at or self._evidence.answer_time(),
+            at=now,
+            samples=samples,
+        )
+
+    def pace(self, now: float) -> float | None:
+        """Seconds to leave between two sends, or None (no pacing): only the
+        first answer time of a warm start, so its first volley does not go
+        out at once."""
+        if self._pace is not None and now < self._pace_until:
+            return self._pace
+        return None
 
     def on_sent(self, now: float, inflight: int) -> Ticket:
         """A request is going out; ``inflight`` counts it too."""
-        if now >= self._evidence_from:
-            self._window.sends += 1
-            self._window.inflight_sum += inflight
-        return Ticket(epoch=self._epoch, sent_at=now, inflight=inflight)
+        return self._evidence.sent(now, inflight)
 
     def record(self, ticket: Ticket, outcome: Outcome, now: float) -> None:
-        """The outcome of the request ``ticket`` was issued for.
+        """The outcome of the request ``ticket`` was issued for; its answer
+        time is ``now - ticket.sent_at``.
 
         Requests sent under an earlier limit or while the site settled after
         a backoff, and ignored outcomes, are not evidence about the current
-        limit and change nothing.
+        limit (in slow start every answer is: the limit only grew).
         """
-        del now  # kept for symmetry and future latency-based signals
-        if (
-            ticket.epoch != self._epoch
-            or ticket.sent_at < self._evidence_from
-            or outcome is Outcome.IGNORED
-        ):
-            return
-        limited = outcome is Outcome.RATE_LIMITED
-        if limited:
-            self._window.rate_limited += 1
-        else:
-            self._window.ok += 1
-        self._cusum = cusum_step(self._cusum, limited, self._settings.tolerated_share)
-        self._recent.append(limited)
-        self._epoch_samples += 1
-        if self._cusum == 0:
-            self._run_ok = self._run_limited = 0
-        elif limited:
-            self._run_limited += 1
-        else:
-            self._run_ok += 1
+        self._evidence.answered(
+            ticket, outcome, now, any_epoch=self._phase is Phase.SLOW_START
+        )
 
-    def decide(self, now: float) -> Decision | None:
+    def decide(self, now: float) -> Decision | None:  # noqa: PLR0911
         """Judge the evidence so far: None if it is not enough yet.
 
-        A climbing 429 share is acted on at once; anything else waits for a
-        full window (``window_seconds`` and ``min_samples`` answers).
+        A climbing 429 share is acted on at once, and so are the steps of
+        slow start and an answer-time shift on a rate-limited site; anything
+        else waits for a full window (``window_seconds`` and ``min_samples``
+        answers).
         """
         s = self._settings
-        if self._cusum >= s.trigger_excess:
-            return self._backoff(now)
-        w = self._window
+        ev = self._evidence
+        if ev.climbing:
+            return self._on_climb(now)
+        if self._phase is Phase.SLOW_START:
+            return self._slow_start_step(now)
+        w = ev.window
         if now - w.start < s.window_seconds or w.samples < s.min_samples:
             return None
+        rederived = self._rederive(now)
+        if rederived is not None:
+            return rederived
         if w.rate_limited > s.tolerated_share * w.samples:
             # More 429s than tolerated, but not (yet) climbing: stay put.
-            target, reason = self._limit, Reason.HOLD
-        elif w.inflight_sum < s.min_utilization * self._limit * w.sends or not w.sends:
-            target, reason = self._limit, Reason.IDLE
-        else:
-            target, reason = self._next_level(now)
-        return self._apply(now, target, reason)
+            return self._apply(now, self._limit, Reason.HOLD)
+        if w.inflight_sum < s.min_utilization * self._limit * w.sends or not w.sends:
+            return self._apply(now, self._limit, Reason.IDLE)
+        return self._clean_window(now)
 
-    def _next_level(self, now: float) -> tuple[int, Reason]:
+    # -- the decisions ---------------------------------------------------------
+
+    def _slow_start_step(self, now: float) -> Decision | None:
+        ev = self._evidence
+        used = ev.window.peak_inflight >= self._settings.min_utilization * self._limit
+        step = math.floor(ev.ok_since_step * self._settings.slow_start_gain)
+        if step < 1 or not used:
+            return None
+        target = clamp(self._limit + step, self._settings)
+        ev.ok_since_step = 0
+        if target == self._settings.maximum:
+            self._enter(Phase.GROW)
+        # Not a last good level either: slow start is meant to overshoot.
+        self._last_good = None
+        return self._apply(
+            now, target, Reason.INCREASE, new_epoch=False, keep_last_good=True
+        )
+
+    def _clean_window(self, now: float) -> Decision:
         """Where to go after a clean window in which the limit was used."""
         s = self._settings
-        if self._probing:
-            if now - self._epoch_start < s.probe_seconds:
-                return self._limit, Reason.HOLD
+        ev = self._evidence
+        if self._phase is Phase.PROBE:
+            if now - ev.epoch_start < s.probe_seconds:
+                return self._apply(now, self._limit, Reason.HOLD)
             self._probe_successes += 1
-            if self._ceiling_estimate is not None:
-                self._ceiling_estimate = max(self._ceiling_estimate, self._limit + 1)
+            if self._overload_level is not None:
+                self._overload_level = max(self._overload_level, self._limit + 1)
             if self._probe_successes < s.probes_to_grow:
-                return self._probe_target()
-            # The site admits more than it did: forget the old estimate.
-            self._ceiling_estimate = None
-            self._probing = False
-            self._probe_successes = 0
-        estimate = self._ceiling_estimate
-        if estimate is None:
+                return self._probe(now)
+            # The site admits more than it did: forget the old level.
+            self._enter(Phase.GROW)
+        if self._phase is Phase.GROW:
             target = grow(self._limit, s)
-            return target, Reason.INCREASE if target != self._limit else Reason.HOLD
-        if self._limit + 1 < estimate:
+            reason = Reason.INCREASE if target != self._limit else Reason.HOLD
+            return self._apply(now, target, reason)
+        level = self._overload_level
+        assert level is not None  # SETTLED
+        if self._limit + 1 < level:
             # Back up towards the level that drew 429s at half the pace: the
             # cut may have been too deep, or the site may have dropped.
-            return regrow(self._limit, estimate, s), Reason.INCREASE
-        settled = now - self._epoch_start >= s.probe_interval
-        if settled and self._epoch_samples >= s.probe_samples:
-            return self._probe_target()
-        return self._limit, Reason.HOLD
+            return self._apply(now, regrow(self._limit, level, s), Reason.INCREASE)
+        settled = now - ev.epoch_start >= s.probe_interval
+        if settled and ev.epoch_samples >= s.probe_samples:
+            return self._probe(now)
+        return self._apply(now, self._limit, Reason.HOLD)
 
-    def _probe_target(self) -> tuple[int, Reason]:
+    def _probe(self, now: float) -> Decision:
         target = clamp(self._limit + 1, self._settings)
-        if target == self._limit:  # at the ceiling: nothing to probe
-            self._probing = False
-            self._probe_successes = 0
-            return target, Reason.HOLD
-        self._probing = True
-        return target, Reason.PROBE
+        if target == self._limit:  # at the maximum: nothing to probe
+            self._enter(Phase.SETTLED)
+            return self._apply(now, target, Reason.HOLD)
+        self._enter(Phase.PROBE)
+        return self._apply(now, target, Reason.PROBE)
 
-    def _backoff(self, now: float) -> Decision:
-        # The share during the climb, not since the level began: a site that
-        # lowers its limit after a long clean stretch must be followed at once.
-        # A short climb (a few 429s in a row) says little about the share, so
-        # then the last min_samples answers at this level are used instead.
-        run = self._run_ok + self._run_limited
-        if run >= len(self._recent):
-            ok_share = self._run_ok / run
-        else:
-            ok_share = 1 - sum(self._recent) / len(self._recent)
-        self._cusum = 0.0  # also when already at the floor: judge afresh
-        self._run_ok = self._run_limited = 0
-        self._recent.clear()
+    def _on_climb(self, now: float) -> Decision:
+        """The 429 share climbed: go where the site's admitted flow says, in
+        one step (Little's law: admitted answers per second times their
+        answer time), or, without enough clean answers to measure it, cut
+        by the share of 429s."""
         s = self._settings
-        target = backoff_target(self._limit, ok_share, s)
-        if self._last_good is not None and self._last_good < self._limit:
+        ev = self._evidence
+        answer_time = ev.answer_time()
+        rate = ev.admitted_rate(now)
+        steady = ev.answer_time_steady()
+        if not steady:
+            # The answer time is moving (answers at the old and the new one
+            # arrive together): the latest answers tell the new one, and the
+            # burst of answers overstates the rate, so keep the one learned.
+            answer_time = ev.answer_time_recent() or answer_time
+            if rate is not None and self._rate is not None:
+                rate = min(rate, self._rate)
+        measured = len(ev.ok_times) >= s.min_samples
+        # Answers much faster than where the level was derived: the level
+        # that was clean then says nothing now (a rate-limited site).
+        faster = (
+            self._derived_at is not None
+            and answer_time is not None
+            and answer_time < self._derived_at * (1 - s.answer_time_shift)
+        )
+        if rate is not None and answer_time is not None:
+            estimate = math.floor(admitted_level(rate, answer_time))
+            if (
+                self._phase is Phase.SLOW_START
+                and ev.refused_inflight is not None
+                and ev.refused_inflight > estimate
+            ):
+                # Slow start: the last second's rate includes the ramp (too
+                # low); what was in flight when the first 429 came includes
+                # the site's burst (too high). The site's level lies between.
+                estimate = (estimate + ev.refused_inflight) // 2
+            target = clamp(min(self._limit - 1, estimate), s)
+            if (
+                measured
+                and ev.answer_time_steady()
+                and self._phase is not Phase.SLOW_START
+            ):
+                self._learn_kind(rate, answer_time)
+                self._rate = rate
+                self._derived_at = answer_time
+        else:
+            target = backoff_target(self._limit, ev.ok_share_of_climb(), s)
+        if (
+            self._last_good is not None
+            and self._last_good < self._limit
+            and not (measured and faster)
+        ):
             # The 429s began right after a raise or a probe from a level that
-            # was clean: go back there. A token bucket answers an overload
-            # with a burst of 429s, so the short climb's share would cut far
-            # deeper than the overload was. If the 429s go on at that level
-            # too, the next backoff has no last good level and uses the share.
+            # was clean: go back there. If the 429s go on at that level too,
+            # the next climb has no last good level and uses the estimate.
             target = max(target, clamp(self._last_good, s))
         self._last_good = None
-        self._ceiling_estimate = self._limit
+        ev.reset_climb()  # also when already at the floor: judge afresh
+        # The estimate is measured over a second that may include the ramp
+        # (too low) or a burst (too high): grow back towards one step above
+        # it at half pace, and let the next climb, at saturation, settle it.
+        # Measured on fewer than min_samples clean answers (the first volley),
+        # it is only a guess: grow back up to the level that drew the 429s.
+        margin = math.ceil(target * s.increase_factor - 1e-9) + 1
+        self._overload_level = (
+            max(min(self._limit, margin), target + 1) if measured else self._limit
+        )
+        self._enter(Phase.SETTLED)
         return self._apply(now, target, Reason.BACKOFF)
 
-    def _apply(self, now: float, target: int, reason: Reason) -> Decision:
-        w = self._window
+    def _rederive(self, now: float) -> Decision | None:
+        """A rate-limited site's concurrency follows its answer time: when
+        that moved by ``answer_time_shift``, derive the level again from the
+        learned rate, at once. Unknown kinds are only re-derived upwards (a
+        wrong guess costs one climb, which then tells the kind)."""
+        s = self._settings
+        ev = self._evidence
+        answer_time = ev.answer_time()
+        if (
+            self._rate is None
+            or self._derived_at is None
+            or answer_time is None
+            or self._kind is LimitKind.INFLIGHT
+            or self._phase not in (Phase.SETTLED, Phase.PROBE)
+            or len(ev.answer_times) < ev.ANSWER_TIME_SAMPLES
+        ):
+            return None
+        ratio = answer_time / self._derived_at
+        if abs(ratio - 1) < s.answer_time_shift:
+            return None
+        if ratio < 1 and self._kind is LimitKind.UNKNOWN:
+            return None
+        target = clamp(math.floor(admitted_level(self._rate, answer_time)), s)
+        self._derived_at = answer_time
+        if target == self._limit:
+            return None
+        up = target > self._limit
+        # Raised from a clean level: if the guess was wrong (an in-flight
+        # cap after all), the climb goes back there.
+        self._last_good = self._limit if up else None
+        level = target + 1
+        if up and self._overload_level is not None:
+            level = max(level, self._overload_level)
+        self._overload_level = level
+        self._enter(Phase.SETTLED)
+        return self._apply(now, target, Reason.REDERIVE, keep_last_good=True)
+
+    def _learn_kind(self, rate: float, answer_time: float) -> None:
+        """Saturated measurements at answer times that differ tell what the
+        site counts: the same rate means requests per second, the same level
+        (rate times answer time) requests in flight. Each pair of climbs
+        whose answer times differ by 40% or more votes (a measurement taken
+        while the answer time was moving agrees with neither and abstains);
+        the majority decides."""
+        self._climbs.append((rate, answer_time))
+        votes = {LimitKind.RATE: 0, LimitKind.INFLIGHT: 0}
+        climbs = list(self._climbs)
+        for i, (rate_a, time_a) in enumerate(climbs):
+            for rate_b, time_b in climbs[i + 1 :]:
+                if abs(time_b / time_a - 1) < _DISTINCT_TIMES:
+                    continue
+                same_rate = abs(rate_b / rate_a - 1) < _SAME
+                level_a = admitted_level(rate_a, time_a)
+                level_b = admitted_level(rate_b, time_b)
+                same_level = abs(level_b / level_a - 1) < _SAME
+                if same_rate and not same_level:
+                    votes[LimitKind.RATE] += 1
+                elif same_level and not same_rate:
+                    votes[LimitKind.INFLIGHT] += 1
+        if votes[LimitKind.RATE] > votes[LimitKind.INFLIGHT]:
+            self._kind = LimitKind.RATE
+        elif votes[LimitKind.INFLIGHT] > votes[LimitKind.RATE]:
+            self._kind = LimitKind.INFLIGHT
+
+    # -- phases and applying -----------------------------------------------------
+
+    def _enter(self, phase: Phase) -> None:
+        """The one place the phase changes."""
+        if phase is not Phase.PROBE:
+            self._probe_successes = 0
+        if phase is Phase.GROW:
+            self._overload_level = None
+        self._phase = phase
+
+    def _apply(
+        self,
+        now: float,
+        target: int,
+        reason: Reason,
+        *,
+        new_epoch: bool = True,
+        keep_last_good: bool = False,
+    ) -> Decision:
+        ev = self._evidence
+        w = ev.window
         decision = Decision(
             at=now,
             old_limit=self._limit,
@@ -588,27 +1062,26 @@ class DomainController:
             reason=reason,
             samples=w.samples,
             rate_limited=w.rate_limited,
-            ceiling_estimate=self._ceiling_estimate,
+            overload_level=self._overload_level,
         )
-        if reason is not Reason.PROBE and (
-            target != self._limit or reason is Reason.BACKOFF
-        ):
-            self._probing = False
-            self._probe_successes = 0
         if target != self._limit:
-            # Raising from a level that just had a clean, used window makes it
-            # the last good level; any other change forgets it.
-            raised = reason in (Reason.INCREASE, Reason.PROBE) and target > self._limit
-            self._last_good = self._limit if raised else None
+            if not keep_last_good:
+                # Raising from a level that just had a clean, used window
+                # makes it the last good level; any other change forgets it.
+                raised = (
+                    reason in (Reason.INCREASE, Reason.PROBE) and target > self._limit
+                )
+                self._last_good = self._limit if raised else None
             self._limit = target
-            self._epoch += 1
-            self._epoch_start = now
-            self._cusum = 0.0
-            self._run_ok = self._run_limited = 0
-            self._recent.clear()
-            self._epoch_samples = 0
-            self._evidence_from = now
+            if new_epoch:
+                ev.new_epoch(now)
         if reason is Reason.BACKOFF:
-            self._evidence_from = now + self._settings.backoff_settle_seconds
-        self._window = _Window(start=max(now, self._evidence_from))
+            # At most two answer times: by then the requests sent at the old
+            # level are answered, and a fast site is judged again sooner.
+            settle = self._settings.backoff_settle_seconds
+            answer_time = ev.answer_time()
+            if answer_time is not None:
+                settle = min(settle, 2 * answer_time)
+            ev.evidence_from = now + settle
+        ev.new_window(now)
         return decision

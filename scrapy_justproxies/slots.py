@@ -76,6 +76,9 @@ class SlotGuard:
         self.start_delay: float | None = None
         self.limit_for: Callable[[str], int | None] = lambda key: None
         """Set by the throttle: a slot's current limit, if it has one."""
+        self.pace_for: Callable[[str], float | None] = lambda key: None
+        """Set by the throttle: seconds between a new slot's first sends."""
+        self._unpaced: dict[str, tuple[float, Any]] = {}  # key: (delay, jitter)
         self.listeners: list[ClaimListener] = []
         self._overrides: dict[str, Any] = crawler.settings.getdict("DOWNLOAD_SLOTS")
         self._process_queue: Callable[[Any], None] | None = None
@@ -197,6 +200,32 @@ class SlotGuard:
             slot.concurrency = self.start_concurrency
         if self.start_delay is not None and "delay" not in overrides:
             slot.delay = self.start_delay
+        pace = None if "delay" in overrides else self.pace_for(key)
+        if pace:
+            self.pace(key, pace)
+
+    def pace(self, key: str, interval: float | None) -> None:
+        """Send from slot ``key`` exactly every ``interval`` seconds (the
+        slot's download delay, without jitter); None: back to its own delay.
+        Used to spread a warm start's first volley over one answer time."""
+        if interval is None and key not in self._unpaced:
+            return
+        slot = self.slot(key)
+        if slot is None:
+            return
+        # Scrapy 2.14+ calls the random variation "jitter" (a magnitude),
+        # older versions "randomize_delay" (a flag).
+        name = "jitter" if hasattr(type(slot), "jitter") else "randomize_delay"
+        if interval is None:
+            unpaced = self._unpaced.pop(key, None)
+            if unpaced is not None:
+                slot.delay = unpaced[0]
+                setattr(slot, name, unpaced[1])
+            return
+        if key not in self._unpaced:
+            self._unpaced[key] = (slot.delay, getattr(slot, name))
+        slot.delay = interval
+        setattr(slot, name, 0.0 if name == "jitter" else False)
 
     def _claimed(self, key: str, request: Request, in_flight: int) -> None:
         for listener in self.listeners:

@@ -18,17 +18,26 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
 
-from .config import Concurrency, Config, JustProxiesConfigError, ThrottleConfig
+from . import state
+from .config import (
+    Concurrency,
+    Config,
+    JustProxiesConfigError,
+    LearningConfig,
+    ThrottleConfig,
+)
 from .controller import (
     ControllerSettings,
     ControllerSettingsError,
     Decision,
     DomainController,
+    Learned,
     Outcome,
     Reason,
     Ticket,
@@ -43,12 +52,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+SAVE_INTERVAL = 10.0
+"""Seconds between saves of the state file while limits change (and at the
+end of the crawl): a killed crawl loses at most this much learning."""
+
 # ControllerSettings field -> the setting a user changes for it.
 _SETTING_FOR_FIELD = {
     "start": "CONCURRENT_REQUESTS_PER_DOMAIN",
-    "ceiling": "JUSTPROXIES_DOMAIN_CONCURRENCY_MAX",
+    "maximum": "JUSTPROXIES_DOMAIN_CONCURRENCY_MAX",
     "increase_factor": "JUSTPROXIES_THROTTLE_INCREASE",
     "tolerated_share": "JUSTPROXIES_THROTTLE_TOLERATED_429_SHARE",
+    "slow_start": "JUSTPROXIES_THROTTLE_SLOW_START",
 }
 
 
@@ -79,6 +93,9 @@ class JustProxiesThrottle:
         throttle: ThrottleConfig,
         controller_settings: ControllerSettings,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        learning: LearningConfig | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.crawler = crawler
         self.throttle = throttle
@@ -94,9 +111,14 @@ class JustProxiesThrottle:
         }
         self.guard = SlotGuard.of(crawler)
         self.guard.limit_for = self._limit_for
+        self.guard.pace_for = self._pace_for
         self.guard.listeners.append(self._sent)
         self.decision_listeners: list[Callable[[str, Decision, float], None]] = []
         """Told of every limit change (the trace records them)."""
+        self.learning = learning or LearningConfig()
+        self.wall_clock = wall_clock
+        self._warm = self._load_state()
+        self._last_save = -float("inf")
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> JustProxiesThrottle:
@@ -116,17 +138,19 @@ class JustProxiesThrottle:
                 "AutoThrottle."
             )
         concurrency = Concurrency.resolve(settings, config, os.environ)
+        learning = LearningConfig.from_settings(settings, os.environ)
         try:
             controller_settings = ControllerSettings(
                 start=concurrency.domain_start,
-                ceiling=concurrency.domain_max,
+                maximum=concurrency.domain_max,
                 increase_factor=throttle.increase_factor,
                 tolerated_share=throttle.tolerated_share,
+                slow_start=learning.slow_start,
             )
         except ControllerSettingsError as exc:
             name = _SETTING_FOR_FIELD.get(exc.field, exc.field)
             raise JustProxiesConfigError(f"{name}: {exc}") from None
-        extension = cls(crawler, throttle, controller_settings)
+        extension = cls(crawler, throttle, controller_settings, learning=learning)
         crawler.signals.connect(extension._answered, signals.response_downloaded)
         crawler.signals.connect(extension._left, signals.request_left_downloader)
         crawler.signals.connect(extension._closed, signals.spider_closed)
@@ -137,8 +161,13 @@ class JustProxiesThrottle:
     def _domain(self, key: str) -> _Domain:
         domain = self.domains.get(key)
         if domain is None:
-            controller = DomainController(self.controller_settings, self.clock())
+            learned = self._warm.pop(key, None)
+            controller = DomainController(
+                self.controller_settings, self.clock(), learned=learned
+            )
             domain = self.domains[key] = _Domain(controller, peak=controller.limit)
+            if learned is not None:
+                self._set_stat(f"justproxies/warm_start/{key}", controller.limit)
             self._set_stat(f"justproxies/limit_start/{key}", controller.limit)
             self._set_stat(f"justproxies/limit/{key}", controller.limit)
             self._max_stat(f"justproxies/limit_peak/{key}", controller.limit)
@@ -149,6 +178,11 @@ class JustProxiesThrottle:
             return None
         # A slot Scrapy garbage-collected and made again keeps its limit.
         return self._domain(key).controller.limit
+
+    def _pace_for(self, key: str) -> float | None:
+        if key in self.pinned:
+            return None
+        return self._domain(key).controller.pace(self.clock())
 
     def _sent(self, key: str, request: Request, in_flight: int) -> None:
         if key in self.pinned:
@@ -178,9 +212,13 @@ class JustProxiesThrottle:
         if outcome is Outcome.RATE_LIMITED:
             domain.rate_limited += 1
             self._inc_stat(f"justproxies/rate_limited/{key}")
+        if domain.controller.pace(now) is None:
+            self.guard.pace(key, None)  # a warm start's first volley is out
         decision = domain.controller.decide(now)
         if decision is not None and decision.changed:
             self._apply(key, domain, decision, now)
+            if now - self._last_save >= SAVE_INTERVAL and self._save_state():
+                self._last_save = now
 
     # -- decisions out -------------------------------------------------------
 
@@ -202,8 +240,8 @@ class JustProxiesThrottle:
         domain.last_logged = now
         last = decisions[-1]
         estimate = (
-            f"; 429s begin near {last.ceiling_estimate}"
-            if last.ceiling_estimate is not None
+            f"; 429s begin near {last.overload_level}"
+            if last.overload_level is not None
             else ""
         )
         earlier = (
@@ -220,6 +258,7 @@ class JustProxiesThrottle:
     def _closed(self, spider: Spider, reason: str) -> None:
         if not self.domains:
             return
+        self._save_state()
         lines = ["JustProxies concurrency by domain:"]
         for key, domain in sorted(self.domains.items()):
             if domain.unlogged:
@@ -239,6 +278,65 @@ class JustProxiesThrottle:
             )
         logger.info("\n".join(lines))
 
+    # -- the state file (warm start) -------------------------------------------
+
+    def _load_state(self) -> dict[str, Learned]:
+        path = self.learning.state_file
+        if path is None:
+            return {}
+        loaded = state.load(
+            Path(path), now=self.wall_clock(), max_age=self.learning.max_age
+        )
+        if loaded.warning is not None:
+            logger.warning(
+                "JustProxies: ignoring the state file %s (%s); every domain starts "
+                "cold. It is rewritten when this crawl has learned something.",
+                path, loaded.warning,
+            )  # fmt: skip
+            return {}
+        if loaded.domains:
+            now = self.wall_clock()
+            logger.info(
+                "JustProxies: %d domains start warm from %s: %s%s",
+                len(loaded.domains), path,
+                ", ".join(
+                    f"{key} at {entry.concurrency}"
+                    f" ({_describe(entry)}, learned {_ago(now - entry.at)})"
+                    for key, entry in sorted(loaded.domains.items())
+                ),
+                f"; {loaded.stale} older than JUSTPROXIES_STATE_MAX_AGE ignored"
+                if loaded.stale else "",
+            )  # fmt: skip
+        self._set_stat("justproxies/state/loaded", len(loaded.domains))
+        return dict(loaded.domains)
+
+    def _save_state(self) -> bool:
+        """Save what was learned; False if there was nothing to save."""
+        path = self.learning.state_file
+        if path is None:
+            return False
+        now = self.wall_clock()
+        learned = {
+            key: entry
+            for key, domain in self.domains.items()
+            if key not in self.pinned
+            and (entry := domain.controller.learned(now)) is not None
+        }
+        if not learned:
+            return False
+        try:
+            state.save(Path(path), learned, now=now, max_age=self.learning.max_age)
+        except OSError as exc:
+            logger.warning(
+                "JustProxies: cannot save the state file %s (%s); the next crawl "
+                "starts cold. Set JUSTPROXIES_STATE_FILE to a writable path, or "
+                "to None to keep no state.",
+                path, exc.__class__.__name__,
+            )  # fmt: skip
+            return True  # tried: not again before the next interval
+        self._inc_stat("justproxies/state/saved")
+        return True
+
     # -- stats ---------------------------------------------------------------
 
     def _inc_stat(self, key: str) -> None:
@@ -252,3 +350,19 @@ class JustProxiesThrottle:
     def _max_stat(self, key: str, value: Any) -> None:
         if self.stats is not None:
             self.stats.max_value(key, value)
+
+
+def _describe(entry: Learned) -> str:
+    if entry.rate is not None:
+        return f"{entry.kind.value}, {entry.rate:.0f} req/s"
+    return entry.kind.value
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"

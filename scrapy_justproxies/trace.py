@@ -168,7 +168,7 @@ class JustProxiesTrace:
                         "answers": decision.samples,
                         "429": decision.rate_limited,
                         "share": round(decision.rate_limited_share, 4),
-                        "ceiling_estimate": decision.ceiling_estimate,
+                        "overload_level": decision.overload_level,
                     },
                 }
             ]

@@ -7,8 +7,12 @@ later (nothing is lost), feeds every outcome to a
 decisions. Minutes of crawling run in milliseconds.
 
 Sites: a token bucket (rate and burst, the rate may follow a schedule), an
-in-flight cap, or no limit at all. Latency is lognormal with P50 200 ms and
-P95 350 ms (mean about 212 ms), the same for 200s and 429s.
+in-flight cap, a fixed-window counter, a GCRA (leaky bucket as a meter), or
+no limit at all. The site's latency is lognormal with P50 200 ms and P95
+350 ms (mean about 212 ms); by default a 429 takes as long as a 200. With
+``hop`` the gateway's hop (constant) is added to every answer, 429s included,
+and the site answers a 429 at once (``site_429_latency=False``), as the
+sandbox does. ``latency_schedule`` changes the site's answer time over time.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from scrapy_justproxies.controller import (
     ControllerSettings,
     Decision,
     DomainController,
+    Learned,
     Outcome,
     Ticket,
 )
@@ -110,6 +115,56 @@ class InflightCap:
         self.active -= 1
 
 
+class FixedWindow:
+    """Admits ``limit`` requests per ``window`` seconds, counted in fixed
+    windows aligned at 0 (the counter resets at every window's end)."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self.index = -1
+        self.count = 0
+
+    def capacity(self, now: float) -> float:
+        return self.limit / self.window
+
+    def admit(self, now: float) -> bool:
+        index = int(now // self.window)
+        if index != self.index:
+            self.index, self.count = index, 0
+        if self.count < self.limit:
+            self.count += 1
+            return True
+        return False
+
+    def release(self, now: float) -> None:
+        pass
+
+
+class Gcra:
+    """The generic cell rate algorithm: one request every ``1 / rate``
+    seconds, ``burst`` of them early at most (a leaky bucket as a meter)."""
+
+    def __init__(self, rate: float, burst: float = 1) -> None:
+        self.rate = rate
+        self.interval = 1 / rate
+        self.tolerance = burst * self.interval
+        self.tat = 0.0  # theoretical arrival time
+
+    def capacity(self, now: float) -> float:
+        return self.rate
+
+    def admit(self, now: float) -> bool:
+        tat = max(self.tat, now)
+        if tat - now > self.tolerance - self.interval + 1e-12:
+            return False
+        self.tat = tat + self.interval
+        return True
+
+    def release(self, now: float) -> None:
+        pass
+
+
 class Unlimited:
     def capacity(self, now: float) -> float:
         return math.inf
@@ -135,6 +190,8 @@ class Run:
     """Distinct requests the crawler created."""
     inflight_end: int = 0
     retry_queue_end: int = 0
+    learned: Learned | None = None
+    """What the controller had learned at the end (for a warm start)."""
 
     def goodput(self, t0: float, t1: float) -> float:
         """Successful answers per second in ``[t0, t1)``."""
@@ -182,6 +239,7 @@ def _count(times: list[float], t0: float, t1: float) -> int:
 
 _DONE = 0
 _WAKE = 1
+_RELEASE = 2
 
 
 def simulate(
@@ -197,6 +255,10 @@ def simulate(
     random_429: float = 0.0,
     latency_p50: float = LATENCY_P50,
     latency_p95: float = LATENCY_P95,
+    latency_schedule: Sequence[tuple[float, float]] = (),
+    hop: float = 0.0,
+    site_429_latency: bool = True,
+    learned: Learned | None = None,
 ) -> Run:
     """Crawl ``site`` for ``duration`` simulated seconds.
 
@@ -208,11 +270,20 @@ def simulate(
     leaves slots idle when it is below the limit. ``random_429`` is a share
     of admitted requests the site answers 429 whatever the load (a site
     that rate-limits some pages, or some exits, regardless of concurrency).
+    ``latency_schedule`` is ``[(t, p50), ...]``: from ``t`` the site's P50
+    is ``p50`` (P95 keeps its ratio). ``hop`` seconds are added to every
+    answer; with ``site_429_latency=False`` a 429 takes only the hop.
+    ``learned`` starts the controller warm.
     """
     rng = random.Random(seed)
     mu = math.log(latency_p50)
     sigma = math.log(latency_p95 / latency_p50) / _Z95
-    controller = DomainController(settings, now=0.0) if settings is not None else None
+    controller = (
+        DomainController(settings, now=0.0, learned=learned)
+        if settings is not None
+        else None
+    )
+    shift_times = [t for t, _ in latency_schedule]
     if controller is not None:
         limit = controller.limit
     else:
@@ -225,9 +296,20 @@ def simulate(
     retries: deque[float] = deque()  # due times of requests waiting to retry
     now = 0.0
 
+    next_send = 0.0  # pacing: no send before this time
+
     def fill() -> None:
-        nonlocal inflight, seq
+        nonlocal inflight, seq, next_send
         while inflight < limit:
+            gap = controller.pace(now) if controller is not None else None
+            if gap is not None and now < next_send - 1e-12:
+                # Paced (the glue's slot delay): wake up when the next may go.
+                seq += 1
+                heapq.heappush(
+                    events, (next_send, seq, _WAKE, None, Outcome.IGNORED, False)
+                )
+                return
+            next_send = now + (gap or 0.0)
             due_retry = bool(retries) and retries[0] <= now
             if not due_retry:
                 outstanding = inflight + len(retries)
@@ -244,7 +326,23 @@ def simulate(
                 admitted = site.admit(now)
                 ok = admitted and not (random_429 and rng.random() < random_429)
                 outcome = Outcome.OK if ok else Outcome.RATE_LIMITED
-            latency = rng.lognormvariate(mu, sigma)
+            scale = 1.0
+            if shift_times:
+                i = bisect.bisect_right(shift_times, now) - 1
+                if i >= 0:
+                    scale = latency_schedule[i][1] / latency_p50
+            site_latency = rng.lognormvariate(mu, sigma) * scale
+            if not admitted and not site_429_latency:
+                site_latency = 0.0
+            latency = hop + site_latency
+            if admitted:
+                # The hop is constant, so the site's view is the client's
+                # shifted by it: admitted now, done after the site's latency.
+                seq += 1
+                heapq.heappush(
+                    events,
+                    (now + site_latency, seq, _RELEASE, None, Outcome.OK, True),
+                )
             seq += 1
             heapq.heappush(
                 events, (now + latency, seq, _DONE, ticket, outcome, admitted)
@@ -252,13 +350,14 @@ def simulate(
 
     fill()
     while events:
-        now, _, kind, ticket, outcome, admitted = heapq.heappop(events)
+        now, _, kind, ticket, outcome, _ = heapq.heappop(events)
         if now >= duration:
             break
+        if kind == _RELEASE:
+            site.release(now)
+            continue
         if kind == _DONE:
             inflight -= 1
-            if admitted:
-                site.release(now)
             if outcome is Outcome.OK:
                 run.ok.append(now)
             else:
@@ -283,4 +382,6 @@ def simulate(
         fill()
     run.inflight_end = inflight
     run.retry_queue_end = len(retries)
+    if controller is not None:
+        run.learned = controller.learned(duration)
     return run

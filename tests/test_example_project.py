@@ -30,6 +30,8 @@ def scrapy_crawl(
     env = {
         "PATH": "/usr/bin:/bin",
         "JUSTPROXIES_POOL": pool,
+        # Not the project's .scrapy/: every test starts cold.
+        "JUSTPROXIES_STATE_FILE": str(tmp_path / "limits.json"),
         **gateway_env,
     }
     done = subprocess.run(
@@ -57,7 +59,9 @@ def test_pool_from_the_environment(
     items = (tmp_path / "items.jsonl").read_text().splitlines()
     assert len(items) == 30
     counters = site(sandbox, "shop.test")
-    assert 1 < counters["max_inflight"] <= 16
+    # Slow start from 4 may pass the preset's start (16) before any 429;
+    # the throttle's cap is the preset's high end.
+    assert 1 < counters["max_inflight"] <= 50
     assert counters["proxy_authorization_seen"] == 0
     assert counters["direct"] == 0
     for text in (log, done.stdout, done.stderr):

@@ -11,6 +11,8 @@ import pytest
 
 from scrapy_justproxies.sandbox.policy import (
     ExitIpAllocator,
+    FixedWindowCounter,
+    Gcra,
     LatencySampler,
     ProxyUsername,
     RateSchedule,
@@ -276,3 +278,40 @@ def test_latency_sampler_is_reproducible() -> None:
     draws = [a() for _ in range(100)]
     assert draws == [b() for _ in range(100)]
     assert statistics.median(draws) == pytest.approx(20, rel=0.35)
+
+
+# -- fixed-window counter and GCRA (issue 9: limiters that are not ours) -------
+
+
+def test_fixed_window_counts_per_window_and_says_when_it_resets() -> None:
+    window = FixedWindowCounter(RateSchedule(5.0), window=2.0, now=0.0)
+    assert all(window.try_acquire(0.1) for _ in range(10))  # 5/s * 2 s
+    assert not window.try_acquire(0.2)
+    assert window.seconds_until_available(0.5) == pytest.approx(1.5)
+    assert window.try_acquire(2.0)  # a new window, a new count
+    assert window.seconds_until_available(2.0) == 0.0
+
+
+def test_fixed_window_follows_the_schedule_at_window_starts() -> None:
+    window = FixedWindowCounter(RateSchedule(1.0, [(1.0, None)]), 2.0, now=0.0)
+    assert window.try_acquire(0.0)
+    assert window.try_acquire(0.1)
+    assert not window.try_acquire(1.5)  # still the first window's allowance
+    assert all(window.try_acquire(2.5) for _ in range(100))  # unlimited
+
+
+def test_gcra_spaces_requests_with_a_burst() -> None:
+    gcra = Gcra(RateSchedule(10.0), burst=3, now=0.0)
+    assert [gcra.try_acquire(0.0) for _ in range(4)] == [True, True, True, False]
+    assert gcra.seconds_until_available(0.0) == pytest.approx(0.1)
+    assert not gcra.try_acquire(0.05)
+    assert gcra.try_acquire(0.1)
+    # Over a long stretch it admits the rate, not more.
+    admitted = sum(gcra.try_acquire(1 + i / 1000) for i in range(10_000))
+    assert admitted == pytest.approx(100, abs=3)
+
+
+def test_gcra_with_rate_zero_never_admits() -> None:
+    gcra = Gcra(RateSchedule(0.0), burst=2, now=0.0)
+    assert not gcra.try_acquire(5.0)
+    assert gcra.seconds_until_available(5.0) is None

@@ -83,7 +83,7 @@ def test_trace_of_a_real_crawl(
     for decision in decisions:
         assert decision["old"] != decision["new"]
         assert decision["reason"] in {"increase", "probe", "backoff"}
-        assert {"answers", "429", "share", "ceiling_estimate"} <= set(
+        assert {"answers", "429", "share", "overload_level"} <= set(
             decision["evidence"]
         )
     # Records only while active: b.test was done in its first second or two,

@@ -48,7 +48,7 @@ def write_synthetic_trace(
                             "answers": 40,
                             "429": 6 if backoff else 0,
                             "share": 0.15 if backoff else 0.0,
-                            "ceiling_estimate": old if backoff else None,
+                            "overload_level": old if backoff else None,
                         },
                     }
                     lines.append(json.dumps(decision, separators=(",", ":")))

@@ -27,6 +27,8 @@ ScheduleEntry = tuple[float, float | None]
 
 LIMIT_KEYS: tuple[str, ...] = ("host", "exit_ip")
 RETRY_AFTER_MODES: tuple[str, ...] = ("seconds", "http-date", "none")
+LIMITERS: tuple[str, ...] = ("token_bucket", "fixed_window", "gcra")
+LatencyEntry = tuple[float, float, float]
 DEFAULT_USER = "demo"
 DEFAULT_PASSWORD = "demo-secret"  # noqa: S105 - a documented sandbox credential
 MAX_PAGES = 1_000_000
@@ -233,14 +235,47 @@ def _schedule(value: object) -> tuple[ScheduleEntry, ...]:
     return tuple(entries)
 
 
+def _latency_schedule(value: object) -> tuple[LatencyEntry, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise ConfigError(
+            "latency_schedule: expected a list of [seconds, p50_ms, p95_ms], "
+            f"got {value!r}"
+        )
+    entries: list[LatencyEntry] = []
+    previous = -math.inf
+    for index, entry in enumerate(value):
+        name = f"latency_schedule[{index}]"
+        if (
+            isinstance(entry, str | bytes)
+            or not isinstance(entry, Sequence)
+            or len(entry) != 3
+        ):
+            raise ConfigError(
+                f"{name}: expected [seconds, p50_ms, p95_ms], got {entry!r}"
+            )
+        at = _number(f"{name}[0]", entry[0], minimum=0.0)
+        p50 = _number(f"{name}[1]", entry[1], minimum=0.0, maximum=60_000.0)
+        p95 = _number(f"{name}[2]", entry[2], minimum=p50, maximum=60_000.0)
+        if at <= previous:
+            raise ConfigError(f"{name}: times must be strictly increasing, got {at:g}")
+        previous = at
+        entries.append((at, p50, p95))
+    return tuple(entries)
+
+
 @dataclass(frozen=True)
 class HostPolicy:
     """How one virtual host of the target site admits and answers requests.
 
     ``rate`` is a token bucket in requests/second (``None`` = unlimited) with
     ``burst`` tokens; ``schedule`` entries ``(t, rate)`` replace the rate ``t``
-    seconds after the counters' start/reset.  Latency is lognormal with the
-    given median and 95th percentile.
+    seconds after the counters' start/reset.  ``limiter`` picks how the rate
+    is enforced: ``"token_bucket"`` (the default), ``"fixed_window"``
+    (``rate * window_seconds`` requests per fixed window, ``Retry-After`` =
+    the time to the window's end) or ``"gcra"`` (a leaky bucket as a meter,
+    ``burst`` requests ahead of schedule at most).  Latency is lognormal with
+    the given median and 95th percentile; ``latency_schedule`` entries
+    ``(t, p50_ms, p95_ms)`` replace them ``t`` seconds after the start/reset.
     """
 
     rate: float | None = None
@@ -253,8 +288,18 @@ class HostPolicy:
     schedule: tuple[ScheduleEntry, ...] = ()
     pages: int = 1000
     seed: int = 0
+    limiter: str = "token_bucket"
+    window_seconds: float = 20.0
+    latency_schedule: tuple[LatencyEntry, ...] = ()
 
     def __post_init__(self) -> None:
+        _set(self, "limiter", _choice("limiter", self.limiter, LIMITERS))
+        _set(
+            self,
+            "window_seconds",
+            _number("window_seconds", self.window_seconds, minimum=0.001),
+        )
+        _set(self, "latency_schedule", _latency_schedule(self.latency_schedule))
         if self.rate is not None:
             _set(self, "rate", _number("rate", self.rate, minimum=0.0))
         # burst < 1 would never hold a whole token, i.e. reject everything.
@@ -293,6 +338,15 @@ class HostPolicy:
         _set(self, "pages", _integer("pages", self.pages, minimum=1, maximum=MAX_PAGES))
         _set(self, "seed", _integer("seed", self.seed))
 
+    def latency_at(self, t: float) -> tuple[float, float]:
+        """``(p50_ms, p95_ms)`` in force at schedule time ``t``."""
+        p50, p95 = self.latency_p50_ms, self.latency_p95_ms
+        for at, p50_ms, p95_ms in self.latency_schedule:
+            if at > t:
+                break
+            p50, p95 = p50_ms, p95_ms
+        return p50, p95
+
     @property
     def unlimited(self) -> bool:
         """True when no token bucket is needed at all."""
@@ -323,6 +377,9 @@ class HostPolicy:
             "schedule": [[at, rate] for at, rate in self.schedule],
             "pages": self.pages,
             "seed": self.seed,
+            "limiter": self.limiter,
+            "window_seconds": self.window_seconds,
+            "latency_schedule": [list(entry) for entry in self.latency_schedule],
         }
 
 

@@ -67,6 +67,7 @@ def run_crawl(
     """
     if reactor not in REACTORS:
         raise ValueError(f"reactor must be one of {REACTORS}")
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path = workdir / "spec.json"
     result_path = workdir / "result.json"
@@ -97,6 +98,9 @@ def run_crawl(
     done = subprocess.run(  # noqa: S603 - our own child script
         [python, str(CHILD), str(spec_path)],
         env=child_env,
+        # The crawl's own directory: relative paths it writes (the default
+        # JUSTPROXIES_STATE_FILE under .scrapy/) stay with it.
+        cwd=workdir,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -309,6 +309,89 @@ class TokenBucket:
         return None
 
 
+class FixedWindowCounter:
+    """Admits ``rate * window`` requests per window of ``window`` seconds,
+    the windows aligned at schedule time 0 (the count resets at each window's
+    end); the rate in force at a window's start sets its allowance. A real
+    site's "1,000 requests per 20 s"."""
+
+    def __init__(self, schedule: RateSchedule, window: float, now: float) -> None:
+        if window <= 0:
+            raise ValueError("window must be > 0")
+        self._schedule = schedule
+        self._window = float(window)
+        self._index: int | None = None
+        self._count = 0
+        self._allowance: float | None = None
+        self._roll(now)
+
+    def _roll(self, now: float) -> None:
+        index = math.floor(max(now, 0.0) / self._window)
+        if index != self._index:
+            self._index = index
+            self._count = 0
+            rate = self._schedule.rate_at(index * self._window)
+            self._allowance = None if rate is None else rate * self._window
+
+    def try_acquire(self, now: float) -> bool:
+        self._roll(now)
+        if self._allowance is None:
+            return True
+        if self._count + 1 <= self._allowance + 1e-9:
+            self._count += 1
+            return True
+        return False
+
+    def seconds_until_available(self, now: float) -> float | None:
+        """The time to the end of the window (when the count resets)."""
+        self._roll(now)
+        if self._allowance is None or self._count + 1 <= self._allowance + 1e-9:
+            return 0.0
+        assert self._index is not None
+        return (self._index + 1) * self._window - now
+
+
+class Gcra:
+    """The generic cell rate algorithm (a leaky bucket as a meter): one
+    request every ``1 / rate`` seconds on average, at most ``burst`` of them
+    ahead of that schedule. Unlike the token bucket it keeps no token count,
+    only the theoretical arrival time of the next request."""
+
+    def __init__(self, schedule: RateSchedule, burst: float, now: float) -> None:
+        if burst < 1:
+            raise ValueError("burst must be >= 1")
+        self._schedule = schedule
+        self._burst = float(burst)
+        self._tat = now
+
+    def _interval(self, now: float) -> float | None:
+        rate = self._schedule.rate_at(now)
+        if rate is None:
+            return None
+        return math.inf if rate <= 0 else 1.0 / rate
+
+    def try_acquire(self, now: float) -> bool:
+        interval = self._interval(now)
+        if interval is None:
+            return True
+        if math.isinf(interval):
+            return False
+        tat = max(self._tat, now)
+        if tat - now > (self._burst - 1) * interval + 1e-9:
+            return False
+        self._tat = tat + interval
+        return True
+
+    def seconds_until_available(self, now: float) -> float | None:
+        interval = self._interval(now)
+        if interval is None:
+            return 0.0
+        if math.isinf(interval):
+            return None
+        early = max(self._tat, now) - now - (self._burst - 1) * interval
+        return max(0.0, early)
+
+
 def retry_after_value(
     mode: str, wait_seconds: float | None, wall_now: float
 ) -> str | None:
@@ -360,3 +443,7 @@ class LatencySampler:
 
     def __call__(self) -> float:
         return sample_latency_ms(self.p50_ms, self.p95_ms, self._rng)
+
+    def draw(self, p50_ms: float, p95_ms: float) -> float:
+        """One draw with other quantiles (a latency that follows a schedule)."""
+        return sample_latency_ms(p50_ms, p95_ms, self._rng)

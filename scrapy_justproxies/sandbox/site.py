@@ -12,13 +12,15 @@ import json
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from .config import HostPolicy, SandboxConfig, normalize_host
 from .policy import (
+    FixedWindowCounter,
+    Gcra,
     LatencySampler,
     RateSchedule,
     TokenBucket,
@@ -99,6 +101,22 @@ class _Ticket:
     gone: bool = False
 
 
+class Limiter(Protocol):
+    def try_acquire(self, now: float) -> bool: ...
+
+    def seconds_until_available(self, now: float) -> float | None: ...
+
+
+def make_limiter(policy: HostPolicy, now: float) -> Limiter:
+    """The rate limiter ``policy.limiter`` names, starting at ``now``."""
+    schedule = RateSchedule(policy.rate, policy.schedule)
+    if policy.limiter == "fixed_window":
+        return FixedWindowCounter(schedule, policy.window_seconds, now)
+    if policy.limiter == "gcra":
+        return Gcra(schedule, policy.burst, now)
+    return TokenBucket(schedule, policy.burst, now)
+
+
 class SiteApp:
     """Shared state of the site: policies, buckets, in-flight counts, stats."""
 
@@ -109,7 +127,7 @@ class SiteApp:
         self.hosts: dict[str, HostStats] = {}
         self.inflight_total = 0
         self.max_inflight_total = 0
-        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._buckets: dict[tuple[str, str], Limiter] = {}
         self._inflight: Counter[tuple[str, str]] = Counter()
         self._samplers: dict[str, LatencySampler] = {}
 
@@ -187,8 +205,7 @@ class SiteApp:
             return None, None
         bucket = self._buckets.get(key)
         if bucket is None:
-            schedule = RateSchedule(policy.rate, policy.schedule)
-            bucket = self._buckets[key] = TokenBucket(schedule, policy.burst, t)
+            bucket = self._buckets[key] = make_limiter(policy, t)
         if bucket.try_acquire(t):
             return None, None
         return "rate", bucket.seconds_until_available(t)
@@ -370,7 +387,7 @@ class SiteResource(Resource):
             app.end(ticket, completed=result is None)
 
         request.notifyFinish().addBoth(finished)
-        latency_ms = app.sampler(host, policy)()
+        latency_ms = app.sampler(host, policy).draw(*policy.latency_at(t))
         if latency_ms > 0:
             ticket.delayed = app.reactor.callLater(
                 latency_ms / 1000.0, self._answer, request, ticket, policy, peer

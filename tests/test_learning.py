@@ -1,0 +1,175 @@
+"""Real crawls that learn a site's limit and remember it between runs
+(``JUSTPROXIES_STATE_FILE``): warm start, a corrupt file, ``kill -9``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scrapy_justproxies.sandbox.crawl import CHILD, run_crawl
+from scrapy_justproxies.state import load
+
+try:  # tests/ is a package
+    from tests.test_crawl import ADDON, configure, urls
+except ImportError:  # pragma: no cover
+    from test_crawl import ADDON, configure, urls  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.crawl
+
+# 30 req/s at 40 ms: about 1-2 in flight, far below the mobile preset's 16.
+SITE = {"limited.test": {"rate": 30, "burst": 5, "latency_p50_ms": 40,
+                         "latency_p95_ms": 60}}  # fmt: skip
+DAY = 86400.0
+
+
+def crawl(
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    reactor: str,
+    workdir: Path,
+    state_file: Path,
+    count: int = 240,
+) -> Any:
+    return run_crawl(
+        workdir,
+        reactor=reactor,
+        requests=urls(sandbox, "limited.test", count),
+        settings={**ADDON, "JUSTPROXIES_STATE_FILE": str(state_file)},
+        env={**gateway_env, "JUSTPROXIES_POOL": "mobile"},
+        log_level="INFO",
+    )
+
+
+def test_second_crawl_starts_at_the_learned_level(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    state_file = tmp_path / "limits.json"
+    configure(sandbox, SITE)
+    first = crawl(sandbox, gateway_env, reactor, tmp_path / "one", state_file)
+    assert first.reason == "finished", first.output[-3000:]
+    assert "justproxies/warm_start/limited.test" not in first.stats
+    learned = load(state_file, now=time.time(), max_age=DAY).domains
+    assert set(learned) == {"limited.test"}
+    assert sandbox.password not in state_file.read_text()
+    assert first.stats["justproxies/state/saved"] >= 1
+
+    configure(sandbox, SITE)
+    second = crawl(sandbox, gateway_env, reactor, tmp_path / "two", state_file)
+    assert second.reason == "finished", second.output[-3000:]
+    level = learned["limited.test"].concurrency
+    assert second.stats["justproxies/warm_start/limited.test"] == level
+    assert second.stats["justproxies/limit_start/limited.test"] == level
+    assert "1 domains start warm from" in second.log
+    assert "limited.test at" in second.log
+
+
+def test_corrupt_state_file_warns_once_and_starts_cold(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    state_file = tmp_path / "limits.json"
+    state_file.write_text('{"format": "scrapy-justproxies/limits", "version": 1, "do')
+    configure(sandbox, SITE)
+    result = crawl(sandbox, gateway_env, reactor, tmp_path / "run", state_file, 120)
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.statuses == {200: 120}
+    assert result.log.count("ignoring the state file") == 1
+    assert "justproxies/warm_start/limited.test" not in result.stats
+    # The crawl learned anew and wrote a good file over the bad one.
+    loaded = load(state_file, now=time.time(), max_age=DAY)
+    assert loaded.warning is None
+    assert "limited.test" in loaded.domains
+
+
+def test_state_file_off(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    configure(sandbox, SITE)
+    result = run_crawl(
+        tmp_path,
+        reactor=reactor,
+        requests=urls(sandbox, "limited.test", 60),
+        settings={**ADDON, "JUSTPROXIES_STATE_FILE": None},
+        env={**gateway_env, "JUSTPROXIES_POOL": "mobile"},
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    assert "justproxies/state/saved" not in result.stats
+    assert not list(tmp_path.rglob("*.json.lock"))
+    assert not (tmp_path / ".scrapy").exists()
+
+
+def test_default_state_file_is_in_the_project_data_dir(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    configure(sandbox, SITE)
+    result = run_crawl(
+        tmp_path,
+        reactor=reactor,
+        requests=urls(sandbox, "limited.test", 120),
+        settings=ADDON,
+        env={**gateway_env, "JUSTPROXIES_POOL": "mobile"},
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    default = tmp_path / ".scrapy" / "justproxies" / "limits.json"
+    assert "limited.test" in load(default, now=time.time(), max_age=DAY).domains
+
+
+def test_kill_9_leaves_a_state_file_the_next_crawl_starts_from(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    state_file = tmp_path / "limits.json"
+    configure(sandbox, SITE)
+    workdir = tmp_path / "killed"
+    workdir.mkdir()
+    spec = workdir / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "reactor": reactor,
+                "requests": urls(sandbox, "limited.test", 3000),  # ~100 s
+                "settings": {**ADDON, "JUSTPROXIES_STATE_FILE": str(state_file)},
+                "log_file": str(workdir / "crawl.log"),
+                "result_file": str(workdir / "result.json"),
+            }
+        )
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("JUSTPROXIES_")},
+        **gateway_env,
+        "JUSTPROXIES_POOL": "mobile",
+    }
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), str(spec)],
+        env=env,
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not state_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # killed while it keeps crawling (and saving)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    assert child.returncode == -signal.SIGKILL
+    assert not (workdir / "result.json").exists()  # it never got to close
+    loaded = load(state_file, now=time.time(), max_age=DAY)
+    assert loaded.warning is None
+    assert "limited.test" in loaded.domains
+
+    configure(sandbox, SITE)
+    second = crawl(sandbox, gateway_env, reactor, tmp_path / "two", state_file, 60)
+    assert second.reason == "finished", second.output[-3000:]
+    assert (
+        second.stats["justproxies/warm_start/limited.test"]
+        == loaded.domains["limited.test"].concurrency
+    )
