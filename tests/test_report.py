@@ -3,6 +3,7 @@ and a real crawl's report opened in headless Chromium as a person would."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import struct
@@ -109,6 +110,96 @@ def test_cli_refuses_what_is_not_a_trace(
     assert done.returncode == 1
     assert message in done.stderr
     assert not (tmp_path / "report.html").exists()
+
+
+HEADER = (
+    '{"type":"header","format":1,"plugin":"x","scrapy":"x","spider":"s",'
+    '"started":1700000000,"pool":null,"gateway":null,"price_per_gb":8,"settings":{}}'
+)
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        b'{"type":"domain","t":1,"domain":"caf\xe9","ok":1}\n',  # latin-1 byte
+        b'{"type":"domain","t":1,"ok":1}\n',  # no domain
+        b'{"type":"domain","t":1,"domain":"a","ok":"5"}\n',
+        b'{"type":"domain","t":NaN,"domain":"a","ok":5}\n',
+        b'{"type":"domain","t":1e400,"domain":"a","ok":5}\n',
+        b'{"type":"domain","t":"1","domain":"a","ok":5}\n',
+        b'{"type":"domain","t":1,"domain":"a","ok":5,"limit":"x"}\n',
+        b'{"type":"decision","t":1,"domain":"a","old":1,"new":2,"reason":"x"}\n',
+        b'{"type":"decision","t":1,"domain":"a","old":null,"new":2,"reason":"x",'
+        b'"evidence":{}}\n',
+        b'{"type":"end","t":1,"reason":{"a":1}}\n',
+    ],
+)
+def test_cli_refuses_a_broken_trace_with_one_line(
+    tmp_path: Path, records: bytes
+) -> None:
+    trace = tmp_path / "trace.jsonl"
+    trace.write_bytes(HEADER.encode() + b"\n" + records + b'{"type":"end"}\n')
+    done = render(trace, tmp_path / "report.html")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"error: {trace}"), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        '{"type":"header","started":1e20}',
+        '{"type":"header","started":"yesterday"}',
+        '{"type":"header","price_per_gb":"8"}',
+        '{"type":"header","price_per_gb":-1}',
+        '{"type":"header","settings":[1]}',
+    ],
+)
+def test_cli_refuses_a_broken_header(tmp_path: Path, header: str) -> None:
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text(header + "\n")
+    done = render(trace, tmp_path / "report.html")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "header" in done.stderr
+
+
+def test_cli_never_writes_the_report_over_its_trace(tmp_path: Path) -> None:
+    trace = tmp_path / "crawl.html"  # the default output: the trace's name .html
+    write_synthetic_trace(trace, seconds=5, domains=1)
+    before = trace.read_bytes()
+    for output in ([], ["-o", str(trace)]):
+        done = subprocess.run(
+            [sys.executable, "-m", "scrapy_justproxies.report", str(trace), *output],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        assert "is the trace itself" in done.stderr
+        assert trace.read_bytes() == before
+
+
+def test_hostile_names_are_text_in_the_report(tmp_path: Path) -> None:
+    """A site picks its hostnames and paths; a spider its name and slots."""
+    evil = "</svg><script>alert(1)</script>\"'><img src=x onerror=alert(2)>"
+    records = [
+        {**json.loads(HEADER), "spider": evil, "settings": {evil: evil}},
+        {"type": "domain", "t": 1, "domain": evil, "ok": 3, "429": 1, "limit": 4},
+        {"type": "domain", "t": 2, "domain": "a\udcff", "ok": 1},  # a lone surrogate
+        {
+            "type": "decision", "t": 1.5, "domain": evil, "old": 4, "new": 2,
+            "reason": evil, "evidence": {"answers": 4, "429": 2},
+        },
+        {"type": "end", "t": 2, "reason": evil},
+    ]  # fmt: skip
+    trace, output = tmp_path / "trace.jsonl", tmp_path / "report.html"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in records))
+    done = render(trace, output)
+    assert done.returncode == 0, done.stderr
+    html = output.read_text(encoding="utf-8")
+    assert "<script>alert" not in html and "<img" not in html
+    assert html.count("<script>") == 1 and html.count("</svg>") == 2
+    assert "&lt;/svg&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
 # -- in a browser --------------------------------------------------------------

@@ -39,27 +39,105 @@ class TraceError(ValueError):
 
 
 def read_trace(path: Path) -> list[dict[str, Any]]:
-    """The trace's records; a last line cut short by a kill is left out."""
+    """The trace's records; a last line cut short by a kill is left out.
+
+    Every record is checked (:func:`_record_problem`): a trace is a file
+    anyone can hand over, and the report must fail with one clear line, not
+    somewhere in the charts.
+    """
     records: list[dict[str, Any]] = []
     with path.open(encoding="utf-8") as lines:
         pending_error: str | None = None
-        for number, line in enumerate(lines, 1):
-            if pending_error is not None:  # a bad line that was not the last
-                raise TraceError(pending_error)
-            try:
-                record = json.loads(line)
-            except ValueError:
-                pending_error = f"{path}:{number}: not a JSON line"
-                continue
-            if not isinstance(record, dict) or "type" not in record:
-                raise TraceError(f"{path}:{number}: not a trace record")
-            records.append(record)
+        try:
+            for number, line in enumerate(lines, 1):
+                if pending_error is not None:  # a bad line that was not the last
+                    raise TraceError(pending_error)
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    pending_error = f"{path}:{number}: not a JSON line"
+                    continue
+                if not records and not (
+                    isinstance(record, dict) and record.get("type") == "header"
+                ):
+                    break  # refused below: a trace starts with its header
+                problem = _record_problem(record)
+                if problem is not None:
+                    raise TraceError(f"{path}:{number}: {problem}")
+                records.append(record)
+        except UnicodeDecodeError:
+            raise TraceError(f"{path}: not UTF-8 text, not a trace") from None
     if not records or records[0].get("type") != "header":
         raise TraceError(
             f"{path} does not start with a JustProxies trace header "
             "(written by JUSTPROXIES_TRACE)"
         )
     return records
+
+
+# The counts the report adds up, by record type (whole, not negative).
+_COUNTS: Final = {
+    "domain": ("ok", "429", "error", "gateway", "sent", "received", "bytes_429",
+               "in_flight"),
+    "decision": ("old", "new"),
+}  # fmt: skip
+_LATEST_TIMESTAMP: Final = 32503680000  # 3000-01-01, in datetime's range
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with one trace record for the report, or None."""
+    if not isinstance(record, dict) or not isinstance(record.get("type"), str):
+        return "not a trace record"
+    kind = record["type"]
+    if "t" in record and not (_is_number(record["t"]) and record["t"] >= 0):
+        return f"{kind} record: 't' must be seconds (a number), not {record['t']!r}"
+    if kind == "header":
+        return _header_problem(record)
+    if kind in ("end", "decision") and not isinstance(record.get("reason", ""), str):
+        return f"{kind} record: 'reason' must be a string"
+    if kind in _COUNTS:
+        return _drawn_problem(kind, record)
+    return None  # end, or a record type of a later format: not drawn
+
+
+def _drawn_problem(kind: str, record: dict[str, Any]) -> str | None:
+    """A domain's second or a limit decision: what the charts need."""
+    if not isinstance(record.get("domain"), str) or "t" not in record:
+        return f"{kind} record: it needs 'domain' (a string) and 't'"
+    bad = [name for name in _COUNTS[kind] if not _is_count(record.get(name, 0))]
+    if kind == "domain" and record.get("limit") is not None:
+        bad += [] if _is_count(record["limit"]) else ["limit"]
+    if kind == "decision":
+        evidence = record.get("evidence")
+        if not isinstance(evidence, dict):
+            return "decision record: 'evidence' must be an object"
+        bad += [k for k in ("answers", "429") if not _is_count(evidence.get(k, 0))]
+    if bad:
+        return f"{kind} record: {', '.join(bad)} must be whole numbers >= 0"
+    return None
+
+
+def _header_problem(header: dict[str, Any]) -> str | None:
+    started, price = header.get("started", 0), header.get("price_per_gb")
+    if not (_is_number(started) and 0 <= started <= _LATEST_TIMESTAMP):
+        return f"header: 'started' must be a Unix time, not {started!r}"
+    if price is not None and not (_is_number(price) and price >= 0):
+        return f"header: 'price_per_gb' must be a number, not {price!r}"
+    if not isinstance(header.get("settings", {}), dict):
+        return "header: 'settings' must be an object"
+    return None
 
 
 @dataclass
@@ -380,4 +458,12 @@ def render_report(records: list[dict[str, Any]]) -> str:
 
 
 def write_report(trace: Path, output: Path) -> None:
-    output.write_text(render_report(read_trace(trace)), encoding="utf-8")
+    """Render ``trace`` into ``output``; never over the trace itself."""
+    if output.resolve() == trace.resolve():
+        raise TraceError(
+            f"{output} is the trace itself; write the report to another file (-o)"
+        )
+    html = render_report(read_trace(trace))
+    # A name is whatever a site or spider chose; a lone surrogate must not
+    # cost the whole report.
+    output.write_text(html, encoding="utf-8", errors="replace")
