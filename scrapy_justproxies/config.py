@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
@@ -964,6 +965,8 @@ def check_download_handlers(settings: BaseSettings) -> None:
 
 DEFAULT_STATS_DOMAINS: Final = 20
 """Per-domain stats are kept for this many domains (the busiest ones)."""
+MAX_PRICE_PER_GB: Final = 1e9
+"""Above any currency's price of a gigabyte; keeps every cost finite."""
 
 
 @dataclass(frozen=True)
@@ -983,19 +986,23 @@ class ObservabilityConfig:
     ) -> ObservabilityConfig:
         reader = _Reader(settings, environ)
         price: float | None = None
-        if reader.raw("JUSTPROXIES_PRICE_PER_GB") not in (None, ""):
-            price = reader.number(
-                "JUSTPROXIES_PRICE_PER_GB", float, default=0.0, minimum=0.0
+        if reader.raw("JUSTPROXIES_PRICE_PER_GB") is not None:
+            # A finite bound: a price of 1e300 would print costs of inf.
+            price = 0.0 + reader.number(  # 0.0 +: "-0" prints as 0.00
+                "JUSTPROXIES_PRICE_PER_GB",
+                float,
+                default=0.0,
+                minimum=0.0,
+                maximum=MAX_PRICE_PER_GB,
             )
-            if not math.isfinite(price):
-                raise JustProxiesConfigError(
-                    f"{reader.where('JUSTPROXIES_PRICE_PER_GB')} must be a finite "
-                    "number, e.g. 8.0 for 8.00 per GB."
-                )
+        trace_path = _path(reader, "JUSTPROXIES_TRACE")
+        report_path = _path(reader, "JUSTPROXIES_REPORT")
+        if report_path is not None:
+            _check_report_path(reader, report_path, trace_path)
         return cls(
             price_per_gb=price,
-            trace_path=_path(reader, "JUSTPROXIES_TRACE"),
-            report_path=_path(reader, "JUSTPROXIES_REPORT"),
+            trace_path=trace_path,
+            report_path=report_path,
             stats_domains=reader.number(
                 "JUSTPROXIES_STATS_DOMAINS",
                 int,
@@ -1013,7 +1020,31 @@ def _path(reader: _Reader, name: str) -> str | None:
         raise JustProxiesConfigError(
             f"{reader.where(name)} must be a file path (a string), not {value!r}."
         )
-    return (value or "").strip() or None
+    path = (value or "").strip()
+    # "~/x" from settings.py or -s, where no shell expands it.
+    return os.path.expanduser(path) if path else None
+
+
+def _check_report_path(reader: _Reader, report: str, trace: str | None) -> None:
+    """The report is written at close: refuse now what would fail then."""
+    name = "JUSTPROXIES_REPORT"
+    resolved = Path(report).resolve()
+    if resolved.is_dir():
+        raise JustProxiesConfigError(
+            f"{reader.where(name)} is a folder; give a file path, e.g. "
+            f"{str(Path(report) / 'report.html')!r}."
+        )
+    if not resolved.parent.is_dir():
+        raise JustProxiesConfigError(
+            f"{name}: the folder {str(resolved.parent)!r} does not exist."
+            " Create it, or give a path in an existing folder."
+        )
+    if trace is not None and Path(trace).resolve() == resolved:
+        raise JustProxiesConfigError(
+            f"{reader.where(name)} is the same file as JUSTPROXIES_TRACE: the "
+            "report would overwrite the trace. Give them different names, e.g. "
+            "trace.jsonl and report.html."
+        )
 
 
 def in_force(settings: BaseSettings, environ: Mapping[str, str]) -> dict[str, Any]:

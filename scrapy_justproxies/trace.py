@@ -113,13 +113,6 @@ class JustProxiesTrace:
         config = ObservabilityConfig.from_settings(crawler.settings, os.environ)
         if config.trace_path is None and config.report_path is None:
             raise NotConfigured("JUSTPROXIES_TRACE and JUSTPROXIES_REPORT are unset")
-        if config.report_path is not None:
-            folder = Path(config.report_path).resolve().parent
-            if not folder.is_dir():
-                raise JustProxiesConfigError(
-                    f"JUSTPROXIES_REPORT: the folder {str(folder)!r} does not exist."
-                    " Create it, or give a path in an existing folder."
-                )
         extension = cls(crawler, config)
         crawler.signals.connect(extension._opened, signals.spider_opened)
         crawler.signals.connect(extension._closed, signals.spider_closed)

@@ -136,7 +136,15 @@ def test_price_per_gb(value: Any, expected: float | None) -> None:
     assert ObservabilityConfig.from_settings(settings, {}).price_per_gb == expected
 
 
-@pytest.mark.parametrize("value", ["-1", "eight", "inf", "nan"])
+def test_a_negative_zero_price_prints_as_zero() -> None:
+    price = ObservabilityConfig.from_settings(
+        Settings(), {"JUSTPROXIES_PRICE_PER_GB": "-0"}
+    ).price_per_gb
+    assert price is not None
+    assert "-" not in summary_line(3 * 10**9, 10**9, price)
+
+
+@pytest.mark.parametrize("value", ["-1", "eight", "inf", "nan", "1e300", "8,50"])
 def test_bad_price_per_gb_is_a_config_error(value: str) -> None:
     with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_PRICE_PER_GB"):
         ObservabilityConfig.from_settings(

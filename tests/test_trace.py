@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scrapy.settings import Settings
 
+from scrapy_justproxies.config import JustProxiesConfigError, ObservabilityConfig
 from scrapy_justproxies.report import read_trace, write_report
 from scrapy_justproxies.sandbox.crawl import CHILD, run_crawl
 from tests.test_crawl import ADDON, assert_no_secret, configure
@@ -167,3 +170,35 @@ def test_an_unwritable_trace_path_stops_the_crawl_at_start(
     )
     assert "JUSTPROXIES_TRACE: cannot write" in result.output + result.log
     assert sandbox.client.stats()["gateway"]["requests"] == 0
+
+
+def observability(**values: str) -> ObservabilityConfig:
+    return ObservabilityConfig.from_settings(Settings(values), {})
+
+
+def test_paths_expand_the_home_folder(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = observability(JUSTPROXIES_TRACE="~/t.jsonl", JUSTPROXIES_REPORT="~/r.html")
+    assert config.trace_path == str(tmp_path / "t.jsonl")
+    assert config.report_path == str(tmp_path / "r.html")
+
+
+@pytest.mark.parametrize(
+    ("trace", "report", "message"),
+    [
+        (None, "no/r.html", "JUSTPROXIES_REPORT: the folder"),
+        (None, ".", "JUSTPROXIES_REPORT (from the settings) is a folder"),
+        ("same.jsonl", "same.jsonl", "the same file as JUSTPROXIES_TRACE"),
+        ("same.jsonl", "./sub/../same.jsonl", "the same file as JUSTPROXIES_TRACE"),
+    ],
+)
+def test_report_paths_that_cannot_work_are_refused(
+    tmp_path: Path, monkeypatch: Any, trace: str | None, report: str, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    values = {"JUSTPROXIES_REPORT": report}
+    if trace is not None:
+        values["JUSTPROXIES_TRACE"] = trace
+    with pytest.raises(JustProxiesConfigError, match=re.escape(message)):
+        observability(**values)
