@@ -514,7 +514,9 @@ class JustProxiesScrubMiddleware:
     def process_exception(
         self, request: Request, exception: Exception, spider: Spider | None = None
     ) -> None:
-        if self.meter is not None:
+        # IgnoreRequest comes from a process_request (a bad meta, offsite,
+        # robots.txt): nothing was sent, nothing failed at the gateway.
+        if self.meter is not None and not isinstance(exception, IgnoreRequest):
             routed = META_ROUTED in request.meta
             sent = not is_gateway_connection_failure(exception)
             self.meter.on_failure(request, sent, routed)

@@ -202,3 +202,33 @@ def test_report_paths_that_cannot_work_are_refused(
         values["JUSTPROXIES_TRACE"] = trace
     with pytest.raises(JustProxiesConfigError, match=re.escape(message)):
         observability(**values)
+
+
+def test_requests_never_sent_are_no_gateway_failures(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    """A request dropped before the download (a bad meta, an ftp URL; also
+    what OffsiteMiddleware or robots.txt drop) cost nothing and is no gateway
+    failure: Scrapy still hands its IgnoreRequest to every process_exception."""
+    configure(sandbox, {"a.test": {}})
+    port = sandbox.site_http_port
+    good = [{"url": f"http://a.test:{port}/item/{i}"} for i in range(1, 6)]
+    dropped = [
+        {"url": f"http://a.test:{port}/item/9", "meta": {"justproxies_session": "a b"}},
+        {"url": f"http://a.test:{port}/item/8", "meta": {"justproxies_direct": "no"}},
+        {"url": "ftp://a.test/file"},
+    ]
+    trace = tmp_path / "trace.jsonl"
+    result = run_crawl(
+        tmp_path,
+        reactor=reactor,
+        requests=good + dropped,
+        settings={**ADDON, "LOG_LEVEL": "INFO", "JUSTPROXIES_TRACE": str(trace)},
+        env=gateway_env,
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.stats["justproxies/requests/refused_meta"] == 2
+    assert result.stats["justproxies/requests/refused_scheme"] == 1
+    seconds = [r for r in read_trace(trace) if r["type"] == "domain"]
+    assert sum(r["ok"] for r in seconds) == 5
+    assert sum(r["gateway"] for r in seconds) == 0, seconds
