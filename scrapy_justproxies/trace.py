@@ -254,9 +254,19 @@ class JustProxiesTrace:
             self.file = None
         if self.config.trace_path is not None:
             logger.info("JustProxies: trace written to %s", self.path)
-        if self.config.report_path is not None:
-            write_report(self.path, Path(self.config.report_path))
-            logger.info("JustProxies: report written to %s", self.config.report_path)
+        report = self.config.report_path
+        if report is not None:
+            try:
+                write_report(self.path, Path(report))
+            except OSError as exc:  # a full disk, a folder gone since start-up
+                logger.error(
+                    "JustProxies: JUSTPROXIES_REPORT: cannot write %r (%s); the "
+                    "trace is kept at %s: render it with python -m "
+                    "scrapy_justproxies.report %s -o report.html",
+                    report, exc.strerror or exc, self.path, self.path,
+                )  # fmt: skip
+                return
+            logger.info("JustProxies: report written to %s", report)
         if self._temporary:
             self.path.unlink(missing_ok=True)
 

@@ -356,3 +356,32 @@ def test_a_real_crawls_report_in_headless_chromium(
             for p in pixels
         )
         assert near > 20, f"#{color} is not drawn"
+
+
+@pytest.mark.crawl
+def test_a_report_that_cannot_be_written_at_close_keeps_the_trace(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    # /proc takes no new files, even from root (a full disk at close is alike).
+    configure(sandbox, {"a.test": {}})
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=[{"url": f"http://a.test:{sandbox.site_http_port}/item/1"}],
+        settings={**ADDON, "JUSTPROXIES_REPORT": "/proc/justproxies-report.html"},
+        env=gateway_env,
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    assert "Traceback" not in result.log
+    kept = re.search(
+        r"JUSTPROXIES_REPORT: cannot write '/proc/justproxies-report.html' \(.+\); "
+        r"the trace is kept at (\S+): render it with python -m "
+        r"scrapy_justproxies.report",
+        result.log,
+    )
+    assert kept, result.log[-3000:]
+    trace = Path(kept.group(1))
+    try:
+        assert render(trace, tmp_path / "later.html").returncode == 0
+    finally:
+        trace.unlink()
