@@ -3,6 +3,7 @@ must never hold, and what a killed crawl leaves behind."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from scrapy.settings import Settings
@@ -60,10 +62,15 @@ def test_trace_of_a_real_crawl(
     assert header["pool"] == "mobile"
     assert header["settings"]["CONCURRENT_REQUESTS_PER_DOMAIN"] == 16
     assert end == {"type": "end", "t": end["t"], "reason": "finished"}
-    # Never the credentials, in any form.
-    text = trace.read_text()
-    assert sandbox.password not in text
-    assert f'"{sandbox.user}' not in text
+    # Never the credentials, in any form, in the trace or its report.
+    write_report(trace, tmp_path / "report.html")
+    token = base64.b64encode(f"{sandbox.user}:{sandbox.password}".encode()).decode()
+    for text in (trace.read_text(), (tmp_path / "report.html").read_text()):
+        assert sandbox.password not in text
+        assert quote(sandbox.password, safe="") not in text
+        assert token not in text
+        assert f'"{sandbox.user}' not in text
+        assert f"{sandbox.user}:" not in text
     assert_no_secret(result, sandbox)
 
     seconds = [r for r in records if r["type"] == "domain"]
