@@ -43,7 +43,7 @@ from scrapy import signals
 from scrapy.exceptions import NotConfigured
 from twisted.internet.task import LoopingCall
 
-from .billing import ANSWER_CLASSES, GATEWAY, OK, RATE_LIMITED, ByteMeter
+from .billing import AnswerCounts, ByteMeter
 from .config import Config, JustProxiesConfigError, ObservabilityConfig, in_force
 from .report import write_report
 from .slots import SlotGuard
@@ -62,16 +62,9 @@ TICK_SECONDS: Final = 1.0
 
 
 @dataclass
-class _Second:
+class _Second(AnswerCounts):
     """One domain's counts in the current second."""
 
-    ok: int = 0
-    rate_limited: int = 0
-    error: int = 0
-    gateway: int = 0
-    sent: int = 0
-    received: int = 0
-    rate_limited_bytes: int = 0
     latency_sum: float = 0.0
     latency_count: int = 0
     most_in_flight: int = 0
@@ -126,17 +119,7 @@ class JustProxiesTrace:
         second = self.seconds.get(key)
         if second is None:
             second = self.seconds[key] = _Second()
-        if kind == OK:
-            second.ok += 1
-        elif kind == RATE_LIMITED:
-            second.rate_limited += 1
-            second.rate_limited_bytes += sent + received
-        elif kind == GATEWAY:
-            second.gateway += 1
-        else:
-            second.error += 1
-        second.sent += sent
-        second.received += received
+        second.count(kind, sent, received)
         if latency is not None:
             second.latency_sum += latency
             second.latency_count += 1
@@ -212,13 +195,7 @@ class JustProxiesTrace:
                         second.most_in_flight,
                         len(slot.transferring) if slot is not None else 0,
                     ),
-                    "ok": second.ok,
-                    "429": second.rate_limited,
-                    "error": second.error,
-                    "gateway": second.gateway,
-                    "sent": second.sent,
-                    "received": second.received,
-                    "bytes_429": second.rate_limited_bytes,
+                    **second.record_fields(),
                     "answer_ms": round(
                         1000 * second.latency_sum / second.latency_count, 1
                     )
@@ -282,4 +259,4 @@ def _busy(slots: dict[str, Any]) -> set[str]:
     return {key for key, slot in slots.items() if slot.transferring}
 
 
-__all__ = ["ANSWER_CLASSES", "JustProxiesTrace"]
+__all__ = ["JustProxiesTrace"]

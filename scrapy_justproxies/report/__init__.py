@@ -18,7 +18,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, Final
 
-from ..billing import GB, cost
+from ..billing import GB, RECORD_KEYS, AnswerCounts, cost
 from .charts import GAP, LEFT, PANEL_H, RIGHT, Panel, legend, nice_max, svg_open
 
 CHARTED_DOMAINS: Final = 12
@@ -77,10 +77,9 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
 
 # The counts the report adds up, by record type (whole, not negative).
 _COUNTS: Final = {
-    "domain": ("ok", "429", "error", "gateway", "sent", "received", "bytes_429",
-               "in_flight"),
+    "domain": (*RECORD_KEYS.values(), "in_flight"),
     "decision": ("old", "new"),
-}  # fmt: skip
+}
 _LATEST_TIMESTAMP: Final = 32503680000  # 3000-01-01, in datetime's range
 
 
@@ -141,15 +140,8 @@ def _header_problem(header: dict[str, Any]) -> str | None:
 
 
 @dataclass
-class DomainSummary:
-    name: str
-    ok: int = 0
-    rate_limited: int = 0
-    error: int = 0
-    gateway: int = 0
-    sent: int = 0
-    received: int = 0
-    rate_limited_bytes: int = 0
+class DomainSummary(AnswerCounts):
+    name: str = ""
     seconds: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
 
@@ -180,18 +172,12 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, DomainSummary]:
         name = str(record["domain"])
         domain = domains.get(name)
         if domain is None:
-            domain = domains[name] = DomainSummary(name)
+            domain = domains[name] = DomainSummary(name=name)
         if kind == "decision":
             domain.decisions.append(record)
             continue
         domain.seconds.append(record)
-        domain.ok += record.get("ok", 0)
-        domain.rate_limited += record.get("429", 0)
-        domain.error += record.get("error", 0)
-        domain.gateway += record.get("gateway", 0)
-        domain.sent += record.get("sent", 0)
-        domain.received += record.get("received", 0)
-        domain.rate_limited_bytes += record.get("bytes_429", 0)
+        domain.add_record(record)
     return domains
 
 
