@@ -27,6 +27,7 @@ from scrapy_justproxies.billing import (
 from scrapy_justproxies.config import JustProxiesConfigError, ObservabilityConfig
 from scrapy_justproxies.sandbox.crawl import run_crawl
 from tests.test_crawl import ADDON, assert_no_secret, configure
+from tests.test_hostile_inputs import refused_at_startup
 from tests.test_squid_interop import HOSTS, USER, squid_env
 
 AUTH = "Basic dXNlcjpwYXNz"
@@ -264,18 +265,12 @@ def test_cached_answers_cost_nothing(
 def test_bad_price_stops_the_crawl_before_any_request(
     sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
 ) -> None:
-    configure(sandbox, {"a.test": {}})
-    result = run_crawl(
-        tmp_path,
-        reactor="asyncio",
-        requests=[{"url": f"http://a.test:{sandbox.site_http_port}/item/1"}],
-        settings=ADDON,
-        env={**gateway_env, "JUSTPROXIES_PRICE_PER_GB": "8 EUR"},
+    output = refused_at_startup(
+        sandbox, gateway_env, tmp_path, env={"JUSTPROXIES_PRICE_PER_GB": "8 EUR"}
     )
     assert "JUSTPROXIES_PRICE_PER_GB (from the environment) must be a number" in (
-        result.output + result.log
+        output
     )
-    assert sandbox.client.stats()["gateway"]["requests"] == 0
 
 
 @pytest.fixture

@@ -57,6 +57,29 @@ def failed_at_startup(result: CrawlResult) -> bool:
     return result.returncode != 0 or result.reason is None
 
 
+def refused_at_startup(
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    tmp_path: Path,
+    *,
+    settings: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
+    """Crawl with ``settings`` and ``env`` that must stop the crawl before
+    any request; checks that nothing was sent, returns the output and log."""
+    configure(sandbox, {"a.test": {}})
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=urls(sandbox, "a.test", 3),
+        settings={**ADDON, **(settings or {})},
+        env={**gateway_env, **(env or {})},
+    )
+    assert failed_at_startup(result)
+    nothing_sent(sandbox, "a.test")
+    return result.output + result.log
+
+
 # -- 1. list-format gateways, never echoed ------------------------------------
 
 
@@ -125,19 +148,12 @@ def test_empty_enabled_means_on(
 def test_unclear_enabled_is_a_startup_error(
     sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
 ) -> None:
-    configure(sandbox, {"a.test": {}})
-    result = run_crawl(
-        tmp_path,
-        reactor="asyncio",
-        requests=urls(sandbox, "a.test", 3),
-        settings=ADDON,
-        env={**gateway_env, "JUSTPROXIES_ENABLED": "maybe"},
+    output = refused_at_startup(
+        sandbox, gateway_env, tmp_path, env={"JUSTPROXIES_ENABLED": "maybe"}
     )
-    assert failed_at_startup(result)
     assert "JUSTPROXIES_ENABLED (from the environment) must be true or false" in (
-        result.output + result.log
+        output
     )
-    nothing_sent(sandbox, "a.test")
 
 
 # -- 3, 4, 10. per-request meta -------------------------------------------------

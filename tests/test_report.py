@@ -19,6 +19,7 @@ import pytest
 from scrapy_justproxies.report import CHARTED_DOMAINS
 from scrapy_justproxies.sandbox.crawl import run_crawl
 from tests.test_crawl import ADDON, configure
+from tests.test_hostile_inputs import refused_at_startup
 from tests.trace_gen import write_synthetic_trace
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -72,16 +73,11 @@ def test_cli_renders_an_hour_over_20_domains(tmp_path: Path) -> None:
 def test_a_report_in_a_missing_folder_stops_the_crawl_at_start(
     sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
 ) -> None:
-    configure(sandbox, {"a.test": {}})
-    result = run_crawl(
-        tmp_path,
-        reactor="asyncio",
-        requests=[{"url": f"http://a.test:{sandbox.site_http_port}/item/1"}],
-        settings={**ADDON, "JUSTPROXIES_REPORT": str(tmp_path / "no" / "r.html")},
-        env=gateway_env,
+    report = str(tmp_path / "no" / "r.html")
+    output = refused_at_startup(
+        sandbox, gateway_env, tmp_path, settings={"JUSTPROXIES_REPORT": report}
     )
-    assert "JUSTPROXIES_REPORT: the folder" in result.output + result.log
-    assert sandbox.client.stats()["gateway"]["requests"] == 0
+    assert "JUSTPROXIES_REPORT: the folder" in output
 
 
 def test_cli_renders_a_trace_cut_short(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from scrapy_justproxies.config import JustProxiesConfigError, ObservabilityConfi
 from scrapy_justproxies.report import read_trace, write_report
 from scrapy_justproxies.sandbox.crawl import CHILD, run_crawl
 from tests.test_crawl import ADDON, assert_no_secret, configure
+from tests.test_hostile_inputs import refused_at_startup
 
 pytestmark = pytest.mark.crawl
 
@@ -167,16 +168,11 @@ def test_a_killed_crawl_leaves_a_trace_that_parses(
 def test_an_unwritable_trace_path_stops_the_crawl_at_start(
     sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
 ) -> None:
-    configure(sandbox, {"a.test": {}})
-    result = run_crawl(
-        tmp_path,
-        reactor="asyncio",
-        requests=[{"url": f"http://a.test:{sandbox.site_http_port}/item/1"}],
-        settings={**ADDON, "JUSTPROXIES_TRACE": str(tmp_path / "no" / "t.jsonl")},
-        env=gateway_env,
+    trace = str(tmp_path / "no" / "t.jsonl")
+    output = refused_at_startup(
+        sandbox, gateway_env, tmp_path, settings={"JUSTPROXIES_TRACE": trace}
     )
-    assert "JUSTPROXIES_TRACE: cannot write" in result.output + result.log
-    assert sandbox.client.stats()["gateway"]["requests"] == 0
+    assert "JUSTPROXIES_TRACE: cannot write" in output
 
 
 def observability(**values: str) -> ObservabilityConfig:
