@@ -120,6 +120,15 @@ def route(meta: dict[str, Any]) -> Route:
     return Route.OWN_PROXY
 
 
+def _meta_text(value: Any) -> str | None:
+    """A country or session from meta as text: str() because the proxy URL
+    cache needs hashable keys and meta may hold a number; a bool is no id
+    (``True`` would become session "True"), so it becomes "" and is refused."""
+    if value is None:
+        return None
+    return "" if isinstance(value, bool) else str(value)
+
+
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -244,9 +253,7 @@ class JustProxiesMiddleware:
             request.meta.get(META_COUNTRY),
             request.meta.get(META_SESSION),
         )
-        # str(): the cache needs hashable keys, and meta may hold a number.
-        country_text = None if country is None else str(country)
-        session_text = None if session is None else str(session)
+        country_text, session_text = _meta_text(country), _meta_text(session)
         problem = request_parameter_problem(country_text, session_text)
         if problem is not None:
             which, fix = problem

@@ -170,6 +170,7 @@ def test_bad_meta_is_refused_never_direct_and_only_sent_requests_count(
         "direct-one": {"justproxies_direct": 1},
         "country": {"justproxies_country": "usa"},
         "session": {"justproxies_session": "has space"},
+        "session-bool": {"justproxies_session": True},  # no id: not session "True"
     }
     requests = [
         *[
@@ -194,7 +195,7 @@ def test_bad_meta_is_refused_never_direct_and_only_sent_requests_count(
         tmp_path, reactor=reactor, requests=requests, settings=ADDON, env=gateway_env
     )
     assert result.reason == "finished", result.output[-3000:]
-    assert result.statuses == {200: 4, None: 7}
+    assert result.statuses == {200: 4, None: 8}
     sent = {
         url.rsplit("?", 1)[1]: json.loads(o["body"])
         for url, o in result.outcomes.items()
@@ -207,7 +208,7 @@ def test_bad_meta_is_refused_never_direct_and_only_sent_requests_count(
         sum(s.get("direct", 0) for s in sandbox.client.stats()["sites"].values()) == 1
     )
     assert result.stats["justproxies/requests/proxied"] == 3
-    assert result.stats["justproxies/requests/refused_meta"] == 6
+    assert result.stats["justproxies/requests/refused_meta"] == 7
     assert result.stats["justproxies/requests/direct"] == 1
     assert result.stats.get("justproxies/requests/own_proxy", 0) == 0
     errors = [line for line in result.log.splitlines() if "not sent: meta[" in line]
