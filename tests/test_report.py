@@ -381,3 +381,32 @@ def test_a_report_that_cannot_be_written_at_close_keeps_the_trace(
         assert render(trace, tmp_path / "later.html").returncode == 0
     finally:
         trace.unlink()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI has it)")
+def test_a_domain_without_a_success_sorts_as_the_worst(tmp_path: Path) -> None:
+    """Its attempts per success are infinite; the browser must sort them so."""
+    seconds = [
+        ("few.test", 10, 5),
+        ("none.test", 0, 7),  # only 429s: no success at all
+        ("many.test", 10, 40),
+        ("some.test", 10, 10),
+    ]  # (domain, ok, 429); by cost: many, some, none, few
+    records = [json.loads(HEADER)] + [
+        {
+            "type": "domain", "t": 1, "domain": name, "ok": ok, "429": limited,
+            "sent": 100 * (ok + limited), "received": 100 * (ok + limited),
+        }
+        for name, ok, limited in seconds
+    ]  # fmt: skip
+    trace, report = tmp_path / "trace.jsonl", tmp_path / "report.html"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert render(trace, report).returncode == 0
+    dom = chromium(
+        "--dump-dom",
+        report.as_uri() + "#sort=attempts%20per%20success",
+        profile=tmp_path / "profile",
+    ).stdout
+    body = dom.split('<table id="domains">')[1].split("</table>", maxsplit=1)[0]
+    order = re.findall(r'<tr><td data-v="([^"]+)"', body)
+    assert order == ["none.test", "many.test", "some.test", "few.test"]

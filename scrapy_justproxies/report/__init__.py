@@ -317,7 +317,8 @@ def _table(domains: list[DomainSummary], price: float | None) -> str:
             (d.ok, f"{d.ok:,}"),
             (d.rate_limited, f"{d.rate_limited:,}"),
             (d.share_429, f"{d.share_429:.1%}"),
-            (aps if aps is not None else math.inf, f"{aps:.2f}" if aps else "–"),
+            # JavaScript's parseFloat reads "Infinity", not Python's "inf".
+            (aps if aps is not None else "Infinity", f"{aps:.2f}" if aps else "–"),
             (d.bytes, _size(d.bytes)),
             (d.rate_limited_bytes, _size(d.rate_limited_bytes)),
         ]
