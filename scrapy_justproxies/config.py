@@ -900,7 +900,9 @@ def _slot_groups(raw: Mapping[str, Any]) -> dict[str, str]:
         if (
             not isinstance(group, str)
             or not isinstance(hosts, list | tuple)
-            or not all(isinstance(h, str) for h in hosts)
+            # "" or a space: no request's hostname, a group that never applies
+            or not all(isinstance(h, str) and _HOSTNAME_RE.fullmatch(h) for h in hosts)
+            or not _HOSTNAME_RE.fullmatch(group)
         ):
             raise JustProxiesConfigError(
                 f"JUSTPROXIES_SLOT_GROUPS[{group!r}] must be a list of hostnames, "

@@ -23,6 +23,7 @@ from urllib.parse import quote
 import pytest
 from scrapy.settings import Settings
 
+from scrapy_justproxies.config import JustProxiesConfigError, ThrottleConfig
 from scrapy_justproxies.sandbox.crawl import REACTORS, CrawlResult, run_crawl
 from tests.test_crawl import ADDON, configure, site, urls
 from tests.test_squid_interop import HOSTS, PASSWORD, USER, squid_env
@@ -574,3 +575,18 @@ def test_non_ascii_password_needs_the_gateways_encoding(
     assert leaked(result, UNICODE_USER, UNICODE_PASSWORD) == []
     latin1 = base64.b64encode(f"{UNICODE_USER}:{UNICODE_PASSWORD}".encode("latin-1"))
     assert latin1.decode() not in result.everything_written()
+
+
+@pytest.mark.parametrize(
+    "groups",
+    [
+        {"": ["a.test"]},
+        {"a.test": [""]},
+        {"a.test": ["b.test "]},
+        {"a.test": ["cdn b.test"]},
+        '{"a.test": "b.test"}',
+    ],
+)
+def test_slot_groups_with_names_no_request_can_have_are_refused(groups: Any) -> None:
+    with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_SLOT_GROUPS"):
+        ThrottleConfig.from_settings(Settings({"JUSTPROXIES_SLOT_GROUPS": groups}), {})

@@ -235,3 +235,33 @@ def test_requests_never_sent_are_no_gateway_failures(
     seconds = [r for r in read_trace(trace) if r["type"] == "domain"]
     assert sum(r["ok"] for r in seconds) == 5
     assert sum(r["gateway"] for r in seconds) == 0, seconds
+
+
+def test_slot_groups_share_one_budget_and_an_own_slot_is_kept(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    """README, JUSTPROXIES_SLOT_GROUPS and JUSTPROXIES_GROUP_WWW: hostnames of
+    one site share its download slot (one budget, one row in the trace),
+    unless a request names its own ``meta['download_slot']``."""
+    configure(sandbox, {"a.test": {}, "cdn.b.test": {}, "www.c.test": {}})
+    port = sandbox.site_http_port
+    requests = [
+        *({"url": f"http://a.test:{port}/item/{i}"} for i in range(1, 4)),
+        *({"url": f"http://cdn.b.test:{port}/item/{i}"} for i in range(1, 4)),
+        *({"url": f"http://www.c.test:{port}/item/{i}"} for i in range(1, 3)),
+        {"url": f"http://cdn.b.test:{port}/item/9", "meta": {"download_slot": "own"}},
+    ]
+    trace = tmp_path / "trace.jsonl"
+    result = run_crawl(
+        tmp_path,
+        reactor=reactor,
+        requests=requests,
+        settings={**ADDON, "LOG_LEVEL": "INFO", "JUSTPROXIES_TRACE": str(trace)},
+        env={**gateway_env, "JUSTPROXIES_SLOT_GROUPS": '{"A.test": ["CDN.b.test"]}'},
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    answers = Counter()
+    for record in read_trace(trace):
+        if record["type"] == "domain":
+            answers[record["domain"]] += record["ok"]
+    assert answers == {"a.test": 6, "c.test": 2, "own": 1}
