@@ -410,3 +410,43 @@ def test_a_domain_without_a_success_sorts_as_the_worst(tmp_path: Path) -> None:
     body = dom.split('<table id="domains">')[1].split("</table>", maxsplit=1)[0]
     order = re.findall(r'<tr><td data-v="([^"]+)"', body)
     assert order == ["none.test", "many.test", "some.test", "few.test"]
+
+
+@pytest.mark.crawl
+def test_by_hand_a_report_without_a_trace_leaves_no_temporary_file(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    """README: the trace extension by hand, without the add-on; a report from
+    a temporary trace, removed at close; per-domain cost stats."""
+    configure(sandbox, {"a.test": {}, "b.test": {}})
+    port = sandbox.site_http_port
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    report = tmp_path / "report.html"
+    result = run_crawl(
+        tmp_path,
+        reactor=reactor,
+        requests=[
+            {"url": f"http://{host}:{port}/item/{i}"}
+            for host in ("a.test", "b.test")
+            for i in range(1, 4)
+        ],
+        settings={
+            "LOG_LEVEL": "INFO",
+            "DOWNLOADER_MIDDLEWARES": {
+                "scrapy_justproxies.JustProxiesMiddleware": 745,
+                "scrapy_justproxies.middleware.JustProxiesScrubMiddleware": 950,
+            },
+            "EXTENSIONS": {"scrapy_justproxies.trace.JustProxiesTrace": 0},
+            "JUSTPROXIES_REPORT": str(report),
+            "JUSTPROXIES_PRICE_PER_GB": 10**6,  # costs of a few kB to 4 places
+        },
+        env={**gateway_env, "TMPDIR": str(temporary)},
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    html = report.read_text()
+    assert 'data-domain="a.test"' in html and 'data-domain="b.test"' in html
+    assert list(temporary.iterdir()) == []
+    for host in ("a.test", "b.test"):
+        size = result.stats[f"justproxies/bytes/{host}"]
+        assert result.stats[f"justproxies/cost/{host}"] == round(size / 1e3, 4) > 0
