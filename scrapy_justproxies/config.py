@@ -1023,19 +1023,24 @@ def _path(reader: _Reader, name: str) -> str | None:
             f"{reader.where(name)} must be a file path (a string), not {value!r}."
         )
     path = (value or "").strip()
-    # "~/x" from settings.py or -s, where no shell expands it.
-    return os.path.expanduser(path) if path else None
+    if not path:
+        return None
+    path = os.path.expanduser(path)  # "~/x" from settings.py or -s: no shell
+    if Path(path).is_dir():
+        example = Path(path) / (
+            "trace.jsonl" if name == "JUSTPROXIES_TRACE" else "report.html"
+        )
+        raise JustProxiesConfigError(
+            f"{reader.where(name)} is a folder; give a file path, e.g. "
+            f"{str(example)!r}."
+        )
+    return path
 
 
 def _check_report_path(reader: _Reader, report: str, trace: str | None) -> None:
     """The report is written at close: refuse now what would fail then."""
     name = "JUSTPROXIES_REPORT"
     resolved = Path(report).resolve()
-    if resolved.is_dir():
-        raise JustProxiesConfigError(
-            f"{reader.where(name)} is a folder; give a file path, e.g. "
-            f"{str(Path(report) / 'report.html')!r}."
-        )
     if not resolved.parent.is_dir():
         raise JustProxiesConfigError(
             f"{name}: the folder {str(resolved.parent)!r} does not exist."

@@ -44,7 +44,13 @@ from scrapy.exceptions import NotConfigured
 from twisted.internet.task import LoopingCall
 
 from .billing import AnswerCounts, ByteMeter
-from .config import Config, JustProxiesConfigError, ObservabilityConfig, in_force
+from .config import (
+    Config,
+    JustProxiesConfigError,
+    ObservabilityConfig,
+    in_force,
+    report_startup_error,
+)
 from .report import write_report
 from .slots import SlotGuard
 from .throttle import JustProxiesThrottle
@@ -103,10 +109,16 @@ class JustProxiesTrace:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> JustProxiesTrace:
-        config = ObservabilityConfig.from_settings(crawler.settings, os.environ)
-        if config.trace_path is None and config.report_path is None:
-            raise NotConfigured("JUSTPROXIES_TRACE and JUSTPROXIES_REPORT are unset")
-        extension = cls(crawler, config)
+        try:
+            config = ObservabilityConfig.from_settings(crawler.settings, os.environ)
+            if config.trace_path is None and config.report_path is None:
+                raise NotConfigured(
+                    "JUSTPROXIES_TRACE and JUSTPROXIES_REPORT are unset"
+                )
+            extension = cls(crawler, config)
+        except JustProxiesConfigError as error:
+            report_startup_error(logger, error)
+            raise
         crawler.signals.connect(extension._opened, signals.spider_opened)
         crawler.signals.connect(extension._closed, signals.spider_closed)
         return extension

@@ -165,14 +165,29 @@ def test_a_killed_crawl_leaves_a_trace_that_parses(
     assert "the crawl was killed" in (tmp_path / "report.html").read_text()
 
 
+@pytest.mark.parametrize(
+    ("trace", "message"),
+    [
+        ("no/t.jsonl", "JUSTPROXIES_TRACE: cannot write"),
+        (".", "JUSTPROXIES_TRACE (from the settings) is a folder; give a file path"),
+    ],
+)
+@pytest.mark.parametrize("by_hand", [False, True])
 def test_an_unwritable_trace_path_stops_the_crawl_at_start(
-    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    tmp_path: Path,
+    trace: str,
+    message: str,
+    by_hand: bool,
 ) -> None:
-    trace = str(tmp_path / "no" / "t.jsonl")
-    output = refused_at_startup(
-        sandbox, gateway_env, tmp_path, settings={"JUSTPROXIES_TRACE": trace}
-    )
-    assert "JUSTPROXIES_TRACE: cannot write" in output
+    settings: dict[str, Any] = {"JUSTPROXIES_TRACE": str(tmp_path / trace)}
+    if by_hand:  # no add-on: the extension itself reports the error
+        settings["ADDONS"] = {}
+        settings["EXTENSIONS"] = {"scrapy_justproxies.trace.JustProxiesTrace": 0}
+    output = refused_at_startup(sandbox, gateway_env, tmp_path, settings=settings)
+    assert f"JustProxies cannot start: {message}" in output
+    assert "Traceback" not in output
 
 
 def observability(**values: str) -> ObservabilityConfig:
