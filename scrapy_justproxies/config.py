@@ -274,6 +274,11 @@ class Config:
         return f"{scheme}://{user}:{password}@{netloc}"
 
 
+def _looks_like_host(name: str) -> bool:
+    """A dotted name or address, or localhost (a username seldom is)."""
+    return "." in name or name.lower() == "localhost"
+
+
 def request_parameter_problem(
     country: str | None, session: str | None
 ) -> tuple[str, str] | None:
@@ -498,14 +503,31 @@ class _Reader:
 
     def _listed_gateway(self, value: str) -> tuple[Gateway, tuple[str, str]]:
         parts = value.split(":")
-        if _PORT_RE.fullmatch(parts[1]):  # host:port:user:pass (pass may hold ':')
+        host_first = bool(_PORT_RE.fullmatch(parts[1]))  # host:port:user:pass
+        host_last = bool(_PORT_RE.fullmatch(parts[-1]))  # user:pass:host:port
+        if host_first and host_last:
+            # A numeric password reads both ways; taken the wrong way, it
+            # would be printed as the gateway's port. Go by which looks like
+            # a host, and refuse when neither does more than the other.
+            host_first, host_last = (
+                _looks_like_host(parts[0]),
+                _looks_like_host(parts[-2]),
+            )
+            if host_first == host_last:
+                raise JustProxiesConfigError(
+                    f"{self.where('JUSTPROXIES_GATEWAY')} reads either way as "
+                    "host:port:user:pass or user:pass:host:port. Use "
+                    f"{GATEWAY_SHAPE}, with the credentials in JUSTPROXIES_USER "
+                    "and JUSTPROXIES_PASSWORD."
+                )
+        if host_first:  # the password may hold ':'
             host, port, user, password = (
                 parts[0],
                 parts[1],
                 parts[2],
                 ":".join(parts[3:]),
             )
-        elif _PORT_RE.fullmatch(parts[-1]):  # user:pass:host:port
+        elif host_last:
             user, password = parts[0], ":".join(parts[1:-2])
             host, port = parts[-2], parts[-1]
         else:

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import pytest
 from scrapy.settings import Settings
 
-from scrapy_justproxies.config import JustProxiesConfigError, ThrottleConfig
+from scrapy_justproxies.config import Config, JustProxiesConfigError, ThrottleConfig
 from scrapy_justproxies.sandbox.crawl import REACTORS, CrawlResult, run_crawl
 from tests.test_crawl import ADDON, configure, site, urls
 from tests.test_squid_interop import HOSTS, PASSWORD, USER, squid_env
@@ -590,3 +590,30 @@ def test_non_ascii_password_needs_the_gateways_encoding(
 def test_slot_groups_with_names_no_request_can_have_are_refused(groups: Any) -> None:
     with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_SLOT_GROUPS"):
         ThrottleConfig.from_settings(Settings({"JUSTPROXIES_SLOT_GROUPS": groups}), {})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "gw.example.net:8080:alice:12345",
+        "alice:12345:gw.example.net:8080",  # was host "alice", port 12345 (printed)
+        "127.0.0.1:8080:alice:12345",
+        "alice:12345:127.0.0.1:8080",
+        "localhost:8080:alice:12345",
+        "alice:12345:localhost:8080",
+    ],
+)
+def test_list_format_with_a_numeric_password_is_split_the_right_way(
+    value: str,
+) -> None:
+    config = Config.from_settings(Settings(), {"JUSTPROXIES_GATEWAY": value})
+    assert config.gateway is not None
+    assert config.gateway.port == 8080
+    assert (config.user, config.password.reveal()) == ("alice", "12345")
+
+
+def test_list_format_that_reads_both_ways_is_refused_without_echo() -> None:
+    # Neither "gw" nor "alice" looks more like a host than the other.
+    with pytest.raises(JustProxiesConfigError, match="either way") as info:
+        Config.from_settings(Settings(), {"JUSTPROXIES_GATEWAY": "gw:8080:alice:12345"})
+    assert "12345" not in str(info.value) and "alice" not in str(info.value)
