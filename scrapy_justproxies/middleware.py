@@ -507,7 +507,11 @@ class JustProxiesScrubMiddleware:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> JustProxiesScrubMiddleware:
         middleware = cls()
-        middleware.meter = ByteMeter.of(crawler)
+        try:
+            middleware.meter = ByteMeter.of(crawler)  # reads JUSTPROXIES_* paths
+        except JustProxiesConfigError as error:
+            report_startup_error(logger, error)
+            raise
         return middleware
 
     def process_response(

@@ -165,25 +165,36 @@ def test_a_killed_crawl_leaves_a_trace_that_parses(
     assert "the crawl was killed" in (tmp_path / "report.html").read_text()
 
 
+CANNOT_WRITE = "JUSTPROXIES_TRACE: cannot write"
+A_FOLDER = "JUSTPROXIES_TRACE (from the settings) is a folder; give a file path"
+
+
 @pytest.mark.parametrize(
-    ("trace", "message"),
+    ("trace", "message", "enabled_by"),
     [
-        ("no/t.jsonl", "JUSTPROXIES_TRACE: cannot write"),
-        (".", "JUSTPROXIES_TRACE (from the settings) is a folder; give a file path"),
+        ("no/t.jsonl", CANNOT_WRITE, "add-on"),
+        (".", A_FOLDER, "add-on"),
+        ("no/t.jsonl", CANNOT_WRITE, "extension"),
+        (".", A_FOLDER, "extension"),
+        (".", A_FOLDER, "middlewares"),  # the byte meter reads the setting too
     ],
 )
-@pytest.mark.parametrize("by_hand", [False, True])
 def test_an_unwritable_trace_path_stops_the_crawl_at_start(
     sandbox: Any,
     gateway_env: dict[str, str],
     tmp_path: Path,
     trace: str,
     message: str,
-    by_hand: bool,
+    enabled_by: str,
 ) -> None:
     settings: dict[str, Any] = {"JUSTPROXIES_TRACE": str(tmp_path / trace)}
-    if by_hand:  # no add-on: the extension itself reports the error
+    if enabled_by != "add-on":  # by hand: the component that reads it reports it
         settings["ADDONS"] = {}
+        settings["DOWNLOADER_MIDDLEWARES"] = {
+            "scrapy_justproxies.JustProxiesMiddleware": 745,
+            "scrapy_justproxies.middleware.JustProxiesScrubMiddleware": 950,
+        }
+    if enabled_by == "extension":
         settings["EXTENSIONS"] = {"scrapy_justproxies.trace.JustProxiesTrace": 0}
     output = refused_at_startup(sandbox, gateway_env, tmp_path, settings=settings)
     assert f"JustProxies cannot start: {message}" in output
