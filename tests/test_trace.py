@@ -21,7 +21,7 @@ from scrapy.settings import Settings
 
 from scrapy_justproxies.config import JustProxiesConfigError, ObservabilityConfig
 from scrapy_justproxies.report import read_trace, write_report
-from scrapy_justproxies.sandbox.crawl import CHILD, run_crawl
+from scrapy_justproxies.sandbox.crawl import CHILD, CrawlResult, run_crawl
 from tests.test_crawl import ADDON, assert_no_secret, configure
 from tests.test_hostile_inputs import refused_at_startup
 
@@ -30,6 +30,22 @@ pytestmark = pytest.mark.crawl
 # The issue's bound: an hour over 20 domains stays under 50 MB.
 HOUR_OF_20_DOMAINS = 3600 * 20
 MAX_TRACE_BYTES = 50 * 10**6
+
+
+def traced_crawl(
+    tmp_path: Path, reactor: str, requests: list[dict[str, Any]], env: dict[str, str]
+) -> tuple[CrawlResult, list[dict[str, Any]]]:
+    """A finished crawl with the add-on and JUSTPROXIES_TRACE, and its records."""
+    trace = tmp_path / "trace.jsonl"
+    result = run_crawl(
+        tmp_path,
+        reactor=reactor,
+        requests=requests,
+        settings={**ADDON, "LOG_LEVEL": "INFO", "JUSTPROXIES_TRACE": str(trace)},
+        env=env,
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    return result, read_trace(trace)
 
 
 def test_trace_of_a_real_crawl(
@@ -47,16 +63,10 @@ def test_trace_of_a_real_crawl(
     requests = [{"url": f"http://a.test:{port}/item/{i}"} for i in range(1, 151)] + [
         {"url": f"http://b.test:{port}/item/{i}"} for i in range(1, 6)
     ]
-    trace = tmp_path / "trace.jsonl"
-    result = run_crawl(
-        tmp_path,
-        reactor=reactor,
-        requests=requests,
-        settings={**ADDON, "LOG_LEVEL": "INFO", "JUSTPROXIES_TRACE": str(trace)},
-        env={**gateway_env, "JUSTPROXIES_POOL": "mobile"},
+    result, records = traced_crawl(
+        tmp_path, reactor, requests, {**gateway_env, "JUSTPROXIES_POOL": "mobile"}
     )
-    assert result.reason == "finished", result.output[-3000:]
-    records = read_trace(trace)
+    trace = tmp_path / "trace.jsonl"
     header, end = records[0], records[-1]
     assert header["type"] == "header"
     assert header["scrapy"] == result.scrapy_version
@@ -247,18 +257,10 @@ def test_requests_never_sent_are_no_gateway_failures(
         {"url": f"http://a.test:{port}/item/8", "meta": {"justproxies_direct": "no"}},
         {"url": "ftp://a.test/file"},
     ]
-    trace = tmp_path / "trace.jsonl"
-    result = run_crawl(
-        tmp_path,
-        reactor=reactor,
-        requests=good + dropped,
-        settings={**ADDON, "LOG_LEVEL": "INFO", "JUSTPROXIES_TRACE": str(trace)},
-        env=gateway_env,
-    )
-    assert result.reason == "finished", result.output[-3000:]
+    result, records = traced_crawl(tmp_path, reactor, good + dropped, gateway_env)
     assert result.stats["justproxies/requests/refused_meta"] == 2
     assert result.stats["justproxies/requests/refused_scheme"] == 1
-    seconds = [r for r in read_trace(trace) if r["type"] == "domain"]
+    seconds = [r for r in records if r["type"] == "domain"]
     assert sum(r["ok"] for r in seconds) == 5
     assert sum(r["gateway"] for r in seconds) == 0, seconds
 
@@ -277,17 +279,12 @@ def test_slot_groups_share_one_budget_and_an_own_slot_is_kept(
         *({"url": f"http://www.c.test:{port}/item/{i}"} for i in range(1, 3)),
         {"url": f"http://cdn.b.test:{port}/item/9", "meta": {"download_slot": "own"}},
     ]
-    trace = tmp_path / "trace.jsonl"
-    result = run_crawl(
-        tmp_path,
-        reactor=reactor,
-        requests=requests,
-        settings={**ADDON, "LOG_LEVEL": "INFO", "JUSTPROXIES_TRACE": str(trace)},
-        env={**gateway_env, "JUSTPROXIES_SLOT_GROUPS": '{"A.test": ["CDN.b.test"]}'},
+    groups = '{"A.test": ["CDN.b.test"]}'
+    _, records = traced_crawl(
+        tmp_path, reactor, requests, {**gateway_env, "JUSTPROXIES_SLOT_GROUPS": groups}
     )
-    assert result.reason == "finished", result.output[-3000:]
-    answers = Counter()
-    for record in read_trace(trace):
+    answers: Counter[str] = Counter()
+    for record in records:
         if record["type"] == "domain":
             answers[record["domain"]] += record["ok"]
     assert answers == {"a.test": 6, "c.test": 2, "own": 1}
