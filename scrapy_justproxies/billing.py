@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -39,7 +39,8 @@ from scrapy import signals
 from scrapy.utils.httpobj import urlparse_cached
 
 from .config import ObservabilityConfig
-from .failures import proxy_generated
+from .controller import Outcome
+from .failures import classify_response
 from .slots import SlotGuard
 
 if TYPE_CHECKING:
@@ -198,15 +199,64 @@ ERROR: Final = "error"
 GATEWAY: Final = "gateway"
 """No answer from the site: the gateway's own error answer, or the download
 failed (timeout, connection error)."""
-ANSWER_CLASSES: Final = (OK, RATE_LIMITED, ERROR, GATEWAY)
 
 
 def answer_class(status: int, headers: Any) -> str:
-    if status < 400:
-        return OK
-    if status == 407 or proxy_generated(headers):
+    """The class of one answer; what is the gateway's and what is the site's
+    429 is decided by :func:`classify_response`, as for the throttle."""
+    outcome = classify_response(status, headers)
+    if outcome is Outcome.IGNORED:
         return GATEWAY
-    return RATE_LIMITED if status == 429 else ERROR
+    if outcome is Outcome.RATE_LIMITED:
+        return RATE_LIMITED
+    return OK if status < 400 else ERROR
+
+
+# Field -> its key in the trace's domain records (read back by the report).
+RECORD_KEYS: Final = {
+    "ok": "ok",
+    "rate_limited": "429",
+    "error": "error",
+    "gateway": "gateway",
+    "sent": "sent",
+    "received": "received",
+    "rate_limited_bytes": "bytes_429",
+}
+
+
+@dataclass
+class AnswerCounts:
+    """Answers by class and their bytes through the gateway: a domain's
+    second in the trace, its sum over the crawl in the report."""
+
+    ok: int = 0
+    rate_limited: int = 0
+    error: int = 0
+    gateway: int = 0
+    sent: int = 0
+    received: int = 0
+    rate_limited_bytes: int = 0
+
+    def count(self, kind: str, sent: int, received: int) -> None:
+        """One answer (or failed download) of class ``kind``."""
+        if kind == OK:
+            self.ok += 1
+        elif kind == RATE_LIMITED:
+            self.rate_limited += 1
+            self.rate_limited_bytes += sent + received
+        elif kind == GATEWAY:
+            self.gateway += 1
+        else:
+            self.error += 1
+        self.sent += sent
+        self.received += received
+
+    def record_fields(self) -> dict[str, int]:
+        return {key: getattr(self, name) for name, key in RECORD_KEYS.items()}
+
+    def add_record(self, record: Mapping[str, Any]) -> None:
+        for name, key in RECORD_KEYS.items():
+            setattr(self, name, getattr(self, name) + record.get(key, 0))
 
 
 @dataclass

@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
@@ -273,6 +274,11 @@ class Config:
         return f"{scheme}://{user}:{password}@{netloc}"
 
 
+def _looks_like_host(name: str) -> bool:
+    """A dotted name or address, or localhost (a username seldom is)."""
+    return "." in name or name.lower() == "localhost"
+
+
 def request_parameter_problem(
     country: str | None, session: str | None
 ) -> tuple[str, str] | None:
@@ -497,14 +503,31 @@ class _Reader:
 
     def _listed_gateway(self, value: str) -> tuple[Gateway, tuple[str, str]]:
         parts = value.split(":")
-        if _PORT_RE.fullmatch(parts[1]):  # host:port:user:pass (pass may hold ':')
+        host_first = bool(_PORT_RE.fullmatch(parts[1]))  # host:port:user:pass
+        host_last = bool(_PORT_RE.fullmatch(parts[-1]))  # user:pass:host:port
+        if host_first and host_last:
+            # A numeric password reads both ways; taken the wrong way, it
+            # would be printed as the gateway's port. Go by which looks like
+            # a host, and refuse when neither does more than the other.
+            host_first, host_last = (
+                _looks_like_host(parts[0]),
+                _looks_like_host(parts[-2]),
+            )
+            if host_first == host_last:
+                raise JustProxiesConfigError(
+                    f"{self.where('JUSTPROXIES_GATEWAY')} reads either way as "
+                    "host:port:user:pass or user:pass:host:port. Use "
+                    f"{GATEWAY_SHAPE}, with the credentials in JUSTPROXIES_USER "
+                    "and JUSTPROXIES_PASSWORD."
+                )
+        if host_first:  # the password may hold ':'
             host, port, user, password = (
                 parts[0],
                 parts[1],
                 parts[2],
                 ":".join(parts[3:]),
             )
-        elif _PORT_RE.fullmatch(parts[-1]):  # user:pass:host:port
+        elif host_last:
             user, password = parts[0], ":".join(parts[1:-2])
             host, port = parts[-2], parts[-1]
         else:
@@ -899,7 +922,9 @@ def _slot_groups(raw: Mapping[str, Any]) -> dict[str, str]:
         if (
             not isinstance(group, str)
             or not isinstance(hosts, list | tuple)
-            or not all(isinstance(h, str) for h in hosts)
+            # "" or a space: no request's hostname, a group that never applies
+            or not all(isinstance(h, str) and _HOSTNAME_RE.fullmatch(h) for h in hosts)
+            or not _HOSTNAME_RE.fullmatch(group)
         ):
             raise JustProxiesConfigError(
                 f"JUSTPROXIES_SLOT_GROUPS[{group!r}] must be a list of hostnames, "
@@ -964,6 +989,8 @@ def check_download_handlers(settings: BaseSettings) -> None:
 
 DEFAULT_STATS_DOMAINS: Final = 20
 """Per-domain stats are kept for this many domains (the busiest ones)."""
+MAX_PRICE_PER_GB: Final = 1e9
+"""Above any currency's price of a gigabyte; keeps every cost finite."""
 
 
 @dataclass(frozen=True)
@@ -983,19 +1010,23 @@ class ObservabilityConfig:
     ) -> ObservabilityConfig:
         reader = _Reader(settings, environ)
         price: float | None = None
-        if reader.raw("JUSTPROXIES_PRICE_PER_GB") not in (None, ""):
-            price = reader.number(
-                "JUSTPROXIES_PRICE_PER_GB", float, default=0.0, minimum=0.0
+        if reader.raw("JUSTPROXIES_PRICE_PER_GB") is not None:
+            # A finite bound: a price of 1e300 would print costs of inf.
+            price = 0.0 + reader.number(  # 0.0 +: "-0" prints as 0.00
+                "JUSTPROXIES_PRICE_PER_GB",
+                float,
+                default=0.0,
+                minimum=0.0,
+                maximum=MAX_PRICE_PER_GB,
             )
-            if not math.isfinite(price):
-                raise JustProxiesConfigError(
-                    f"{reader.where('JUSTPROXIES_PRICE_PER_GB')} must be a finite "
-                    "number, e.g. 8.0 for 8.00 per GB."
-                )
+        trace_path = _path(reader, "JUSTPROXIES_TRACE")
+        report_path = _path(reader, "JUSTPROXIES_REPORT")
+        if report_path is not None:
+            _check_report_path(reader, report_path, trace_path)
         return cls(
             price_per_gb=price,
-            trace_path=_path(reader, "JUSTPROXIES_TRACE"),
-            report_path=_path(reader, "JUSTPROXIES_REPORT"),
+            trace_path=trace_path,
+            report_path=report_path,
             stats_domains=reader.number(
                 "JUSTPROXIES_STATS_DOMAINS",
                 int,
@@ -1013,7 +1044,36 @@ def _path(reader: _Reader, name: str) -> str | None:
         raise JustProxiesConfigError(
             f"{reader.where(name)} must be a file path (a string), not {value!r}."
         )
-    return (value or "").strip() or None
+    path = (value or "").strip()
+    if not path:
+        return None
+    path = os.path.expanduser(path)  # "~/x" from settings.py or -s: no shell
+    if Path(path).is_dir():
+        example = Path(path) / (
+            "trace.jsonl" if name == "JUSTPROXIES_TRACE" else "report.html"
+        )
+        raise JustProxiesConfigError(
+            f"{reader.where(name)} is a folder; give a file path, e.g. "
+            f"{str(example)!r}."
+        )
+    return path
+
+
+def _check_report_path(reader: _Reader, report: str, trace: str | None) -> None:
+    """The report is written at close: refuse now what would fail then."""
+    name = "JUSTPROXIES_REPORT"
+    resolved = Path(report).resolve()
+    if not resolved.parent.is_dir():
+        raise JustProxiesConfigError(
+            f"{name}: the folder {str(resolved.parent)!r} does not exist."
+            " Create it, or give a path in an existing folder."
+        )
+    if trace is not None and Path(trace).resolve() == resolved:
+        raise JustProxiesConfigError(
+            f"{reader.where(name)} is the same file as JUSTPROXIES_TRACE: the "
+            "report would overwrite the trace. Give them different names, e.g. "
+            "trace.jsonl and report.html."
+        )
 
 
 def in_force(settings: BaseSettings, environ: Mapping[str, str]) -> dict[str, Any]:

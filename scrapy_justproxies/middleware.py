@@ -120,6 +120,15 @@ def route(meta: dict[str, Any]) -> Route:
     return Route.OWN_PROXY
 
 
+def _meta_text(value: Any) -> str | None:
+    """A country or session from meta as text: str() because the proxy URL
+    cache needs hashable keys and meta may hold a number; a bool is no id
+    (``True`` would become session "True"), so it becomes "" and is refused."""
+    if value is None:
+        return None
+    return "" if isinstance(value, bool) else str(value)
+
+
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -244,9 +253,7 @@ class JustProxiesMiddleware:
             request.meta.get(META_COUNTRY),
             request.meta.get(META_SESSION),
         )
-        # str(): the cache needs hashable keys, and meta may hold a number.
-        country_text = None if country is None else str(country)
-        session_text = None if session is None else str(session)
+        country_text, session_text = _meta_text(country), _meta_text(session)
         problem = request_parameter_problem(country_text, session_text)
         if problem is not None:
             which, fix = problem
@@ -500,7 +507,11 @@ class JustProxiesScrubMiddleware:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> JustProxiesScrubMiddleware:
         middleware = cls()
-        middleware.meter = ByteMeter.of(crawler)
+        try:
+            middleware.meter = ByteMeter.of(crawler)  # reads JUSTPROXIES_* paths
+        except JustProxiesConfigError as error:
+            report_startup_error(logger, error)
+            raise
         return middleware
 
     def process_response(
@@ -514,7 +525,9 @@ class JustProxiesScrubMiddleware:
     def process_exception(
         self, request: Request, exception: Exception, spider: Spider | None = None
     ) -> None:
-        if self.meter is not None:
+        # IgnoreRequest comes from a process_request (a bad meta, offsite,
+        # robots.txt): nothing was sent, nothing failed at the gateway.
+        if self.meter is not None and not isinstance(exception, IgnoreRequest):
             routed = META_ROUTED in request.meta
             sent = not is_gateway_connection_failure(exception)
             self.meter.on_failure(request, sent, routed)

@@ -43,8 +43,14 @@ from scrapy import signals
 from scrapy.exceptions import NotConfigured
 from twisted.internet.task import LoopingCall
 
-from .billing import ANSWER_CLASSES, GATEWAY, OK, RATE_LIMITED, ByteMeter
-from .config import Config, JustProxiesConfigError, ObservabilityConfig, in_force
+from .billing import AnswerCounts, ByteMeter
+from .config import (
+    Config,
+    JustProxiesConfigError,
+    ObservabilityConfig,
+    in_force,
+    report_startup_error,
+)
 from .report import write_report
 from .slots import SlotGuard
 from .throttle import JustProxiesThrottle
@@ -62,16 +68,9 @@ TICK_SECONDS: Final = 1.0
 
 
 @dataclass
-class _Second:
+class _Second(AnswerCounts):
     """One domain's counts in the current second."""
 
-    ok: int = 0
-    rate_limited: int = 0
-    error: int = 0
-    gateway: int = 0
-    sent: int = 0
-    received: int = 0
-    rate_limited_bytes: int = 0
     latency_sum: float = 0.0
     latency_count: int = 0
     most_in_flight: int = 0
@@ -110,17 +109,16 @@ class JustProxiesTrace:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> JustProxiesTrace:
-        config = ObservabilityConfig.from_settings(crawler.settings, os.environ)
-        if config.trace_path is None and config.report_path is None:
-            raise NotConfigured("JUSTPROXIES_TRACE and JUSTPROXIES_REPORT are unset")
-        if config.report_path is not None:
-            folder = Path(config.report_path).resolve().parent
-            if not folder.is_dir():
-                raise JustProxiesConfigError(
-                    f"JUSTPROXIES_REPORT: the folder {str(folder)!r} does not exist."
-                    " Create it, or give a path in an existing folder."
+        try:
+            config = ObservabilityConfig.from_settings(crawler.settings, os.environ)
+            if config.trace_path is None and config.report_path is None:
+                raise NotConfigured(
+                    "JUSTPROXIES_TRACE and JUSTPROXIES_REPORT are unset"
                 )
-        extension = cls(crawler, config)
+            extension = cls(crawler, config)
+        except JustProxiesConfigError as error:
+            report_startup_error(logger, error)
+            raise
         crawler.signals.connect(extension._opened, signals.spider_opened)
         crawler.signals.connect(extension._closed, signals.spider_closed)
         return extension
@@ -133,17 +131,7 @@ class JustProxiesTrace:
         second = self.seconds.get(key)
         if second is None:
             second = self.seconds[key] = _Second()
-        if kind == OK:
-            second.ok += 1
-        elif kind == RATE_LIMITED:
-            second.rate_limited += 1
-            second.rate_limited_bytes += sent + received
-        elif kind == GATEWAY:
-            second.gateway += 1
-        else:
-            second.error += 1
-        second.sent += sent
-        second.received += received
+        second.count(kind, sent, received)
         if latency is not None:
             second.latency_sum += latency
             second.latency_count += 1
@@ -219,13 +207,7 @@ class JustProxiesTrace:
                         second.most_in_flight,
                         len(slot.transferring) if slot is not None else 0,
                     ),
-                    "ok": second.ok,
-                    "429": second.rate_limited,
-                    "error": second.error,
-                    "gateway": second.gateway,
-                    "sent": second.sent,
-                    "received": second.received,
-                    "bytes_429": second.rate_limited_bytes,
+                    **second.record_fields(),
                     "answer_ms": round(
                         1000 * second.latency_sum / second.latency_count, 1
                     )
@@ -261,9 +243,19 @@ class JustProxiesTrace:
             self.file = None
         if self.config.trace_path is not None:
             logger.info("JustProxies: trace written to %s", self.path)
-        if self.config.report_path is not None:
-            write_report(self.path, Path(self.config.report_path))
-            logger.info("JustProxies: report written to %s", self.config.report_path)
+        report = self.config.report_path
+        if report is not None:
+            try:
+                write_report(self.path, Path(report))
+            except OSError as exc:  # a full disk, a folder gone since start-up
+                logger.error(
+                    "JustProxies: JUSTPROXIES_REPORT: cannot write %r (%s); the "
+                    "trace is kept at %s: render it with python -m "
+                    "scrapy_justproxies.report %s -o report.html",
+                    report, exc.strerror or exc, self.path, self.path,
+                )  # fmt: skip
+                return
+            logger.info("JustProxies: report written to %s", report)
         if self._temporary:
             self.path.unlink(missing_ok=True)
 
@@ -279,4 +271,4 @@ def _busy(slots: dict[str, Any]) -> set[str]:
     return {key for key, slot in slots.items() if slot.transferring}
 
 
-__all__ = ["ANSWER_CLASSES", "JustProxiesTrace"]
+__all__ = ["JustProxiesTrace"]

@@ -27,6 +27,7 @@ from scrapy_justproxies.billing import (
 from scrapy_justproxies.config import JustProxiesConfigError, ObservabilityConfig
 from scrapy_justproxies.sandbox.crawl import run_crawl
 from tests.test_crawl import ADDON, assert_no_secret, configure
+from tests.test_hostile_inputs import refused_at_startup
 from tests.test_squid_interop import HOSTS, USER, squid_env
 
 AUTH = "Basic dXNlcjpwYXNz"
@@ -136,7 +137,15 @@ def test_price_per_gb(value: Any, expected: float | None) -> None:
     assert ObservabilityConfig.from_settings(settings, {}).price_per_gb == expected
 
 
-@pytest.mark.parametrize("value", ["-1", "eight", "inf", "nan"])
+def test_a_negative_zero_price_prints_as_zero() -> None:
+    price = ObservabilityConfig.from_settings(
+        Settings(), {"JUSTPROXIES_PRICE_PER_GB": "-0"}
+    ).price_per_gb
+    assert price is not None
+    assert "-" not in summary_line(3 * 10**9, 10**9, price)
+
+
+@pytest.mark.parametrize("value", ["-1", "eight", "inf", "nan", "1e300", "8,50"])
 def test_bad_price_per_gb_is_a_config_error(value: str) -> None:
     with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_PRICE_PER_GB"):
         ObservabilityConfig.from_settings(
@@ -256,18 +265,12 @@ def test_cached_answers_cost_nothing(
 def test_bad_price_stops_the_crawl_before_any_request(
     sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
 ) -> None:
-    configure(sandbox, {"a.test": {}})
-    result = run_crawl(
-        tmp_path,
-        reactor="asyncio",
-        requests=[{"url": f"http://a.test:{sandbox.site_http_port}/item/1"}],
-        settings=ADDON,
-        env={**gateway_env, "JUSTPROXIES_PRICE_PER_GB": "8 EUR"},
+    output = refused_at_startup(
+        sandbox, gateway_env, tmp_path, env={"JUSTPROXIES_PRICE_PER_GB": "8 EUR"}
     )
     assert "JUSTPROXIES_PRICE_PER_GB (from the environment) must be a number" in (
-        result.output + result.log
+        output
     )
-    assert sandbox.client.stats()["gateway"]["requests"] == 0
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from urllib.parse import quote
 import pytest
 from scrapy.settings import Settings
 
+from scrapy_justproxies.config import Config, JustProxiesConfigError, ThrottleConfig
 from scrapy_justproxies.sandbox.crawl import REACTORS, CrawlResult, run_crawl
 from tests.test_crawl import ADDON, configure, site, urls
 from tests.test_squid_interop import HOSTS, PASSWORD, USER, squid_env
@@ -55,6 +56,29 @@ def nothing_sent(sandbox: Any, *hosts: str) -> None:
 
 def failed_at_startup(result: CrawlResult) -> bool:
     return result.returncode != 0 or result.reason is None
+
+
+def refused_at_startup(
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    tmp_path: Path,
+    *,
+    settings: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
+    """Crawl with ``settings`` and ``env`` that must stop the crawl before
+    any request; checks that nothing was sent, returns the output and log."""
+    configure(sandbox, {"a.test": {}})
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=urls(sandbox, "a.test", 3),
+        settings={**ADDON, **(settings or {})},
+        env={**gateway_env, **(env or {})},
+    )
+    assert failed_at_startup(result)
+    nothing_sent(sandbox, "a.test")
+    return result.output + result.log
 
 
 # -- 1. list-format gateways, never echoed ------------------------------------
@@ -125,19 +149,12 @@ def test_empty_enabled_means_on(
 def test_unclear_enabled_is_a_startup_error(
     sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
 ) -> None:
-    configure(sandbox, {"a.test": {}})
-    result = run_crawl(
-        tmp_path,
-        reactor="asyncio",
-        requests=urls(sandbox, "a.test", 3),
-        settings=ADDON,
-        env={**gateway_env, "JUSTPROXIES_ENABLED": "maybe"},
+    output = refused_at_startup(
+        sandbox, gateway_env, tmp_path, env={"JUSTPROXIES_ENABLED": "maybe"}
     )
-    assert failed_at_startup(result)
     assert "JUSTPROXIES_ENABLED (from the environment) must be true or false" in (
-        result.output + result.log
+        output
     )
-    nothing_sent(sandbox, "a.test")
 
 
 # -- 3, 4, 10. per-request meta -------------------------------------------------
@@ -154,6 +171,7 @@ def test_bad_meta_is_refused_never_direct_and_only_sent_requests_count(
         "direct-one": {"justproxies_direct": 1},
         "country": {"justproxies_country": "usa"},
         "session": {"justproxies_session": "has space"},
+        "session-bool": {"justproxies_session": True},  # no id: not session "True"
     }
     requests = [
         *[
@@ -178,7 +196,7 @@ def test_bad_meta_is_refused_never_direct_and_only_sent_requests_count(
         tmp_path, reactor=reactor, requests=requests, settings=ADDON, env=gateway_env
     )
     assert result.reason == "finished", result.output[-3000:]
-    assert result.statuses == {200: 4, None: 7}
+    assert result.statuses == {200: 4, None: 8}
     sent = {
         url.rsplit("?", 1)[1]: json.loads(o["body"])
         for url, o in result.outcomes.items()
@@ -191,7 +209,7 @@ def test_bad_meta_is_refused_never_direct_and_only_sent_requests_count(
         sum(s.get("direct", 0) for s in sandbox.client.stats()["sites"].values()) == 1
     )
     assert result.stats["justproxies/requests/proxied"] == 3
-    assert result.stats["justproxies/requests/refused_meta"] == 6
+    assert result.stats["justproxies/requests/refused_meta"] == 7
     assert result.stats["justproxies/requests/direct"] == 1
     assert result.stats.get("justproxies/requests/own_proxy", 0) == 0
     errors = [line for line in result.log.splitlines() if "not sent: meta[" in line]
@@ -557,3 +575,45 @@ def test_non_ascii_password_needs_the_gateways_encoding(
     assert leaked(result, UNICODE_USER, UNICODE_PASSWORD) == []
     latin1 = base64.b64encode(f"{UNICODE_USER}:{UNICODE_PASSWORD}".encode("latin-1"))
     assert latin1.decode() not in result.everything_written()
+
+
+@pytest.mark.parametrize(
+    "groups",
+    [
+        {"": ["a.test"]},
+        {"a.test": [""]},
+        {"a.test": ["b.test "]},
+        {"a.test": ["cdn b.test"]},
+        '{"a.test": "b.test"}',
+    ],
+)
+def test_slot_groups_with_names_no_request_can_have_are_refused(groups: Any) -> None:
+    with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_SLOT_GROUPS"):
+        ThrottleConfig.from_settings(Settings({"JUSTPROXIES_SLOT_GROUPS": groups}), {})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "gw.example.net:8080:alice:12345",
+        "alice:12345:gw.example.net:8080",  # was host "alice", port 12345 (printed)
+        "127.0.0.1:8080:alice:12345",
+        "alice:12345:127.0.0.1:8080",
+        "localhost:8080:alice:12345",
+        "alice:12345:localhost:8080",
+    ],
+)
+def test_list_format_with_a_numeric_password_is_split_the_right_way(
+    value: str,
+) -> None:
+    config = Config.from_settings(Settings(), {"JUSTPROXIES_GATEWAY": value})
+    assert config.gateway is not None
+    assert config.gateway.port == 8080
+    assert (config.user, config.password.reveal()) == ("alice", "12345")
+
+
+def test_list_format_that_reads_both_ways_is_refused_without_echo() -> None:
+    # Neither "gw" nor "alice" looks more like a host than the other.
+    with pytest.raises(JustProxiesConfigError, match="either way") as info:
+        Config.from_settings(Settings(), {"JUSTPROXIES_GATEWAY": "gw:8080:alice:12345"})
+    assert "12345" not in str(info.value) and "alice" not in str(info.value)

@@ -3,6 +3,7 @@ and a real crawl's report opened in headless Chromium as a person would."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import struct
@@ -18,6 +19,7 @@ import pytest
 from scrapy_justproxies.report import CHARTED_DOMAINS
 from scrapy_justproxies.sandbox.crawl import run_crawl
 from tests.test_crawl import ADDON, configure
+from tests.test_hostile_inputs import refused_at_startup
 from tests.trace_gen import write_synthetic_trace
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -71,16 +73,11 @@ def test_cli_renders_an_hour_over_20_domains(tmp_path: Path) -> None:
 def test_a_report_in_a_missing_folder_stops_the_crawl_at_start(
     sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
 ) -> None:
-    configure(sandbox, {"a.test": {}})
-    result = run_crawl(
-        tmp_path,
-        reactor="asyncio",
-        requests=[{"url": f"http://a.test:{sandbox.site_http_port}/item/1"}],
-        settings={**ADDON, "JUSTPROXIES_REPORT": str(tmp_path / "no" / "r.html")},
-        env=gateway_env,
+    report = str(tmp_path / "no" / "r.html")
+    output = refused_at_startup(
+        sandbox, gateway_env, tmp_path, settings={"JUSTPROXIES_REPORT": report}
     )
-    assert "JUSTPROXIES_REPORT: the folder" in result.output + result.log
-    assert sandbox.client.stats()["gateway"]["requests"] == 0
+    assert "JUSTPROXIES_REPORT: the folder" in output
 
 
 def test_cli_renders_a_trace_cut_short(tmp_path: Path) -> None:
@@ -109,6 +106,96 @@ def test_cli_refuses_what_is_not_a_trace(
     assert done.returncode == 1
     assert message in done.stderr
     assert not (tmp_path / "report.html").exists()
+
+
+HEADER = (
+    '{"type":"header","format":1,"plugin":"x","scrapy":"x","spider":"s",'
+    '"started":1700000000,"pool":null,"gateway":null,"price_per_gb":8,"settings":{}}'
+)
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        b'{"type":"domain","t":1,"domain":"caf\xe9","ok":1}\n',  # latin-1 byte
+        b'{"type":"domain","t":1,"ok":1}\n',  # no domain
+        b'{"type":"domain","t":1,"domain":"a","ok":"5"}\n',
+        b'{"type":"domain","t":NaN,"domain":"a","ok":5}\n',
+        b'{"type":"domain","t":1e400,"domain":"a","ok":5}\n',
+        b'{"type":"domain","t":"1","domain":"a","ok":5}\n',
+        b'{"type":"domain","t":1,"domain":"a","ok":5,"limit":"x"}\n',
+        b'{"type":"decision","t":1,"domain":"a","old":1,"new":2,"reason":"x"}\n',
+        b'{"type":"decision","t":1,"domain":"a","old":null,"new":2,"reason":"x",'
+        b'"evidence":{}}\n',
+        b'{"type":"end","t":1,"reason":{"a":1}}\n',
+    ],
+)
+def test_cli_refuses_a_broken_trace_with_one_line(
+    tmp_path: Path, records: bytes
+) -> None:
+    trace = tmp_path / "trace.jsonl"
+    trace.write_bytes(HEADER.encode() + b"\n" + records + b'{"type":"end"}\n')
+    done = render(trace, tmp_path / "report.html")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"error: {trace}"), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        '{"type":"header","started":1e20}',
+        '{"type":"header","started":"yesterday"}',
+        '{"type":"header","price_per_gb":"8"}',
+        '{"type":"header","price_per_gb":-1}',
+        '{"type":"header","settings":[1]}',
+    ],
+)
+def test_cli_refuses_a_broken_header(tmp_path: Path, header: str) -> None:
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text(header + "\n")
+    done = render(trace, tmp_path / "report.html")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "header" in done.stderr
+
+
+def test_cli_never_writes_the_report_over_its_trace(tmp_path: Path) -> None:
+    trace = tmp_path / "crawl.html"  # the default output: the trace's name .html
+    write_synthetic_trace(trace, seconds=5, domains=1)
+    before = trace.read_bytes()
+    for output in ([], ["-o", str(trace)]):
+        done = subprocess.run(
+            [sys.executable, "-m", "scrapy_justproxies.report", str(trace), *output],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        assert "is the trace itself" in done.stderr
+        assert trace.read_bytes() == before
+
+
+def test_hostile_names_are_text_in_the_report(tmp_path: Path) -> None:
+    """A site picks its hostnames and paths; a spider its name and slots."""
+    evil = "</svg><script>alert(1)</script>\"'><img src=x onerror=alert(2)>"
+    records = [
+        {**json.loads(HEADER), "spider": evil, "settings": {evil: evil}},
+        {"type": "domain", "t": 1, "domain": evil, "ok": 3, "429": 1, "limit": 4},
+        {"type": "domain", "t": 2, "domain": "a\udcff", "ok": 1},  # a lone surrogate
+        {
+            "type": "decision", "t": 1.5, "domain": evil, "old": 4, "new": 2,
+            "reason": evil, "evidence": {"answers": 4, "429": 2},
+        },
+        {"type": "end", "t": 2, "reason": evil},
+    ]  # fmt: skip
+    trace, output = tmp_path / "trace.jsonl", tmp_path / "report.html"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in records))
+    done = render(trace, output)
+    assert done.returncode == 0, done.stderr
+    html = output.read_text(encoding="utf-8")
+    assert "<script>alert" not in html and "<img" not in html
+    assert html.count("<script>") == 1 and html.count("</svg>") == 2
+    assert "&lt;/svg&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
 # -- in a browser --------------------------------------------------------------
@@ -265,3 +352,101 @@ def test_a_real_crawls_report_in_headless_chromium(
             for p in pixels
         )
         assert near > 20, f"#{color} is not drawn"
+
+
+@pytest.mark.crawl
+def test_a_report_that_cannot_be_written_at_close_keeps_the_trace(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    # /proc takes no new files, even from root (a full disk at close is alike).
+    configure(sandbox, {"a.test": {}})
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=[{"url": f"http://a.test:{sandbox.site_http_port}/item/1"}],
+        settings={**ADDON, "JUSTPROXIES_REPORT": "/proc/justproxies-report.html"},
+        env=gateway_env,
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    assert "Traceback" not in result.log
+    kept = re.search(
+        r"JUSTPROXIES_REPORT: cannot write '/proc/justproxies-report.html' \(.+\); "
+        r"the trace is kept at (\S+): render it with python -m "
+        r"scrapy_justproxies.report",
+        result.log,
+    )
+    assert kept, result.log[-3000:]
+    trace = Path(kept.group(1))
+    try:
+        assert render(trace, tmp_path / "later.html").returncode == 0
+    finally:
+        trace.unlink()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI has it)")
+def test_a_domain_without_a_success_sorts_as_the_worst(tmp_path: Path) -> None:
+    """Its attempts per success are infinite; the browser must sort them so."""
+    seconds = [
+        ("few.test", 10, 5),
+        ("none.test", 0, 7),  # only 429s: no success at all
+        ("many.test", 10, 40),
+        ("some.test", 10, 10),
+    ]  # (domain, ok, 429); by cost: many, some, none, few
+    records = [json.loads(HEADER)] + [
+        {
+            "type": "domain", "t": 1, "domain": name, "ok": ok, "429": limited,
+            "sent": 100 * (ok + limited), "received": 100 * (ok + limited),
+        }
+        for name, ok, limited in seconds
+    ]  # fmt: skip
+    trace, report = tmp_path / "trace.jsonl", tmp_path / "report.html"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert render(trace, report).returncode == 0
+    dom = chromium(
+        "--dump-dom",
+        report.as_uri() + "#sort=attempts%20per%20success",
+        profile=tmp_path / "profile",
+    ).stdout
+    body = dom.split('<table id="domains">')[1].split("</table>", maxsplit=1)[0]
+    order = re.findall(r'<tr><td data-v="([^"]+)"', body)
+    assert order == ["none.test", "many.test", "some.test", "few.test"]
+
+
+@pytest.mark.crawl
+def test_by_hand_a_report_without_a_trace_leaves_no_temporary_file(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    """README: the trace extension by hand, without the add-on; a report from
+    a temporary trace, removed at close; per-domain cost stats."""
+    configure(sandbox, {"a.test": {}, "b.test": {}})
+    port = sandbox.site_http_port
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    report = tmp_path / "report.html"
+    result = run_crawl(
+        tmp_path,
+        reactor=reactor,
+        requests=[
+            {"url": f"http://{host}:{port}/item/{i}"}
+            for host in ("a.test", "b.test")
+            for i in range(1, 4)
+        ],
+        settings={
+            "LOG_LEVEL": "INFO",
+            "DOWNLOADER_MIDDLEWARES": {
+                "scrapy_justproxies.JustProxiesMiddleware": 745,
+                "scrapy_justproxies.middleware.JustProxiesScrubMiddleware": 950,
+            },
+            "EXTENSIONS": {"scrapy_justproxies.trace.JustProxiesTrace": 0},
+            "JUSTPROXIES_REPORT": str(report),
+            "JUSTPROXIES_PRICE_PER_GB": 10**6,  # costs of a few kB to 4 places
+        },
+        env={**gateway_env, "TMPDIR": str(temporary)},
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    html = report.read_text()
+    assert 'data-domain="a.test"' in html and 'data-domain="b.test"' in html
+    assert list(temporary.iterdir()) == []
+    for host in ("a.test", "b.test"):
+        size = result.stats[f"justproxies/bytes/{host}"]
+        assert result.stats[f"justproxies/cost/{host}"] == round(size / 1e3, 4) > 0

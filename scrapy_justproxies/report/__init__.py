@@ -18,7 +18,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, Final
 
-from ..billing import GB, cost
+from ..billing import GB, RECORD_KEYS, AnswerCounts, cost
 from .charts import GAP, LEFT, PANEL_H, RIGHT, Panel, legend, nice_max, svg_open
 
 CHARTED_DOMAINS: Final = 12
@@ -39,21 +39,34 @@ class TraceError(ValueError):
 
 
 def read_trace(path: Path) -> list[dict[str, Any]]:
-    """The trace's records; a last line cut short by a kill is left out."""
+    """The trace's records; a last line cut short by a kill is left out.
+
+    Every record is checked (:func:`_record_problem`): a trace is a file
+    anyone can hand over, and the report must fail with one clear line, not
+    somewhere in the charts.
+    """
     records: list[dict[str, Any]] = []
     with path.open(encoding="utf-8") as lines:
         pending_error: str | None = None
-        for number, line in enumerate(lines, 1):
-            if pending_error is not None:  # a bad line that was not the last
-                raise TraceError(pending_error)
-            try:
-                record = json.loads(line)
-            except ValueError:
-                pending_error = f"{path}:{number}: not a JSON line"
-                continue
-            if not isinstance(record, dict) or "type" not in record:
-                raise TraceError(f"{path}:{number}: not a trace record")
-            records.append(record)
+        try:
+            for number, line in enumerate(lines, 1):
+                if pending_error is not None:  # a bad line that was not the last
+                    raise TraceError(pending_error)
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    pending_error = f"{path}:{number}: not a JSON line"
+                    continue
+                if not records and not (
+                    isinstance(record, dict) and record.get("type") == "header"
+                ):
+                    break  # refused below: a trace starts with its header
+                problem = _record_problem(record)
+                if problem is not None:
+                    raise TraceError(f"{path}:{number}: {problem}")
+                records.append(record)
+        except UnicodeDecodeError:
+            raise TraceError(f"{path}: not UTF-8 text, not a trace") from None
     if not records or records[0].get("type") != "header":
         raise TraceError(
             f"{path} does not start with a JustProxies trace header "
@@ -62,16 +75,73 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+# The counts the report adds up, by record type (whole, not negative).
+_COUNTS: Final = {
+    "domain": (*RECORD_KEYS.values(), "in_flight"),
+    "decision": ("old", "new"),
+}
+_LATEST_TIMESTAMP: Final = 32503680000  # 3000-01-01, in datetime's range
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with one trace record for the report, or None."""
+    if not isinstance(record, dict) or not isinstance(record.get("type"), str):
+        return "not a trace record"
+    kind = record["type"]
+    if "t" in record and not (_is_number(record["t"]) and record["t"] >= 0):
+        return f"{kind} record: 't' must be seconds (a number), not {record['t']!r}"
+    if kind == "header":
+        return _header_problem(record)
+    if kind in ("end", "decision") and not isinstance(record.get("reason", ""), str):
+        return f"{kind} record: 'reason' must be a string"
+    if kind in _COUNTS:
+        return _drawn_problem(kind, record)
+    return None  # end, or a record type of a later format: not drawn
+
+
+def _drawn_problem(kind: str, record: dict[str, Any]) -> str | None:
+    """A domain's second or a limit decision: what the charts need."""
+    if not isinstance(record.get("domain"), str) or "t" not in record:
+        return f"{kind} record: it needs 'domain' (a string) and 't'"
+    bad = [name for name in _COUNTS[kind] if not _is_count(record.get(name, 0))]
+    if kind == "domain" and record.get("limit") is not None:
+        bad += [] if _is_count(record["limit"]) else ["limit"]
+    if kind == "decision":
+        evidence = record.get("evidence")
+        if not isinstance(evidence, dict):
+            return "decision record: 'evidence' must be an object"
+        bad += [k for k in ("answers", "429") if not _is_count(evidence.get(k, 0))]
+    if bad:
+        return f"{kind} record: {', '.join(bad)} must be whole numbers >= 0"
+    return None
+
+
+def _header_problem(header: dict[str, Any]) -> str | None:
+    started, price = header.get("started", 0), header.get("price_per_gb")
+    if not (_is_number(started) and 0 <= started <= _LATEST_TIMESTAMP):
+        return f"header: 'started' must be a Unix time, not {started!r}"
+    if price is not None and not (_is_number(price) and price >= 0):
+        return f"header: 'price_per_gb' must be a number, not {price!r}"
+    if not isinstance(header.get("settings", {}), dict):
+        return "header: 'settings' must be an object"
+    return None
+
+
 @dataclass
-class DomainSummary:
-    name: str
-    ok: int = 0
-    rate_limited: int = 0
-    error: int = 0
-    gateway: int = 0
-    sent: int = 0
-    received: int = 0
-    rate_limited_bytes: int = 0
+class DomainSummary(AnswerCounts):
+    name: str = ""
     seconds: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
 
@@ -102,18 +172,12 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, DomainSummary]:
         name = str(record["domain"])
         domain = domains.get(name)
         if domain is None:
-            domain = domains[name] = DomainSummary(name)
+            domain = domains[name] = DomainSummary(name=name)
         if kind == "decision":
             domain.decisions.append(record)
             continue
         domain.seconds.append(record)
-        domain.ok += record.get("ok", 0)
-        domain.rate_limited += record.get("429", 0)
-        domain.error += record.get("error", 0)
-        domain.gateway += record.get("gateway", 0)
-        domain.sent += record.get("sent", 0)
-        domain.received += record.get("received", 0)
-        domain.rate_limited_bytes += record.get("bytes_429", 0)
+        domain.add_record(record)
     return domains
 
 
@@ -253,7 +317,8 @@ def _table(domains: list[DomainSummary], price: float | None) -> str:
             (d.ok, f"{d.ok:,}"),
             (d.rate_limited, f"{d.rate_limited:,}"),
             (d.share_429, f"{d.share_429:.1%}"),
-            (aps if aps is not None else math.inf, f"{aps:.2f}" if aps else "–"),
+            # JavaScript's parseFloat reads "Infinity", not Python's "inf".
+            (aps if aps is not None else "Infinity", f"{aps:.2f}" if aps else "–"),
             (d.bytes, _size(d.bytes)),
             (d.rate_limited_bytes, _size(d.rate_limited_bytes)),
         ]
@@ -380,4 +445,12 @@ def render_report(records: list[dict[str, Any]]) -> str:
 
 
 def write_report(trace: Path, output: Path) -> None:
-    output.write_text(render_report(read_trace(trace)), encoding="utf-8")
+    """Render ``trace`` into ``output``; never over the trace itself."""
+    if output.resolve() == trace.resolve():
+        raise TraceError(
+            f"{output} is the trace itself; write the report to another file (-o)"
+        )
+    html = render_report(read_trace(trace))
+    # A name is whatever a site or spider chose; a lone surrogate must not
+    # cost the whole report.
+    output.write_text(html, encoding="utf-8", errors="replace")
