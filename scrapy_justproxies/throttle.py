@@ -30,6 +30,7 @@ from .config import (
     Config,
     JustProxiesConfigError,
     LearningConfig,
+    SharedStateConfig,
     ThrottleConfig,
 )
 from .controller import (
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     from scrapy import Request, Spider
     from scrapy.crawler import Crawler
     from scrapy.http import Response
+
+    from .shared import SharedBudgets
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +118,8 @@ class JustProxiesThrottle:
         self.wall_clock = wall_clock
         self._warm = self._load_state()
         self._last_save = -float("inf")
+        # Issue 11: the site's budget shared with other processes (Redis).
+        self.shared: SharedBudgets | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> JustProxiesThrottle:
@@ -146,6 +151,18 @@ class JustProxiesThrottle:
             raise JustProxiesConfigError(f"{name}: {exc}") from None
         learning = LearningConfig.from_settings(settings, os.environ)
         extension = cls(crawler, throttle, controller_settings, learning=learning)
+        shared_config = SharedStateConfig.from_settings(settings, os.environ)
+        if shared_config.enabled:
+            from .shared import SharedBudgets  # noqa: PLC0415 - redis is optional
+
+            extension.shared = SharedBudgets.from_crawler(
+                crawler,
+                shared_config,
+                extension.guard,
+                lambda key: extension._domain(key).controller.limit,
+                tolerated_share=throttle.tolerated_share,
+                budget_ttl=learning.max_age,
+            )
         crawler.signals.connect(extension._answered, signals.response_downloaded)
         crawler.signals.connect(extension._left, signals.request_left_downloader)
         crawler.signals.connect(extension._closed, signals.spider_closed)
@@ -172,7 +189,12 @@ class JustProxiesThrottle:
         if key in self.pinned:
             return None
         # A slot Scrapy garbage-collected and made again keeps its limit.
-        return self._domain(key).controller.limit
+        return self._effective(key, self._domain(key).controller.limit)
+
+    def _effective(self, key: str, limit: int) -> int:
+        """Issue 11 hook: the slot's share of a budget shared with other
+        processes, when there is one; else its own controller's limit."""
+        return self.shared.effective(key, limit) if self.shared else limit
 
     def _sent(self, key: str, request: Request, in_flight: int) -> None:
         if key in self.pinned:
@@ -197,6 +219,13 @@ class JustProxiesThrottle:
         domain = self._domain(key)
         domain.controller.record(ticket, outcome, now)
         if outcome is not Outcome.IGNORED:
+            if self.shared is not None:  # issue 11: pooled with other processes
+                self.shared.record(
+                    key,
+                    rate_limited=outcome is Outcome.RATE_LIMITED,
+                    ok=outcome is Outcome.OK,
+                    seconds=now - ticket.sent_at,
+                )
             domain.answers += 1
             self._inc_stat(f"justproxies/answers/{key}")
         if outcome is Outcome.RATE_LIMITED:
@@ -211,7 +240,7 @@ class JustProxiesThrottle:
     # -- decisions out -------------------------------------------------------
 
     def _apply(self, key: str, domain: _Domain, decision: Decision, now: float) -> None:
-        self.guard.set_concurrency(key, decision.new_limit)
+        self.guard.set_concurrency(key, self._effective(key, decision.new_limit))
         domain.peak = max(domain.peak, decision.new_limit)
         domain.changes[decision.reason] += 1
         self._set_stat(f"justproxies/limit/{key}", decision.new_limit)
