@@ -553,7 +553,7 @@ class _BeatResult:
     left: bool = False
 
 
-@dataclass
+@dataclass(repr=False)
 class SharedBudgets:
     """Scrapy glue: made by the throttle when ``JUSTPROXIES_SHARED_STATE`` is
     set. The throttle asks :meth:`effective` for each slot's limit and tells
@@ -623,6 +623,9 @@ class SharedBudgets:
         )  # fmt: skip
         return shared
 
+    def __repr__(self) -> str:
+        return f"SharedBudgets({self.config.url}, process={self.process!r})"
+
     # -- hooks for the throttle --------------------------------------------------
 
     def effective(self, key: str, local: int) -> int:
@@ -652,9 +655,8 @@ class SharedBudgets:
 
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="justproxies-shared")
         self._pool.start()
-        pool = self._pool
         # (zope interface stubs: mypy reads the first argument as self)
-        reactor.addSystemEventTrigger("during", "shutdown", pool.stop)  # type: ignore[arg-type]
+        reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool)  # type: ignore[arg-type]
         self._loop = LoopingCall(self._beat)
         self._loop.start(self.policy.beat_seconds, now=False)
 
@@ -791,9 +793,10 @@ class SharedBudgets:
 
     # -- close ---------------------------------------------------------------------
 
-    def _stop(self) -> Deferred[None] | None:
+    async def _stop(self) -> None:
         """Stop beating and give the leases back, so the others take the
         shares at once rather than after a lease time."""
+        from scrapy.utils.defer import maybe_deferred_to_future  # noqa: PLC0415
         from twisted.internet import reactor  # noqa: PLC0415
         from twisted.internet.threads import deferToThreadPool  # noqa: PLC0415
 
@@ -801,8 +804,8 @@ class SharedBudgets:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         pool = self._pool
-        if pool is None:
-            return None
+        if pool is None or pool.joined:
+            return
         leased = [key for key, site in self.sites.items() if site.leased]
 
         def leave_all() -> None:
@@ -810,13 +813,15 @@ class SharedBudgets:
                 self._leave_io(key)
             self.store.close()
 
-        d: Deferred[None] = deferToThreadPool(
-            reactor,
-            pool,
-            leave_all,
-        )
-        d.addBoth(lambda _: pool.stop())
-        return d
+        d: Deferred[None] = deferToThreadPool(reactor, pool, leave_all)
+        try:
+            await maybe_deferred_to_future(d)
+        finally:
+            self._stop_pool()
+
+    def _stop_pool(self) -> None:
+        if self._pool is not None and not self._pool.joined:
+            self._pool.stop()
 
     # -- helpers ---------------------------------------------------------------------
 

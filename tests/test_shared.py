@@ -316,6 +316,8 @@ def assert_all_fetched(results: list[CrawlResult], per_process: int) -> None:
     for result in results:
         assert result.reason == "finished", result.output[-3000:]
         assert result.statuses == {200: per_process}, result.statuses
+        # (the stats are taken before the last spider_closed handlers run)
+        assert "] ERROR:" not in result.log, result.log[-3000:]
 
 
 def assert_no_redis_secret(results: list[CrawlResult], server: RedisServer) -> None:
