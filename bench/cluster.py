@@ -103,8 +103,12 @@ def run_one(
     started = time.monotonic()
     killed_at = outage = None
     killed = False
+    finished: dict[int, float] = {}
     while any(c.process.poll() is None for c in crawls):
         elapsed = time.monotonic() - started
+        for index, crawl in enumerate(crawls):
+            if index not in finished and crawl.process.poll() is not None:
+                finished[index] = elapsed
         if scenario.kill_at is not None and not killed and elapsed >= scenario.kill_at:
             os.kill(crawls[0].process.pid, signal.SIGKILL)
             killed, killed_at = True, sandbox.client.stats()["elapsed"]
@@ -120,6 +124,8 @@ def run_one(
             break
         time.sleep(0.1)
     results = [c.wait(60) for c in crawls]
+    end = time.monotonic() - started
+    walls_by_index = [finished.get(i, end) for i in range(n)]
     after = commandstats(redis) if redis.ping() else before
     stats = sandbox.client.stats()
     site = stats["sites"].get(host, {})
@@ -127,7 +133,8 @@ def run_one(
     rate = scenario.site.rate or 0.0
     survivors = results[1:] if killed else results
     lost = sum(scenario.urls_per_process - r.statuses.get(200, 0) for r in survivors)
-    walls = [r.wall_seconds for r in survivors]
+    # When each process exited, from the common start (to 0.1 s).
+    walls = walls_by_index[1:] if killed else walls_by_index
     span = metrics.active_span(series)
     record: dict[str, Any] = {
         "variant": variant,
@@ -167,7 +174,7 @@ def run_one(
             r.log.count("is unreachable") for r in results
         ]
         record["rejoined"] = ["reachable again" in r.log for r in results]
-    if variant == SHARED:
+    if variant == SHARED and outage is None:  # a restart resets the counters
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         seconds = sum(walls) or 1.0
         record["redis_round_trips_per_process_s"] = round(
@@ -204,7 +211,10 @@ def summary(name: str, record: dict[str, Any]) -> str:
         for k in keys
         if k in record
     )
-    return f"{name} [{record['variant']}]: {shown}; walls {record['wall_seconds']}"
+    return (
+        f"{name} [{record['variant']}]: {shown}; finished at "
+        f"{record['wall_seconds']} s; close reasons {record['reasons']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -459,7 +459,9 @@ class ClusterScenario:
     @property
     def timeout(self) -> float:
         rate = self.site.rate or 50.0
-        return _timeout(self.processes * self.urls_per_process / rate)
+        # An outage or a kill may slow the crawl: the bound is not the target.
+        extra = 30.0 if self.kill_at or self.redis_outage else 0.0
+        return _timeout(self.processes * self.urls_per_process / rate) + extra
 
 
 def build_cluster_scenarios(quick: bool = False) -> list[ClusterScenario]:

@@ -104,6 +104,9 @@ class SharedPolicy:
     tolerated_share: float = 0.02
     keep_seconds: int = 30
     """Buckets older than this are dropped."""
+    slow_start_gain: float = 1.5
+    """A cold site's budget grows by this factor per clean, used window until
+    its 429s first climb."""
     rotate_seconds: float = 5.0
     """The remainder of an uneven split moves on to the next process this
     often, so processes with the same work finish together."""
@@ -150,14 +153,16 @@ class Report:
     """The share it applies now (0: none yet)."""
     demand: int
     """Requests it has for the site: queued in the slot or in flight."""
+    total: int = 0
+    """The site's budget it last knew (0: none), to re-seed an empty Redis."""
 
     def encode(self) -> str:
-        return f"{self.limit},{self.share},{self.demand}"
+        return f"{self.limit},{self.share},{self.demand},{self.total}"
 
     @classmethod
     def decode(cls, text: str) -> Report:
-        limit, share, demand = (int(part) for part in text.split(","))
-        return cls(limit, share, demand)
+        limit, share, demand, total = (int(part) for part in text.split(","))
+        return cls(limit, share, demand, total)
 
 
 @dataclass(frozen=True)
@@ -295,12 +300,18 @@ def next_budget(  # noqa: PLR0911 - one return per rule
     if _climbing(recent, policy):
         return _cut(current, recent, span, reports, now)
     if current is None:
-        # Redis came back empty while the processes still hold shares:
-        # start again from what they use.
-        if any(r.share for r in reports):
-            total = sum(r.share or r.limit for r in reports)
-            return Budget(total=max(1, total), changed_at=now)
-        return None
+        if not reports:
+            return None
+        known = max(r.total for r in reports)
+        if known:
+            # Redis came back empty while the processes still know the
+            # budget (the first to rejoin cannot tell how many will follow):
+            # start again from it, settled.
+            return Budget(total=known, changed_at=now, overload=known + 1)
+        # A cold site: start where one process's own controller is (not at
+        # the sum of all of theirs, which would overshoot N times) and grow
+        # from there as one.
+        return Budget(total=max(r.limit for r in reports), changed_at=now)
     demand = sum(r.demand for r in reports)
     if demand < current.total:
         return None  # not used: says nothing about more
@@ -308,6 +319,13 @@ def next_budget(  # noqa: PLR0911 - one return per rule
     if clean.answers < policy.min_samples or not _clean(clean, policy):
         return None
     waited = now - current.changed_at
+    if current.overload is None and current.rate is None:
+        # Never climbed yet (slow start, shared): half again per clean,
+        # used window until the 429s climb.
+        total = max(
+            current.total + 1, math.ceil(current.total * policy.slow_start_gain)
+        )
+        return replace(current, total=total, changed_at=now)
     if (
         current.overload is not None
         and current.total + 1 < current.overload
@@ -679,7 +697,10 @@ class SharedBudgets:
                     self._dispatch(key, site, self._leave_io, key)
                 continue
             report = Report(
-                limit=self.local_limit(key), share=site.share or 0, demand=demand
+                limit=self.local_limit(key),
+                share=site.share or 0,
+                demand=demand,
+                total=site.total or 0,
             )
             site.leased = True
             self._dispatch(key, site, self._beat_io, key, report, counts)

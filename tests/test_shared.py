@@ -87,16 +87,27 @@ def test_a_pooled_climb_cuts_the_total_to_what_the_site_admitted() -> None:
     assert budget.answer_time == pytest.approx(0.2)
 
 
-def test_no_budget_and_no_climb_leaves_every_process_to_itself() -> None:
-    reports = [Report(limit=4, share=0, demand=16)] * 3
+def test_a_cold_site_starts_as_one_process_and_grows_as_one() -> None:
+    """Three processes in slow start: the budget starts where one of them is,
+    not at the sum (three slow starts at once overshoot three times)."""
+    reports = [Report(limit=4, share=0, demand=16), Report(6, 0, 16)] * 2
     clean = _steady(96, 100, ok=50, limited=0, ms=200)
-    assert next_budget(None, clean, reports, 100.3, POLICY) is None
+    seeded = next_budget(None, clean, reports, 100.3, POLICY)
+    assert seeded is not None
+    assert (seeded.total, seeded.overload, seeded.rate) == (6, None, None)
+    later = {**clean, **_steady(100, 103, ok=30, limited=0, ms=200)}
+    grown = next_budget(seeded, later, reports, 103.2, POLICY)
+    assert grown is not None and grown.total == 9
+    assert next_budget(None, clean, [], 100.3, POLICY) is None
 
 
-def test_a_redis_that_came_back_empty_is_seeded_from_the_shares() -> None:
-    reports = [Report(4, 4, 16), Report(3, 3, 16), Report(9, 0, 16)]
+def test_a_redis_that_came_back_empty_is_seeded_from_the_known_budget() -> None:
+    """The first process back alone re-seeds the whole budget it knew, not
+    its share: the others rejoin in the next second."""
+    reports = [Report(4, 4, 16, total=11)]
     budget = next_budget(None, {}, reports, 100.0, POLICY)
-    assert budget is not None and budget.total == 4 + 3 + 9
+    assert budget is not None
+    assert (budget.total, budget.overload) == (11, 12)  # settled, not growing
 
 
 def test_clean_and_used_the_total_is_probed_and_a_failed_probe_goes_back() -> None:
@@ -132,7 +143,7 @@ def test_budget_and_report_round_trip() -> None:
     budget = Budget(10, 123.5, 49.7, 0.21, 9, 12, version=3)
     assert Budget.decode({**budget.encode(), "version": "3"}) == budget
     assert Budget.decode({"total": "x"}) is None
-    assert Report.decode(Report(5, 4, 16).encode()) == Report(5, 4, 16)
+    assert Report.decode(Report(5, 4, 16, 12).encode()) == Report(5, 4, 16, 12)
 
 
 # -- settings --------------------------------------------------------------------
@@ -467,3 +478,65 @@ def test_unreachable_redis_not_required_warns_and_crawls_alone(
         assert "WARNING" in result.log and "cannot reach the shared state" in result.log
         assert result.stats["justproxies/shared/unreachable"] == 1
         assert "never-shown-pw" not in result.everything_written()
+
+
+@needs_redis_server
+def test_example_project_parts_share_one_budget(
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
+    """`scrapy crawl catalog -a part=i/n` in two processes, the Redis URL in
+    the environment, as README and `make demo-cluster` tell users."""
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    project = Path(__file__).resolve().parent.parent / "example_project"
+    configure(sandbox, {"shop.test": {"pages": 6, "rate": 30, "burst": 6}})
+    start_url = f"https://shop.test:{sandbox.site_https_port}/catalog/{{page}}"
+    crawls = []
+    command = [sys.executable, "-m", "scrapy", "crawl", "catalog"]
+    for index in (1, 2):
+        env = {
+            "PATH": "/usr/bin:/bin",
+            **gateway_env,
+            "JUSTPROXIES_SHARED_STATE": redis_server.url,
+            "JUSTPROXIES_STATE_FILE": "None",
+            "CATALOG_STATS_FILE": str(tmp_path / f"stats{index}.json"),
+        }
+        arguments = [
+            "-a", f"start_url={start_url}", "-a", "pages=6", "-a", f"part={index}/2",
+            "-O", str(tmp_path / f"items{index}.jsonl"),
+            "-s", f"LOG_FILE={tmp_path / f'crawl{index}.log'}",
+        ]  # fmt: skip
+        crawls.append(
+            subprocess.Popen(
+                [*command, *arguments],
+                cwd=project,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = [crawl.communicate(timeout=180) for crawl in crawls]
+    assert [crawl.returncode for crawl in crawls] == [0, 0], outputs
+    items = [
+        {
+            json.loads(line)["url"]
+            for line in (tmp_path / f"items{i}.jsonl").read_text().splitlines()
+        }
+        for i in (1, 2)
+    ]
+    assert items[0] and items[1] and not items[0] & items[1]
+    assert len(items[0] | items[1]) == 60  # 6 listing pages of 10 items
+    for index in (1, 2):
+        stats = json.loads((tmp_path / f"stats{index}.json").read_text())
+        assert stats["justproxies/shared/heartbeats"] > 0
+        log = (tmp_path / f"crawl{index}.log").read_text()
+        assert "budgets shared through redis://:***@127.0.0.1" in log
+        for text in (log, *outputs[index - 1]):
+            assert redis_server.password not in text
+            assert sandbox.password not in text
