@@ -400,13 +400,16 @@ if a > 0 then
   end
   redis.call('HSET', KEYS[3], tostring(sec), a .. ',' .. l .. ',' .. o .. ',' .. ms)
 end
-local keep = tonumber(ARGV[5])
-if redis.call('HLEN', KEYS[3]) > keep + 5 then
-  for _, f in ipairs(redis.call('HKEYS', KEYS[3])) do
-    if tonumber(f) < sec - keep then redis.call('HDEL', KEYS[3], f) end
+-- Housekeeping every 5th second only (keys live a minute past the last beat).
+if sec % 5 == 0 then
+  local keep = tonumber(ARGV[5])
+  if redis.call('HLEN', KEYS[3]) > keep + 5 then
+    for _, f in ipairs(redis.call('HKEYS', KEYS[3])) do
+      if tonumber(f) < sec - keep then redis.call('HDEL', KEYS[3], f) end
+    end
   end
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
 end
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
 local live = redis.call('ZRANGE', KEYS[1], 0, -1)
 return {tostring(now_ms), live, redis.call('HMGET', KEYS[2], unpack(live)),
         redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}
