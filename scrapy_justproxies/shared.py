@@ -104,7 +104,7 @@ class SharedPolicy:
     tolerated_share: float = 0.02
     keep_seconds: int = 30
     """Buckets older than this are dropped."""
-    slow_start_gain: float = 1.5
+    slow_start_gain: float = 1.25
     """A cold site's budget grows by this factor per clean, used window until
     its 429s first climb."""
     rotate_seconds: float = 5.0
@@ -320,8 +320,10 @@ def next_budget(  # noqa: PLR0911 - one return per rule
         return None
     waited = now - current.changed_at
     if current.overload is None and current.rate is None:
-        # Never climbed yet (slow start, shared): half again per clean,
-        # used window until the 429s climb.
+        # Never climbed yet (slow start, shared): a quarter more per clean,
+        # used window with a full second of evidence, until the 429s climb.
+        if waited < policy.regrow_seconds:
+            return None
         total = max(
             current.total + 1, math.ceil(current.total * policy.slow_start_gain)
         )
@@ -588,6 +590,9 @@ class SharedBudgets:
     """The slot's own controller's limit (the throttle's)."""
     budget_ttl: float
     policy: SharedPolicy = field(default_factory=SharedPolicy)
+    take_over: Callable[[str, int], None] = lambda key, limit: None
+    """Called when Redis goes away, per site with a share: the slot's own
+    controller restarts from that share (the throttle's)."""
     process: str = field(
         default_factory=lambda: (
             f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -609,6 +614,7 @@ class SharedBudgets:
         *,
         tolerated_share: float,
         budget_ttl: float,
+        take_over: Callable[[str, int], None] | None = None,
     ) -> SharedBudgets:
         from scrapy import signals  # noqa: PLC0415
 
@@ -617,6 +623,8 @@ class SharedBudgets:
         shared = cls(
             crawler, config, store, guard, local_limit, budget_ttl, policy=policy
         )
+        if take_over is not None:
+            shared.take_over = take_over
         try:
             store.ping()
         except store.errors as exc:
@@ -651,11 +659,13 @@ class SharedBudgets:
 
     def effective(self, key: str, local: int) -> int:
         """The limit a slot gets: its share of the site's budget once there is
-        one (kept while Redis is away), else its own controller's."""
+        one, else its own controller's. While Redis is away, the last share
+        caps the slot and the process's own controller may take it lower:
+        nobody else is judging the site meanwhile."""
         site = self.sites.get(key)
         if site is None or site.share is None:
             return local
-        return site.share
+        return site.share if self.reachable else min(site.share, local)
 
     def record(self, key: str, rate_limited: bool, ok: bool, seconds: float) -> None:
         """One answer (not an ignored failure) on slot ``key``."""
@@ -780,6 +790,9 @@ class SharedBudgets:
             if self.reachable:
                 self.reachable = False
                 self._inc("justproxies/shared/unreachable")
+                for name, known in self.sites.items():
+                    if known.share is not None:
+                        self.take_over(name, known.share)
                 logger.warning(
                     "JustProxies: the shared state at %s is unreachable (%s); each "
                     "process keeps its last share and its own controller, and "

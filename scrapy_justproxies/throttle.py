@@ -39,6 +39,7 @@ from .controller import (
     Decision,
     DomainController,
     Learned,
+    LimitKind,
     Outcome,
     Reason,
     Ticket,
@@ -162,6 +163,7 @@ class JustProxiesThrottle:
                 lambda key: extension._domain(key).controller.limit,
                 tolerated_share=throttle.tolerated_share,
                 budget_ttl=learning.max_age,
+                take_over=extension._take_over,
             )
         crawler.signals.connect(extension._answered, signals.response_downloaded)
         crawler.signals.connect(extension._left, signals.request_left_downloader)
@@ -190,6 +192,16 @@ class JustProxiesThrottle:
             return None
         # A slot Scrapy garbage-collected and made again keeps its limit.
         return self._effective(key, self._domain(key).controller.limit)
+
+    def _take_over(self, key: str, limit: int) -> None:
+        """Issue 11 hook: the shared state went away; this slot's own
+        controller takes over from the share it had (the share stays a cap)."""
+        domain = self._domain(key)
+        now = self.clock()
+        start = Learned(limit, None, LimitKind.UNKNOWN, None, now, 0)
+        domain.controller = DomainController(
+            self.controller_settings, now, learned=start
+        )
 
     def _effective(self, key: str, limit: int) -> int:
         """Issue 11 hook: the slot's share of a budget shared with other

@@ -97,7 +97,7 @@ def test_a_cold_site_starts_as_one_process_and_grows_as_one() -> None:
     assert (seeded.total, seeded.overload, seeded.rate) == (6, None, None)
     later = {**clean, **_steady(100, 103, ok=30, limited=0, ms=200)}
     grown = next_budget(seeded, later, reports, 103.2, POLICY)
-    assert grown is not None and grown.total == 9
+    assert grown is not None and grown.total == 8
     assert next_budget(None, clean, [], 100.3, POLICY) is None
 
 
