@@ -309,9 +309,14 @@ def next_budget(  # noqa: PLR0911 - one return per rule
             # start again from it, settled.
             return Budget(total=known, changed_at=now, overload=known + 1)
         # A cold site: start where one process's own controller is (not at
-        # the sum of all of theirs, which would overshoot N times) and grow
-        # from there as one.
-        return Budget(total=max(r.limit for r in reports), changed_at=now)
+        # the sum of all of theirs, which would overshoot N times), or at
+        # what the site admits already if more (Little's law on the pooled
+        # clean answers: never above what it took), and grow from there as one.
+        seed = max(r.limit for r in reports)
+        if recent.ok and span:
+            admitted = recent.ok / span * (recent.ok_ms / recent.ok / 1000)
+            seed = max(seed, math.floor(admitted))
+        return Budget(total=seed, changed_at=now)
     demand = sum(r.demand for r in reports)
     if demand < current.total:
         return None  # not used: says nothing about more

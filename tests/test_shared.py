@@ -91,10 +91,13 @@ def test_a_cold_site_starts_as_one_process_and_grows_as_one() -> None:
     """Three processes in slow start: the budget starts where one of them is,
     not at the sum (three slow starts at once overshoot three times)."""
     reports = [Report(limit=4, share=0, demand=16), Report(6, 0, 16)] * 2
-    clean = _steady(96, 100, ok=50, limited=0, ms=200)
+    clean = _steady(96, 100, ok=20, limited=0, ms=200)  # 20/s x 0.2 s = 4
     seeded = next_budget(None, clean, reports, 100.3, POLICY)
     assert seeded is not None
     assert (seeded.total, seeded.overload, seeded.rate) == (6, None, None)
+    # Already admitted more than any one process's limit: start there.
+    busy = _steady(96, 100, ok=50, limited=0, ms=200)  # 50/s x 0.2 s = 10
+    assert next_budget(None, busy, reports, 100.3, POLICY) == Budget(10, 100.3)
     later = {**clean, **_steady(100, 103, ok=30, limited=0, ms=200)}
     grown = next_budget(seeded, later, reports, 103.2, POLICY)
     assert grown is not None and grown.total == 8
