@@ -4,10 +4,11 @@ VENV ?= .venv
 VENV_OLDEST ?= .venv-oldest
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-newest test-oldest lint typecheck bench clean
+.PHONY: help install demo demo-cluster test test-newest test-oldest lint typecheck bench clean
 
 help:
 	@echo "make demo   - set up, start the local sandbox, crawl the example project through it"
+	@echo "make demo-cluster - three crawl processes sharing one site budget through Redis"
 	@echo "make test   - lint, typecheck, the whole suite on the newest and the oldest Scrapy"
 	@echo "make bench  - the concurrency benchmark (not part of make test)"
 
@@ -27,6 +28,9 @@ install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/python example_project/demo.py
+
+demo-cluster: $(VENV)/.installed
+	$(VENV)/bin/python example_project/demo_cluster.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

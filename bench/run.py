@@ -9,6 +9,7 @@ site's per-second counters, the gateway's counters and the crawl's result.
     .venv/bin/python bench/run.py                  # everything (make bench)
     .venv/bin/python bench/run.py --quick          # fewer URLs, shorter runs
     .venv/bin/python bench/run.py --scenarios steady,drop --variants plugin,fixed-low
+    .venv/bin/python bench/run.py --cluster --out /tmp/x   # several processes (cluster.py)
 
 Writes bench/results/latest.md (also printed), latest.json (raw numbers and
 per-second series) and one <scenario>.svg chart per scenario; the crawls'
@@ -573,6 +574,14 @@ def render_only(out_dir: Path, update: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--cluster" in argv:
+        # Several crawl processes on one site, with and without a shared
+        # budget (issue 11): its own runner, see bench/cluster.py.
+        import cluster  # noqa: PLC0415
+
+        return cluster.main([a for a in argv if a != "--cluster"])
     args = parse_args(argv)
     if args.render_only:
         return render_only(args.out, args.update_docs)

@@ -674,3 +674,64 @@ def shift_metrics(
             ),
         }
     return out
+
+
+# -- several crawl processes on one site (issue 11; bench/cluster.py runs them) --
+
+LOCAL = "local"  # each process its own budgets (no JUSTPROXIES_SHARED_STATE)
+SHARED = "shared"  # one budget per site through Redis
+CLUSTER_VARIANTS = (LOCAL, SHARED)
+
+
+@dataclass(frozen=True)
+class ClusterScenario:
+    """Several crawl processes started together on one site."""
+
+    name: str
+    title: str
+    site: Site
+    processes: int = 3
+    urls_per_process: int = 600
+    variants: tuple[str, ...] = CLUSTER_VARIANTS
+    kill_at: float | None = None
+    """Seconds after the start: ``kill -9`` of the first process."""
+    redis_outage: tuple[float, float] | None = None
+    """(start, length) seconds: Redis stopped, then started again (empty)."""
+    pool: str = "residential"
+
+    @property
+    def timeout(self) -> float:
+        rate = self.site.rate or 50.0
+        # An outage or a kill may slow the crawl: the bound is not the target.
+        extra = 30.0 if self.kill_at or self.redis_outage else 0.0
+        return _timeout(self.processes * self.urls_per_process / rate) + extra
+
+
+def build_cluster_scenarios(quick: bool = False) -> list[ClusterScenario]:
+    """Three processes on one 50 req/s site: alone, one of them killed, and
+    Redis stopped for a while (the targets of issue 11)."""
+    per_process = 200 if quick else 600
+    site = Site("cluster.test", urls=3 * per_process, rate=50.0)
+    return [
+        ClusterScenario(
+            "cluster-3",
+            "3 processes, one 50 req/s site",
+            site,
+            urls_per_process=per_process,
+        ),
+        ClusterScenario(
+            "cluster-kill",
+            "3 processes, kill -9 of one after 12 s",
+            site,
+            urls_per_process=per_process,
+            kill_at=8.0 if quick else 12.0,
+        ),
+        ClusterScenario(
+            "cluster-redis-outage",
+            "3 processes, Redis stopped for 10 s",
+            site,
+            urls_per_process=per_process,
+            variants=(SHARED,),
+            redis_outage=(8.0, 5.0) if quick else (10.0, 10.0),
+        ),
+    ]

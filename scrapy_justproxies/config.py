@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from scrapy.settings import SETTINGS_PRIORITIES, BaseSettings
 
@@ -1157,3 +1157,98 @@ class LearningConfig:
             "JUSTPROXIES_THROTTLE_SLOW_START", int, default=4, minimum=0
         )
         return cls(state_file=state_file, max_age=max_age, slow_start=slow_start)
+
+
+# -- shared state: one budget per site for many crawl processes (issue 11) ----
+
+SHARED_STATE_SCHEMES: Final = ("redis", "rediss")
+
+
+@dataclass(frozen=True)
+class SharedStateConfig:
+    """Where the budgets shared by several crawl processes live (Redis).
+
+    ``url`` is None when ``JUSTPROXIES_SHARED_STATE`` is unset: every process
+    keeps its own budgets, as without this feature.
+    """
+
+    url: str | None = None
+    """The URL without its password (safe to log)."""
+    host: str = ""
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: Secret = field(default=Secret(""), repr=False)
+    tls: bool = False
+    required: bool = True
+    """Unreachable at start: a start-up error (True) or a warning (False)."""
+    prefix: str = "justproxies"
+    """Prefix of every Redis key, so separate fleets can share one Redis."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None
+
+    @classmethod
+    def from_settings(
+        cls, settings: BaseSettings, environ: Mapping[str, str]
+    ) -> SharedStateConfig:
+        reader = _Reader(settings, environ)
+        name = "JUSTPROXIES_SHARED_STATE"
+        value = reader.raw(name)
+        required = reader.bool("JUSTPROXIES_SHARED_STATE_REQUIRED", default=True)
+        prefix = reader.text("JUSTPROXIES_SHARED_STATE_PREFIX") or "justproxies"
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
+            raise JustProxiesConfigError(
+                f"{reader.where('JUSTPROXIES_SHARED_STATE_PREFIX')} must be 1-64 "
+                "letters, digits or _.:- characters, e.g. 'justproxies'."
+            )
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return cls(required=required, prefix=prefix)
+        fix = (
+            "Set it to redis://[:password@]host:port/db (rediss:// for TLS), "
+            "or leave it unset to keep each process's budgets to itself."
+        )
+        if not isinstance(value, str):
+            raise JustProxiesConfigError(f"{reader.where(name)} must be a URL. {fix}")
+        try:
+            parts = urlsplit(value.strip())
+            port = parts.port or 6379
+        except ValueError:
+            raise JustProxiesConfigError(
+                f"{reader.where(name)} is not a valid URL. {fix}"
+            ) from None
+        if parts.scheme not in SHARED_STATE_SCHEMES or not parts.hostname:
+            raise JustProxiesConfigError(
+                f"{reader.where(name)} must be a redis:// or rediss:// URL with a "
+                f"host. {fix}"
+            )
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            raise JustProxiesConfigError(
+                f"{reader.where(name)}: the database must be a number "
+                f"(redis://host:6379/0), not {path!r}. {fix}"
+            )
+        if parts.query or parts.fragment:
+            raise JustProxiesConfigError(
+                f"{reader.where(name)} takes no query or fragment. {fix}"
+            )
+        password = unquote(parts.password or "")
+        username = unquote(parts.username) if parts.username else None
+        host = parts.hostname
+        shown_host = f"[{host}]" if ":" in host else host
+        user_part = f"{username}:***@" if username else (":***@" if password else "")
+        if username and not password:
+            user_part = f"{username}@"
+        safe_url = f"{parts.scheme}://{user_part}{shown_host}:{port}/{int(path or 0)}"
+        return cls(
+            url=safe_url,
+            host=host,
+            port=port,
+            db=int(path or 0),
+            username=username,
+            password=Secret(password),
+            tls=parts.scheme == "rediss",
+            required=required,
+            prefix=prefix,
+        )

@@ -30,6 +30,7 @@ from .config import (
     Config,
     JustProxiesConfigError,
     LearningConfig,
+    SharedStateConfig,
     ThrottleConfig,
 )
 from .controller import (
@@ -38,6 +39,7 @@ from .controller import (
     Decision,
     DomainController,
     Learned,
+    LimitKind,
     Outcome,
     Reason,
     Ticket,
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
     from scrapy import Request, Spider
     from scrapy.crawler import Crawler
     from scrapy.http import Response
+
+    from .shared import SharedBudgets
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +123,8 @@ class JustProxiesThrottle:
         self.wall_clock = wall_clock
         self._warm = self._load_state()
         self._last_save = -float("inf")
+        # Issue 11: the site's budget shared with other processes (Redis).
+        self.shared: SharedBudgets | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> JustProxiesThrottle:
@@ -151,6 +157,19 @@ class JustProxiesThrottle:
             name = _SETTING_FOR_FIELD.get(exc.field, exc.field)
             raise JustProxiesConfigError(f"{name}: {exc}") from None
         extension = cls(crawler, throttle, controller_settings, learning=learning)
+        shared_config = SharedStateConfig.from_settings(settings, os.environ)
+        if shared_config.enabled:
+            from .shared import SharedBudgets  # noqa: PLC0415 - redis is optional
+
+            extension.shared = SharedBudgets.from_crawler(
+                crawler,
+                shared_config,
+                extension.guard,
+                lambda key: extension._domain(key).controller.limit,
+                tolerated_share=throttle.tolerated_share,
+                budget_ttl=learning.max_age,
+                take_over=extension._take_over,
+            )
         crawler.signals.connect(extension._answered, signals.response_downloaded)
         crawler.signals.connect(extension._left, signals.request_left_downloader)
         crawler.signals.connect(extension._closed, signals.spider_closed)
@@ -177,7 +196,22 @@ class JustProxiesThrottle:
         if key in self.pinned:
             return None
         # A slot Scrapy garbage-collected and made again keeps its limit.
-        return self._domain(key).controller.limit
+        return self._effective(key, self._domain(key).controller.limit)
+
+    def _take_over(self, key: str, limit: int) -> None:
+        """Issue 11 hook: the shared state went away; this slot's own
+        controller takes over from the share it had (the share stays a cap)."""
+        domain = self._domain(key)
+        now = self.clock()
+        start = Learned(limit, None, LimitKind.UNKNOWN, None, now, 0)
+        domain.controller = DomainController(
+            self.controller_settings, now, learned=start
+        )
+
+    def _effective(self, key: str, limit: int) -> int:
+        """Issue 11 hook: the slot's share of a budget shared with other
+        processes, when there is one; else its own controller's limit."""
+        return self.shared.effective(key, limit) if self.shared else limit
 
     def _pace_for(self, key: str) -> float | None:
         if key in self.pinned:
@@ -207,6 +241,13 @@ class JustProxiesThrottle:
         domain = self._domain(key)
         domain.controller.record(ticket, outcome, now)
         if outcome is not Outcome.IGNORED:
+            if self.shared is not None:  # issue 11: pooled with other processes
+                self.shared.record(
+                    key,
+                    rate_limited=outcome is Outcome.RATE_LIMITED,
+                    ok=outcome is Outcome.OK,
+                    seconds=now - ticket.sent_at,
+                )
             domain.answers += 1
             self._inc_stat(f"justproxies/answers/{key}")
         if outcome is Outcome.RATE_LIMITED:
@@ -223,7 +264,7 @@ class JustProxiesThrottle:
     # -- decisions out -------------------------------------------------------
 
     def _apply(self, key: str, domain: _Domain, decision: Decision, now: float) -> None:
-        self.guard.set_concurrency(key, decision.new_limit)
+        self.guard.set_concurrency(key, self._effective(key, decision.new_limit))
         for listener in self.decision_listeners:
             listener(key, decision, now)
         domain.peak = max(domain.peak, decision.new_limit)

@@ -29,6 +29,13 @@ DOWNLOAD_DELAY = 1
 # JUSTPROXIES_REPORT); set them here to get them on every crawl.
 JUSTPROXIES_PRICE_PER_GB = 8.0
 
+# Several crawl processes on the same sites (plain parallel `scrapy crawl`, or
+# scrapy-redis workers): one budget per site for all of them, kept in Redis.
+# Needs `pip install 'scrapy-justproxies[redis]'`; put the URL (and its
+# password) in the environment, not here:
+#   JUSTPROXIES_SHARED_STATE=redis://:password@127.0.0.1:6379/0 scrapy crawl catalog
+# `make demo-cluster` runs three processes that way.
+
 ROBOTSTXT_OBEY = True
 FEED_EXPORT_ENCODING = "utf-8"
 

@@ -123,3 +123,84 @@ def run_crawl(
         + (after.ru_stime - before.ru_stime),
         wall_seconds=wall_seconds,
     )
+
+
+@dataclass
+class RunningCrawl:
+    """A crawl started by :func:`start_crawl`: still running (or killed)."""
+
+    process: subprocess.Popen[str]
+    workdir: Path
+    started: float
+
+    def wait(self, timeout: float = 180) -> CrawlResult:
+        try:
+            stdout, stderr = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            stdout, stderr = self.process.communicate()
+        result_path = self.workdir / "result.json"
+        log_path = self.workdir / "crawl.log"
+        result: dict[str, Any] = (
+            json.loads(result_path.read_text()) if result_path.exists() else {}
+        )
+        return CrawlResult(
+            returncode=self.process.returncode,
+            reason=result.get("reason"),
+            stats=result.get("stats", {}),
+            outcomes=result.get("outcomes", {}),
+            log=log_path.read_text() if log_path.exists() else "",
+            output=stdout + stderr,
+            scrapy_version=result.get("scrapy_version", ""),
+            wall_seconds=time.monotonic() - self.started,
+        )
+
+
+def start_crawl(
+    workdir: Path,
+    *,
+    reactor: str,
+    requests: list[dict[str, Any]],
+    settings: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
+    log_level: str = "DEBUG",
+) -> RunningCrawl:
+    """Like :func:`run_crawl`, but returns at once: several crawls can run
+    side by side (one site's budget shared by many processes), and one can
+    be killed (``.process.kill()``). ``.wait()`` collects the result (no CPU
+    time: the children overlap)."""
+    if reactor not in REACTORS:
+        raise ValueError(f"reactor must be one of {REACTORS}")
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_path = workdir / "spec.json"
+    for stale in (workdir / "result.json", workdir / "crawl.log"):
+        stale.unlink(missing_ok=True)
+    spec_path.write_text(
+        json.dumps(
+            {
+                "reactor": reactor,
+                "requests": requests,
+                "settings": {"LOG_LEVEL": log_level, **(settings or {})},
+                "log_file": str(workdir / "crawl.log"),
+                "result_file": str(workdir / "result.json"),
+            }
+        )
+    )
+    child_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("JUSTPROXIES_")
+        and k.lower() not in {"http_proxy", "https_proxy", "all_proxy"}
+    }
+    child_env.update(env or {})
+    process = subprocess.Popen(  # noqa: S603 - our own child script
+        [python, str(CHILD), str(spec_path)],
+        env=child_env,
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return RunningCrawl(process, workdir, time.monotonic())

@@ -13,7 +13,11 @@ class CatalogSpider(scrapy.Spider):
     name = "catalog"
 
     def __init__(
-        self, start_url: str | None = None, pages: str | None = None, **kwargs: Any
+        self,
+        start_url: str | None = None,
+        pages: str | None = None,
+        part: str | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         # -a start_url=https://…/catalog/1 follows the "next" links one page
@@ -24,8 +28,16 @@ class CatalogSpider(scrapy.Spider):
             raise ValueError("pass the catalog to crawl: -a start_url=https://…")
         self.follow_next = pages is None
         count = int(pages or 1)
+        # -a part=2/3: this process crawls every third listing page from
+        # the second (several `scrapy crawl` processes on one catalog, their
+        # budget shared through JUSTPROXIES_SHARED_STATE; `make demo-cluster`).
+        index, of = (int(x) for x in (part or "1/1").split("/"))
+        if not 1 <= index <= of:
+            raise ValueError(f"part must be i/n with 1 <= i <= n, not {part!r}")
         self.start_urls = [
-            start_url.replace("{page}", str(n)) for n in range(1, count + 1)
+            start_url.replace("{page}", str(n))
+            for n in range(1, count + 1)
+            if (n - 1) % of == index - 1
         ]
 
     def parse(self, response: Response) -> Iterator[scrapy.Request]:

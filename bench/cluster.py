@@ -1,0 +1,251 @@
+"""Several crawl processes on one site, with and without a shared budget
+(issue 11): ``bench/run.py --cluster`` or ``python bench/cluster.py``.
+
+For each scenario of :func:`scenarios.build_cluster_scenarios` and each
+variant (``local``: every process its own budgets; ``shared``: one budget
+through Redis), one sandbox and one Debian ``redis-server`` on loopback,
+N real crawl processes started together. Measured from the site's
+per-second counters: the 429 share over the run (and in the Redis outage),
+the combined admitted rate from the 5th second, how far apart the processes
+finish, URLs lost, after a ``kill -9`` how soon the others reach 90% of the
+rate, and the Redis commands per process per second (``INFO commandstats``).
+
+    .venv/bin/python bench/cluster.py --out /tmp/bench-cluster [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import metrics
+from scenarios import (
+    SHARED,
+    ClusterScenario,
+    build_cluster_scenarios,
+    variant_spec,
+)
+
+from scrapy_justproxies.presets import PRESETS
+from scrapy_justproxies.sandbox import SandboxProcess, run_sandbox_process
+from scrapy_justproxies.sandbox.crawl import start_crawl
+from scrapy_justproxies.sandbox.redis_server import run_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def commandstats(redis: Any) -> dict[str, int]:
+    calls: dict[str, int] = {}
+    for name, value in redis.info("commandstats").items():
+        fields = dict(part.split("=") for part in value.split(","))
+        calls[name.removeprefix("cmdstat_")] = int(fields["calls"])
+    return calls
+
+
+def run_one(
+    sandbox: SandboxProcess,
+    redis: Any,
+    scenario: ClusterScenario,
+    variant: str,
+    workdir: Path,
+    python: str,
+) -> dict[str, Any]:
+    spec = variant_spec(
+        "plugin",
+        PRESETS[scenario.pool],
+        timeout=scenario.timeout,
+        gateway=sandbox.gateway,
+        user=sandbox.user,
+        password=sandbox.password,
+    )
+    settings = {**spec.settings, "JUSTPROXIES_STATE_FILE": None}
+    if variant == SHARED:
+        settings["JUSTPROXIES_SHARED_STATE"] = redis.url
+        # Each run starts from nothing, like the local variant.
+        settings["JUSTPROXIES_SHARED_STATE_PREFIX"] = f"bench-{time.time_ns()}"
+    host = scenario.site.host
+    sandbox.client.configure(
+        {
+            "gateway": {"users": {sandbox.user: sandbox.password}},
+            "sites": {host: scenario.site.policy()},
+        }
+    )
+    sandbox.client.reset()
+    before = commandstats(redis)
+    n = scenario.processes
+    crawls = []
+    for index in range(n):
+        urls = [
+            sandbox.site_url(host, f"/item/{index * scenario.urls_per_process + i}")
+            for i in range(1, scenario.urls_per_process + 1)
+        ]
+        crawls.append(
+            start_crawl(
+                workdir / f"{scenario.name}-{variant}-p{index}",
+                reactor="asyncio",
+                requests=[{"url": u} for u in urls],
+                settings=settings,
+                env=spec.env,
+                python=python,
+                log_level="INFO",
+            )
+        )
+    started = time.monotonic()
+    killed_at = outage = None
+    killed = False
+    finished: dict[int, float] = {}
+    while any(c.process.poll() is None for c in crawls):
+        elapsed = time.monotonic() - started
+        for index, crawl in enumerate(crawls):
+            if index not in finished and crawl.process.poll() is not None:
+                finished[index] = elapsed
+        if scenario.kill_at is not None and not killed and elapsed >= scenario.kill_at:
+            os.kill(crawls[0].process.pid, signal.SIGKILL)
+            killed, killed_at = True, sandbox.client.stats()["elapsed"]
+        if scenario.redis_outage is not None and variant == SHARED:
+            start, length = scenario.redis_outage
+            if outage is None and elapsed >= start:
+                redis.stop()
+                outage = [sandbox.client.stats()["elapsed"], None]
+            elif outage is not None and outage[1] is None and elapsed >= start + length:
+                redis.start()
+                outage[1] = sandbox.client.stats()["elapsed"]
+        if elapsed > scenario.timeout + 90:
+            break
+        time.sleep(0.1)
+    results = [c.wait(60) for c in crawls]
+    end = time.monotonic() - started
+    walls_by_index = [finished.get(i, end) for i in range(n)]
+    after = commandstats(redis) if redis.ping() else before
+    stats = sandbox.client.stats()
+    site = stats["sites"].get(host, {})
+    series = metrics.dense_series(site.get("per_second", []))
+    rate = scenario.site.rate or 0.0
+    survivors = results[1:] if killed else results
+    lost = sum(scenario.urls_per_process - r.statuses.get(200, 0) for r in survivors)
+    # When each process exited, from the common start (to 0.1 s).
+    walls = walls_by_index[1:] if killed else walls_by_index
+    span = metrics.active_span(series)
+    record: dict[str, Any] = {
+        "variant": variant,
+        "statuses": [r.statuses for r in results],
+        "reasons": [r.reason for r in results],
+        "admitted": site.get("admitted", 0),
+        "rate_limited": site.get("rate_limited", 0),
+        "share_429": metrics.share_429(
+            site.get("admitted", 0), site.get("rate_limited", 0)
+        ),
+        "lost": lost,
+        "wall_seconds": [round(w, 1) for w in walls],
+        "finish_spread": round((max(walls) - min(walls)) / max(walls), 3),
+        "series": [s.__dict__ for s in series],
+    }
+    if span is not None:
+        first, last = span
+        # From the 5th second to the last full second any process ran.
+        steady = metrics.window(series, first + 4, last)
+        if steady:
+            admitted = sum(s.admitted for s in steady) / len(steady)
+            record["admitted_per_s_from_5th"] = round(admitted, 2)
+            record["admitted_share_from_5th"] = round(admitted / rate, 3)
+    if killed_at is not None:
+        record["killed_at"] = killed_at
+        # The first second from which three seconds average >= 90% of rate.
+        later = [s for s in series if s.t >= int(killed_at)]
+        for i in range(len(later) - 2):
+            if sum(s.admitted for s in later[i : i + 3]) / 3 >= 0.9 * rate:
+                record["recovered_after_s"] = later[i].t - int(killed_at)
+                break
+    if outage is not None and outage[1] is not None:
+        during = metrics.window(series, int(outage[0]), int(outage[1]) + 1)
+        record["outage"] = outage
+        record["share_429_in_outage"] = metrics.share_429_in(during)
+        record["unreachable_warnings"] = [
+            r.log.count("is unreachable") for r in results
+        ]
+        record["rejoined"] = ["reachable again" in r.log for r in results]
+    if variant == SHARED and outage is None:  # a restart resets the counters
+        delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        seconds = sum(walls) or 1.0
+        record["redis_round_trips_per_process_s"] = round(
+            delta.get("evalsha", 0) / seconds, 2
+        )
+        record["redis_commands_per_process_s"] = round(
+            sum(v for k, v in delta.items() if k != "info") / seconds, 2
+        )
+        record["shared_stats"] = [
+            {k: v for k, v in r.stats.items() if k.startswith("justproxies/shared")}
+            for r in results
+        ]
+    passwords = (sandbox.password, redis.password)
+    record["secret_leaked"] = any(
+        p in r.everything_written() for r in results for p in passwords
+    )
+    return record
+
+
+def summary(name: str, record: dict[str, Any]) -> str:
+    keys = (
+        "share_429",
+        "admitted_share_from_5th",
+        "finish_spread",
+        "lost",
+        "recovered_after_s",
+        "share_429_in_outage",
+        "redis_round_trips_per_process_s",
+        "redis_commands_per_process_s",
+        "secret_leaked",
+    )
+    shown = ", ".join(
+        f"{k}={record[k]:.3f}" if isinstance(record[k], float) else f"{k}={record[k]}"
+        for k in keys
+        if k in record
+    )
+    return (
+        f"{name} [{record['variant']}]: {shown}; finished at "
+        f"{record['wall_seconds']} s; close reasons {record['reasons']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--scenarios", help="comma list (default: all)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--python", default=sys.executable)
+    args = parser.parse_args(argv)
+    chosen = build_cluster_scenarios(args.quick)
+    if args.scenarios:
+        names = {n.strip() for n in args.scenarios.split(",")}
+        chosen = [s for s in chosen if s.name in names]
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    lines = []
+    with run_sandbox_process(None) as sandbox, run_redis() as redis:
+        for scenario in chosen:
+            for variant in scenario.variants:
+                log(f"{scenario.name} [{variant}] ...")
+                record = run_one(
+                    sandbox, redis, scenario, variant, args.out / "raw", args.python
+                )
+                results.setdefault(scenario.name, {})[variant] = record
+                lines.append(summary(scenario.name, record))
+                log("  " + lines[-1])
+    (args.out / "cluster.json").write_text(json.dumps(results, indent=1))
+    (args.out / "cluster.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

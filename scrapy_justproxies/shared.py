@@ -1,0 +1,885 @@
+"""One budget per site for many crawl processes, kept in Redis
+(``JUSTPROXIES_SHARED_STATE``).
+
+A site counts requests per site, not per Scrapy process. Without this, each
+of N processes learns the site's limit on its own and probes it on its own:
+N times the probing, N times the slow start, and shares that drift apart.
+With it:
+
+* **The site's budget lives in Redis**: the total concurrency the site
+  admits (with the admitted rate and answer time it was derived from), one
+  record per site, kept ``JUSTPROXIES_STATE_MAX_AGE`` so the next crawl
+  starts from it.
+* **Evidence is pooled**: every process adds its answers, 429s and clean
+  answer times to per-second buckets keyed by Redis ``TIME`` (never a
+  process clock), once a second per active site.
+* **One process decides**: the live process with the smallest id (no
+  election: everybody sees the same leases) judges the pooled evidence with
+  :func:`next_budget` and writes the record with a compare-and-set. A climb
+  in the pooled 429 share cuts the total to what the site admitted (Little's
+  law: pooled clean answers per second times their answer time), a clean,
+  used site is probed one step up now and then, as the per-process
+  controller does.
+* **Each process gets its share** of the total among the processes live on
+  that site (:func:`shares`: equal split, a process that needs less gives
+  the rest to the others). A process holds a lease that expires after a few
+  heartbeats: one that stops or is killed drops out and the others' shares
+  grow at their next heartbeat.
+
+Redis is off the hot path: no round trip per request, one Lua script call
+per active site per process per second (plus a write when the budget
+changes), run on a thread of its own so the reactor never waits.
+
+Redis down mid-crawl: one warning, every process keeps its last share (and
+its own controller keeps learning), the heartbeat retries every second and
+rejoins when Redis is back; a Redis restarted empty is re-seeded from the
+processes' shares. Nothing here ever drops a request.
+
+The policy (:func:`shares`, :func:`pooled`, :func:`next_budget`) is pure and
+stdlib-only; :class:`RedisStore` is thin I/O; :class:`SharedBudgets` is the
+Scrapy glue the throttle calls through three hooks (``effective``,
+``record``, and its own heartbeat).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from .config import JustProxiesConfigError, SharedStateConfig
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from twisted.internet.defer import Deferred
+    from twisted.python.threadpool import ThreadPool
+
+    from .slots import SlotGuard
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Budget",
+    "Counts",
+    "RedisStore",
+    "Report",
+    "SharedBudgets",
+    "SharedPolicy",
+    "Snapshot",
+    "next_budget",
+    "pooled",
+    "share_of",
+    "shares",
+]
+
+
+# -- the policy (pure) --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SharedPolicy:
+    """How the site's budget is judged; times in seconds."""
+
+    beat_seconds: float = 1.0
+    """How often each process reports per active site."""
+    lease_beats: int = 3
+    """A process missing this many heartbeats has left the site."""
+    window_seconds: int = 3
+    """The pooled evidence a climb is judged on (whole Redis seconds)."""
+    settle_seconds: float = 1.0
+    """Answers in the first second after a change say nothing about it."""
+    regrow_seconds: float = 2.0
+    """Clean and used this long after a cut: grow back towards the level
+    that drew the 429s, at half pace."""
+    probe_interval: float = 10.0
+    """Clean and used this long at one level: probe one step up."""
+    min_samples: int = 10
+    """Fewer pooled answers than this say nothing."""
+    min_rate_limited: int = 3
+    tolerated_share: float = 0.02
+    keep_seconds: int = 30
+    """Buckets older than this are dropped."""
+    slow_start_gain: float = 1.25
+    """A cold site's budget grows by this factor per clean, used window until
+    its 429s first climb."""
+    rotate_seconds: float = 5.0
+    """The remainder of an uneven split moves on to the next process this
+    often, so processes with the same work finish together."""
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.beat_seconds * self.lease_beats
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Answers of one second (or a sum of seconds)."""
+
+    answers: int = 0
+    rate_limited: int = 0
+    ok: int = 0
+    ok_ms: int = 0
+    """Summed answer time of the clean answers, milliseconds."""
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.answers + other.answers,
+            self.rate_limited + other.rate_limited,
+            self.ok + other.ok,
+            self.ok_ms + other.ok_ms,
+        )
+
+    def encode(self) -> str:
+        return f"{self.answers},{self.rate_limited},{self.ok},{self.ok_ms}"
+
+    @classmethod
+    def decode(cls, text: str) -> Counts:
+        answers, rate_limited, ok, ok_ms = (int(part) for part in text.split(","))
+        return cls(answers, rate_limited, ok, ok_ms)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What one process says about one site at each heartbeat."""
+
+    limit: int
+    """Its own controller's limit."""
+    share: int
+    """The share it applies now (0: none yet)."""
+    demand: int
+    """Requests it has for the site: queued in the slot or in flight."""
+    total: int = 0
+    """The site's budget it last knew (0: none), to re-seed an empty Redis."""
+
+    def encode(self) -> str:
+        return f"{self.limit},{self.share},{self.demand},{self.total}"
+
+    @classmethod
+    def decode(cls, text: str) -> Report:
+        limit, share, demand, total = (int(part) for part in text.split(","))
+        return cls(limit, share, demand, total)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One site's budget, as kept in Redis."""
+
+    total: int
+    """Requests in flight the site admits from all processes together."""
+    changed_at: float
+    """Redis time of the last change, seconds."""
+    rate: float | None = None
+    """Pooled clean answers per second when the 429s last climbed."""
+    answer_time: float | None = None
+    last_good: int | None = None
+    """The clean total a probe was made from (a climb goes back to it)."""
+    overload: int | None = None
+    """The total that drew 429s; regrown towards after a cut."""
+    version: int = 0
+    """Bumped by every write (compare-and-set)."""
+
+    def encode(self) -> dict[str, str]:
+        return {
+            "total": str(self.total),
+            "changed_at": repr(self.changed_at),
+            "rate": "" if self.rate is None else repr(round(self.rate, 3)),
+            "answer_time": ""
+            if self.answer_time is None
+            else repr(round(self.answer_time, 4)),
+            "last_good": "" if self.last_good is None else str(self.last_good),
+            "overload": "" if self.overload is None else str(self.overload),
+        }
+
+    @classmethod
+    def decode(cls, fields: Mapping[str, str]) -> Budget | None:
+        """None for a missing or unreadable record (it is re-learned)."""
+        try:
+            return cls(
+                total=max(1, int(fields["total"])),
+                changed_at=float(fields["changed_at"]),
+                rate=_optional(float, fields.get("rate")),
+                answer_time=_optional(float, fields.get("answer_time")),
+                last_good=_optional(int, fields.get("last_good")),
+                overload=_optional(int, fields.get("overload")),
+                version=int(fields.get("version", "0")),
+            )
+        except (KeyError, ValueError):
+            return None
+
+
+def _optional(kind: Callable[[str], Any], text: str | None) -> Any:
+    return kind(text) if text else None
+
+
+def shares(total: int, demands: Mapping[str, int], turn: int = 0) -> dict[str, int]:
+    """Split ``total`` among processes: equal parts, but no process gets
+    more than its demand (at least 1) and what it leaves goes to the others.
+
+    Deterministic: every process computes the same split from the same
+    reports. The remainder of an uneven split goes to the processes in id
+    order starting at ``turn`` (modulo their number): the caller rotates it
+    so no process is always the one with the extra request.
+    """
+    wants = {process: max(1, demand) for process, demand in demands.items()}
+    given = dict.fromkeys(wants, 0)
+    left = max(0, total)
+    ordered = sorted(wants)
+    if ordered:
+        start = turn % len(ordered)
+        ordered = ordered[start:] + ordered[:start]
+    open_ = ordered
+    while left > 0 and open_:
+        part, extra = divmod(left, len(open_))
+        still_open = []
+        handed = 0
+        for index, process in enumerate(open_):
+            offer = part + (1 if index < extra else 0)
+            take = min(offer, wants[process] - given[process])
+            given[process] += take
+            handed += take
+            if given[process] < wants[process]:
+                still_open.append(process)
+        left -= handed
+        if handed == 0:
+            break
+        open_ = still_open
+    return given
+
+
+def share_of(total: int, demands: Mapping[str, int], me: str, turn: int = 0) -> int:
+    """This process's share of ``total`` (at least 1, so it can start)."""
+    return max(1, shares(total, demands, turn).get(me, 0))
+
+
+def pooled(buckets: Mapping[int, Counts], start: float, end: int) -> tuple[Counts, int]:
+    """The sum of the whole seconds from ``start`` (rounded up) to ``end``
+    (excluded), and how many seconds that spans from the first one with
+    answers (a window reaching before anybody answered is not diluted)."""
+    first = math.ceil(start)
+    seconds = [s for s in buckets if first <= s < end]
+    total = sum((buckets[s] for s in seconds), Counts())
+    span = end - min(seconds) if seconds else 0
+    return total, span
+
+
+def _climbing(counts: Counts, policy: SharedPolicy) -> bool:
+    return (
+        counts.answers >= policy.min_samples
+        and counts.rate_limited >= policy.min_rate_limited
+        and counts.rate_limited > policy.tolerated_share * counts.answers
+    )
+
+
+def _clean(counts: Counts, policy: SharedPolicy) -> bool:
+    return counts.rate_limited <= policy.tolerated_share * counts.answers
+
+
+def next_budget(  # noqa: PLR0911 - one return per rule
+    current: Budget | None,
+    buckets: Mapping[int, Counts],
+    reports: Iterable[Report],
+    now: float,
+    policy: SharedPolicy,
+) -> Budget | None:
+    """The site's next budget from the pooled evidence, or None to keep it.
+
+    ``buckets`` are the pooled answers by Redis second, ``reports`` those of
+    the live processes, ``now`` Redis time.
+    """
+    reports = list(reports)
+    end = math.floor(now)  # the current second is still filling
+    since = now - policy.window_seconds - 1
+    if current is not None:
+        since = max(since, current.changed_at + policy.settle_seconds)
+    recent, span = pooled(buckets, since, end)
+    if _climbing(recent, policy):
+        return _cut(current, recent, span, reports, now)
+    if current is None:
+        if not reports:
+            return None
+        known = max(r.total for r in reports)
+        if known:
+            # Redis came back empty while the processes still know the
+            # budget (the first to rejoin cannot tell how many will follow):
+            # start again from it, settled.
+            return Budget(total=known, changed_at=now, overload=known + 1)
+        # A cold site: start where one process's own controller is (not at
+        # the sum of all of theirs, which would overshoot N times), or at
+        # what the site admits already if more (Little's law on the pooled
+        # clean answers: never above what it took), and grow from there as one.
+        seed = max(r.limit for r in reports)
+        if recent.ok and span:
+            admitted = recent.ok / span * (recent.ok_ms / recent.ok / 1000)
+            seed = max(seed, math.floor(admitted))
+        return Budget(total=seed, changed_at=now)
+    demand = sum(r.demand for r in reports)
+    if demand < current.total:
+        return None  # not used: says nothing about more
+    clean, _ = pooled(buckets, current.changed_at + policy.settle_seconds, end)
+    if clean.answers < policy.min_samples or not _clean(clean, policy):
+        return None
+    waited = now - current.changed_at
+    if current.overload is None and current.rate is None:
+        # Never climbed yet (slow start, shared): a quarter more per clean,
+        # used window with a full second of evidence, until the 429s climb.
+        if waited < policy.regrow_seconds:
+            return None
+        total = max(
+            current.total + 1, math.ceil(current.total * policy.slow_start_gain)
+        )
+        return replace(current, total=total, changed_at=now)
+    if (
+        current.overload is not None
+        and current.total + 1 < current.overload
+        and waited >= policy.regrow_seconds
+    ):
+        step = max(1, (current.overload - current.total) // 2)
+        return replace(current, total=current.total + step, changed_at=now)
+    if waited >= policy.probe_interval:
+        return replace(
+            current, total=current.total + 1, changed_at=now, last_good=current.total
+        )
+    return None
+
+
+def _cut(
+    current: Budget | None,
+    recent: Counts,
+    span: int,
+    reports: list[Report],
+    now: float,
+) -> Budget:
+    """The 429s climbed: go to what the site admitted, in one step."""
+    rate = recent.ok / span if span else None
+    answer_time = recent.ok_ms / recent.ok / 1000 if recent.ok else None
+    drew = current.total if current is not None else sum(r.limit for r in reports) or 1
+    if rate is not None and answer_time is not None:
+        estimate = math.floor(rate * answer_time)
+    else:
+        estimate = drew * recent.ok // max(1, recent.answers)
+    target = min(drew - 1, estimate)
+    if (
+        current is not None
+        and current.last_good is not None
+        and current.last_good < current.total
+    ):
+        # The 429s followed a probe from a clean total: go back there.
+        target = max(target, current.last_good)
+    return Budget(
+        total=max(1, target),
+        changed_at=now,
+        rate=rate,
+        answer_time=answer_time,
+        last_good=None,
+        overload=drew,
+        version=current.version if current is not None else 0,
+    )
+
+
+# -- Redis (thin I/O) ---------------------------------------------------------
+
+# KEYS: leases (zset), reports (hash), buckets (hash), budget (hash)
+# ARGV: process, lease ms, report, counts, keep seconds, expire seconds
+_BEAT = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local sec = tonumber(t[1])
+local me = ARGV[1]
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), me)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+if #dead > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+  redis.call('HDEL', KEYS[2], unpack(dead))
+end
+redis.call('HSET', KEYS[2], me, ARGV[3])
+local a, l, o, ms = string.match(ARGV[4], '^(%d+),(%d+),(%d+),(%d+)$')
+a, l, o, ms = tonumber(a), tonumber(l), tonumber(o), tonumber(ms)
+if a > 0 then
+  local old = redis.call('HGET', KEYS[3], tostring(sec))
+  if old then
+    local a2, l2, o2, ms2 = string.match(old, '^(%d+),(%d+),(%d+),(%d+)$')
+    a, l, o, ms = a + a2, l + l2, o + o2, ms + ms2
+  end
+  redis.call('HSET', KEYS[3], tostring(sec), a .. ',' .. l .. ',' .. o .. ',' .. ms)
+end
+-- Housekeeping every 5th second only (keys live a minute past the last beat).
+if sec % 5 == 0 then
+  local keep = tonumber(ARGV[5])
+  if redis.call('HLEN', KEYS[3]) > keep + 5 then
+    for _, f in ipairs(redis.call('HKEYS', KEYS[3])) do
+      if tonumber(f) < sec - keep then redis.call('HDEL', KEYS[3], f) end
+    end
+  end
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
+end
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+return {tostring(now_ms), live, redis.call('HMGET', KEYS[2], unpack(live)),
+        redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}
+"""
+
+# KEYS: budget (hash). ARGV: expected version, expire seconds, field, value...
+_WRITE = """
+local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if v ~= tonumber(ARGV[1]) then return -1 end
+local kv = {}
+for i = 3, #ARGV do kv[#kv + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], 'version', v + 1, unpack(kv))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return v + 1
+"""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one heartbeat read back for one site."""
+
+    now: float
+    """Redis time, seconds."""
+    reports: dict[str, Report]
+    """The live processes (leases not expired), this one included."""
+    buckets: dict[int, Counts]
+    budget: Budget | None
+
+
+class RedisStore:
+    """The Redis side: one client, three scripts. Every method blocks (call
+    it from a thread) and raises ``redis.RedisError`` / ``OSError``."""
+
+    def __init__(self, config: SharedStateConfig, policy: SharedPolicy) -> None:
+        try:
+            import redis  # noqa: PLC0415 - the optional extra
+            from redis.backoff import NoBackoff  # noqa: PLC0415
+            from redis.retry import Retry  # noqa: PLC0415
+        except ImportError:
+            raise JustProxiesConfigError(
+                "JUSTPROXIES_SHARED_STATE needs redis-py: pip install "
+                "'scrapy-justproxies[redis]' (or unset JUSTPROXIES_SHARED_STATE)."
+            ) from None
+        self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self.config = config
+        self.policy = policy
+        # No retries inside redis-py: the heartbeat is the retry, and a beat
+        # must never hold the thread for long.
+        self.client = redis.Redis(
+            host=config.host,
+            port=config.port,
+            db=config.db,
+            username=config.username,
+            password=config.password.reveal() or None,
+            ssl=config.tls,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=True,
+            client_name="scrapy-justproxies",
+        )
+        self._beat = self.client.register_script(_BEAT)
+        self._write = self.client.register_script(_WRITE)
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.config.url})"
+
+    def _keys(self, site: str) -> list[str]:
+        # One hash tag per site: a Redis Cluster keeps a site's keys together.
+        base = f"{self.config.prefix}:{{{site}}}"
+        return [f"{base}:leases", f"{base}:reports", f"{base}:buckets", base]
+
+    def ping(self) -> None:
+        self.client.ping()
+
+    def beat(
+        self,
+        site: str,
+        process: str,
+        report: Report,
+        counts: Counts,
+        budget_ttl: float,
+    ) -> Snapshot:
+        lease_ms = int(self.policy.lease_seconds * 1000)
+        reply = self._beat(
+            keys=self._keys(site),
+            args=[
+                process,
+                lease_ms,
+                report.encode(),
+                counts.encode(),
+                self.policy.keep_seconds,
+                max(60, int(self.policy.keep_seconds * 2)),
+            ],
+        )
+        now_ms, live, raw_reports, raw_buckets, raw_budget = reply
+        reports = {
+            name: Report.decode(text)
+            for name, text in zip(live, raw_reports, strict=True)
+            if text
+        }
+        buckets = {
+            int(raw_buckets[i]): Counts.decode(raw_buckets[i + 1])
+            for i in range(0, len(raw_buckets), 2)
+        }
+        fields = dict(zip(raw_budget[::2], raw_budget[1::2], strict=True))
+        return Snapshot(
+            now=int(now_ms) / 1000,
+            reports=reports,
+            buckets=buckets,
+            budget=Budget.decode(fields) if fields else None,
+        )
+
+    def write(self, site: str, budget: Budget, expected: int, ttl: float) -> int:
+        """The new version, or -1 if another process wrote first."""
+        flat = [item for pair in budget.encode().items() for item in pair]
+        return int(
+            self._write(
+                keys=[self._keys(site)[3]],
+                args=[expected, max(60, int(ttl)), *flat],
+            )
+        )
+
+    def leave(self, site: str, process: str) -> None:
+        leases, reports, _, _ = self._keys(site)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(leases, process)
+        pipe.hdel(reports, process)
+        pipe.execute()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# -- the Scrapy glue ------------------------------------------------------------
+
+
+@dataclass
+class _Site:
+    """This process's view of one site's shared budget."""
+
+    counts: Counts = Counts()
+    """Answers since the last heartbeat."""
+    share: int | None = None
+    total: int | None = None
+    processes: int = 0
+    idle_beats: int = 0
+    leased: bool = False
+    beating: bool = False
+    log_share: int | None = None
+
+
+@dataclass
+class _BeatResult:
+    site: str
+    share: int | None = None
+    total: int | None = None
+    processes: int = 0
+    wrote: Budget | None = None
+    old_total: int | None = None
+    error: str | None = None
+    left: bool = False
+
+
+@dataclass(repr=False)
+class SharedBudgets:
+    """Scrapy glue: made by the throttle when ``JUSTPROXIES_SHARED_STATE`` is
+    set. The throttle asks :meth:`effective` for each slot's limit and tells
+    :meth:`record` each answer; the heartbeat runs on a thread of its own."""
+
+    crawler: Crawler
+    config: SharedStateConfig
+    store: RedisStore
+    guard: SlotGuard
+    local_limit: Callable[[str], int]
+    """The slot's own controller's limit (the throttle's)."""
+    budget_ttl: float
+    policy: SharedPolicy = field(default_factory=SharedPolicy)
+    take_over: Callable[[str, int], None] = lambda key, limit: None
+    """Called when Redis goes away, per site with a share: the slot's own
+    controller restarts from that share (the throttle's)."""
+    process: str = field(
+        default_factory=lambda: (
+            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        )
+    )
+    sites: dict[str, _Site] = field(default_factory=dict)
+    reachable: bool = True
+    _pool: ThreadPool | None = None
+    _loop: Any = None
+    _closing: bool = False
+
+    @classmethod
+    def from_crawler(
+        cls,
+        crawler: Crawler,
+        config: SharedStateConfig,
+        guard: SlotGuard,
+        local_limit: Callable[[str], int],
+        *,
+        tolerated_share: float,
+        budget_ttl: float,
+        take_over: Callable[[str, int], None] | None = None,
+    ) -> SharedBudgets:
+        from scrapy import signals  # noqa: PLC0415
+
+        policy = SharedPolicy(tolerated_share=tolerated_share)
+        store = RedisStore(config, policy)
+        shared = cls(
+            crawler, config, store, guard, local_limit, budget_ttl, policy=policy
+        )
+        if take_over is not None:
+            shared.take_over = take_over
+        try:
+            store.ping()
+        except store.errors as exc:
+            reason = shared._scrub(exc)
+            if config.required:
+                raise JustProxiesConfigError(
+                    f"JUSTPROXIES_SHARED_STATE: cannot reach Redis at {config.url} "
+                    f"({reason}). Start it, fix the URL, or set "
+                    "JUSTPROXIES_SHARED_STATE_REQUIRED = False to crawl with this "
+                    "process's own budgets until it can be reached."
+                ) from None
+            shared.reachable = False
+            shared._inc("justproxies/shared/unreachable")
+            logger.warning(
+                "JustProxies: cannot reach the shared state at %s (%s); crawling "
+                "with this process's own budgets and retrying every %.0f s "
+                "(JUSTPROXIES_SHARED_STATE_REQUIRED = False).",
+                config.url, reason, policy.beat_seconds,
+            )  # fmt: skip
+        crawler.signals.connect(shared._start, signals.engine_started)
+        crawler.signals.connect(shared._stop, signals.spider_closed)
+        logger.info(
+            "JustProxies: budgets shared through %s as process %s",
+            config.url, shared.process,
+        )  # fmt: skip
+        return shared
+
+    def __repr__(self) -> str:
+        return f"SharedBudgets({self.config.url}, process={self.process!r})"
+
+    # -- hooks for the throttle --------------------------------------------------
+
+    def effective(self, key: str, local: int) -> int:
+        """The limit a slot gets: its share of the site's budget once there is
+        one, else its own controller's. While Redis is away, the last share
+        caps the slot and the process's own controller may take it lower:
+        nobody else is judging the site meanwhile."""
+        site = self.sites.get(key)
+        if site is None or site.share is None:
+            return local
+        return site.share if self.reachable else min(site.share, local)
+
+    def record(self, key: str, rate_limited: bool, ok: bool, seconds: float) -> None:
+        """One answer (not an ignored failure) on slot ``key``."""
+        site = self.sites.setdefault(key, _Site())
+        site.counts = site.counts + Counts(
+            answers=1,
+            rate_limited=int(rate_limited),
+            ok=int(ok),
+            ok_ms=round(seconds * 1000) if ok else 0,
+        )
+
+    # -- the heartbeat -----------------------------------------------------------
+
+    def _start(self) -> None:
+        from twisted.internet import reactor  # noqa: PLC0415
+        from twisted.internet.task import LoopingCall  # noqa: PLC0415
+        from twisted.python.threadpool import ThreadPool  # noqa: PLC0415
+
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="justproxies-shared")
+        self._pool.start()
+        # (zope interface stubs: mypy reads the first argument as self)
+        reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool)  # type: ignore[arg-type]
+        self._loop = LoopingCall(self._beat)
+        self._loop.start(self.policy.beat_seconds, now=False)
+
+    def _demand(self, key: str) -> int:
+        slot = self.guard.slot(key)
+        return len(slot.active) if slot is not None else 0
+
+    def _beat(self) -> None:
+        """Once a second: a heartbeat per site with requests or answers, and
+        a leave for a site idle for a lease time."""
+        for key, site in list(self.sites.items()):
+            if site.beating:
+                continue  # the last one is still out (Redis slow)
+            demand = self._demand(key)
+            counts, site.counts = site.counts, Counts()
+            site.idle_beats = 0 if demand or counts.answers else site.idle_beats + 1
+            if site.idle_beats > self.policy.lease_beats:
+                if site.leased and self.reachable:
+                    site.leased = False
+                    self._dispatch(key, site, self._leave_io, key)
+                continue
+            report = Report(
+                limit=self.local_limit(key),
+                share=site.share or 0,
+                demand=demand,
+                total=site.total or 0,
+            )
+            site.leased = True
+            self._dispatch(key, site, self._beat_io, key, report, counts)
+
+    def _dispatch(
+        self, key: str, site: _Site, io: Callable[..., Any], *args: Any
+    ) -> None:
+        from twisted.internet import reactor  # noqa: PLC0415
+        from twisted.internet.threads import deferToThreadPool  # noqa: PLC0415
+
+        if self._pool is None:
+            return
+        site.beating = True
+        d: Deferred[_BeatResult] = deferToThreadPool(
+            reactor,
+            self._pool,
+            io,
+            *args,
+        )
+
+        def done(result: _BeatResult) -> None:
+            site.beating = False
+            self._applied(key, site, result)
+
+        def failed(failure: Any) -> None:  # a bug, not Redis: say so, go on
+            site.beating = False
+            logger.error(
+                "JustProxies: shared state heartbeat failed: %s",
+                failure.getTraceback(),
+            )
+
+        d.addCallback(done)
+        d.addErrback(failed)
+
+    def _beat_io(self, key: str, report: Report, counts: Counts) -> _BeatResult:
+        """On the heartbeat thread: report, read back, decide if leader."""
+        try:
+            snap = self.store.beat(key, self.process, report, counts, self.budget_ttl)
+            budget = snap.budget
+            result = _BeatResult(key, processes=len(snap.reports))
+            if snap.reports and min(snap.reports) == self.process:
+                new = next_budget(
+                    budget, snap.buckets, snap.reports.values(), snap.now, self.policy
+                )
+                if new is not None:
+                    expected = budget.version if budget is not None else 0
+                    version = self.store.write(key, new, expected, self.budget_ttl)
+                    if version >= 0:
+                        result.old_total = budget.total if budget else None
+                        budget = result.wrote = replace(new, version=version)
+            if budget is not None:
+                demands = {p: r.demand for p, r in snap.reports.items()}
+                demands.setdefault(self.process, report.demand)
+                result.total = budget.total
+                # The odd request of an uneven split changes hands every
+                # rotate_seconds (Redis time: the same turn for everybody).
+                turn = int(snap.now // self.policy.rotate_seconds)
+                result.share = share_of(budget.total, demands, self.process, turn)
+            return result
+        except self.store.errors as exc:
+            return _BeatResult(key, error=self._scrub(exc))
+
+    def _leave_io(self, key: str) -> _BeatResult:
+        try:
+            self.store.leave(key, self.process)
+        except self.store.errors as exc:
+            return _BeatResult(key, error=self._scrub(exc), left=True)
+        return _BeatResult(key, left=True)
+
+    def _applied(self, key: str, site: _Site, result: _BeatResult) -> None:
+        """Back on the reactor thread."""
+        if result.error is not None:
+            self._inc("justproxies/shared/errors")
+            if self.reachable:
+                self.reachable = False
+                self._inc("justproxies/shared/unreachable")
+                for name, known in self.sites.items():
+                    if known.share is not None:
+                        self.take_over(name, known.share)
+                logger.warning(
+                    "JustProxies: the shared state at %s is unreachable (%s); each "
+                    "process keeps its last share and its own controller, and "
+                    "retries every %.0f s.",
+                    self.config.url, result.error, self.policy.beat_seconds,
+                )  # fmt: skip
+            return
+        if not self.reachable:
+            self.reachable = True
+            logger.info(
+                "JustProxies: the shared state at %s is reachable again; "
+                "rejoining the shared budgets.",
+                self.config.url,
+            )  # fmt: skip
+        self._inc("justproxies/shared/heartbeats")
+        if result.left or self._closing:
+            return
+        if result.wrote is not None:
+            self._inc("justproxies/shared/budget_changes")
+            logger.info(
+                "JustProxies: %s shared budget %s -> %d (%d processes)",
+                key, result.old_total if result.old_total is not None else "none",
+                result.wrote.total, result.processes,
+            )  # fmt: skip
+        site.processes = result.processes
+        self._max("justproxies/shared/processes_max/" + key, result.processes)
+        if result.share is None:
+            return
+        old = self.effective(key, self.local_limit(key))
+        site.share, site.total = result.share, result.total
+        self._set("justproxies/shared/share/" + key, result.share)
+        self._set("justproxies/shared/site_limit/" + key, result.total)
+        if result.share != old:
+            self.guard.set_concurrency(key, result.share)
+
+    # -- close ---------------------------------------------------------------------
+
+    async def _stop(self) -> None:
+        """Stop beating and give the leases back, so the others take the
+        shares at once rather than after a lease time."""
+        from scrapy.utils.defer import maybe_deferred_to_future  # noqa: PLC0415
+        from twisted.internet import reactor  # noqa: PLC0415
+        from twisted.internet.threads import deferToThreadPool  # noqa: PLC0415
+
+        self._closing = True
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        pool = self._pool
+        if pool is None or pool.joined:
+            return
+        leased = [key for key, site in self.sites.items() if site.leased]
+
+        def leave_all() -> None:
+            for key in leased:
+                self._leave_io(key)
+            self.store.close()
+
+        d: Deferred[None] = deferToThreadPool(reactor, pool, leave_all)
+        try:
+            await maybe_deferred_to_future(d)
+        finally:
+            self._stop_pool()
+
+    def _stop_pool(self) -> None:
+        if self._pool is not None and not self._pool.joined:
+            self._pool.stop()
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _scrub(self, exc: BaseException) -> str:
+        text = f"{exc.__class__.__name__}: {exc}"
+        password = self.config.password.reveal()
+        return text.replace(password, "***") if password else text
+
+    def _inc(self, key: str) -> None:
+        if self.crawler.stats is not None:
+            self.crawler.stats.inc_value(key)
+
+    def _set(self, key: str, value: Any) -> None:
+        if self.crawler.stats is not None:
+            self.crawler.stats.set_value(key, value)
+
+    def _max(self, key: str, value: Any) -> None:
+        if self.crawler.stats is not None:
+            self.crawler.stats.max_value(key, value)

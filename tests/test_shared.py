@@ -1,0 +1,550 @@
+"""One site's budget shared by several crawl processes through Redis
+(JUSTPROXIES_SHARED_STATE): the pure policy, the Redis side against Debian's
+redis-server, and real crawl processes through the sandbox gateway."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scrapy.settings import Settings
+
+from scrapy_justproxies.config import JustProxiesConfigError, SharedStateConfig
+from scrapy_justproxies.sandbox.crawl import CrawlResult, RunningCrawl, start_crawl
+from scrapy_justproxies.sandbox.redis_server import (
+    RedisServer,
+    run_redis,
+    server_binary,
+)
+from scrapy_justproxies.shared import (
+    Budget,
+    Counts,
+    RedisStore,
+    Report,
+    SharedPolicy,
+    next_budget,
+    pooled,
+    share_of,
+    shares,
+)
+from tests.test_crawl import ADDON, assert_no_secret, configure, site, urls
+
+redis = pytest.importorskip("redis")
+needs_redis_server = pytest.mark.skipif(
+    server_binary() is None, reason="Debian's redis-server is not installed"
+)
+POLICY = SharedPolicy()
+
+
+# -- the policy (pure) ---------------------------------------------------------
+
+
+def test_shares_split_equally_and_sum_to_the_total() -> None:
+    demands = {"a": 50, "b": 50, "c": 50}
+    assert shares(10, demands) == {"a": 4, "b": 3, "c": 3}
+    assert sum(shares(11, demands).values()) == 11
+    # The odd request moves on with the turn.
+    assert shares(10, demands, turn=1) == {"a": 3, "b": 4, "c": 3}
+    assert shares(10, demands, turn=5) == {"a": 3, "b": 3, "c": 4}
+
+
+def test_a_process_that_needs_less_leaves_the_rest_to_the_others() -> None:
+    assert shares(12, {"a": 2, "b": 50, "c": 50}) == {"a": 2, "b": 5, "c": 5}
+    # A process with nothing to do still gets one place, to start with.
+    assert shares(12, {"a": 0, "b": 50}) == {"a": 1, "b": 11}
+    # Nobody needs the whole total: nobody gets more than they need.
+    assert shares(12, {"a": 2, "b": 3}) == {"a": 2, "b": 3}
+    assert share_of(3, {"a": 9, "b": 9, "c": 9, "d": 9}, "d") == 1
+
+
+def test_pooled_sums_whole_seconds_and_spans_from_the_first_answer() -> None:
+    buckets = {100: Counts(10, 1, 9, 1800), 101: Counts(20, 0, 20, 4000)}
+    total, span = pooled(buckets, 97.5, 102)
+    assert total == Counts(30, 1, 29, 5800)
+    assert span == 2  # not diluted by the seconds before anybody answered
+    assert pooled(buckets, 100.5, 102) == (Counts(20, 0, 20, 4000), 1)
+
+
+def _steady(start: int, end: int, ok: int, limited: int, ms: int) -> dict[int, Counts]:
+    return {s: Counts(ok + limited, limited, ok, ok * ms) for s in range(start, end)}
+
+
+def test_a_pooled_climb_cuts_the_total_to_what_the_site_admitted() -> None:
+    """Three processes at 4 each: the site admits 50/s at 0.2 s, Little's
+    law says 10 in flight; they drew 429s at 12."""
+    reports = [Report(limit=4, share=0, demand=16)] * 3
+    buckets = _steady(96, 100, ok=50, limited=10, ms=200)
+    budget = next_budget(None, buckets, reports, 100.3, POLICY)
+    assert budget is not None
+    assert budget.total == 10
+    assert budget.overload == 12
+    assert budget.rate == pytest.approx(50)
+    assert budget.answer_time == pytest.approx(0.2)
+
+
+def test_a_cold_site_starts_as_one_process_and_grows_as_one() -> None:
+    """Three processes in slow start: the budget starts where one of them is,
+    not at the sum (three slow starts at once overshoot three times)."""
+    reports = [Report(limit=4, share=0, demand=16), Report(6, 0, 16)] * 2
+    clean = _steady(96, 100, ok=20, limited=0, ms=200)  # 20/s x 0.2 s = 4
+    seeded = next_budget(None, clean, reports, 100.3, POLICY)
+    assert seeded is not None
+    assert (seeded.total, seeded.overload, seeded.rate) == (6, None, None)
+    # Already admitted more than any one process's limit: start there.
+    busy = _steady(96, 100, ok=50, limited=0, ms=200)  # 50/s x 0.2 s = 10
+    assert next_budget(None, busy, reports, 100.3, POLICY) == Budget(10, 100.3)
+    later = {**clean, **_steady(100, 103, ok=30, limited=0, ms=200)}
+    grown = next_budget(seeded, later, reports, 103.2, POLICY)
+    assert grown is not None and grown.total == 8
+    assert next_budget(None, clean, [], 100.3, POLICY) is None
+
+
+def test_a_redis_that_came_back_empty_is_seeded_from_the_known_budget() -> None:
+    """The first process back alone re-seeds the whole budget it knew, not
+    its share: the others rejoin in the next second."""
+    reports = [Report(4, 4, 16, total=11)]
+    budget = next_budget(None, {}, reports, 100.0, POLICY)
+    assert budget is not None
+    assert (budget.total, budget.overload) == (11, 12)  # settled, not growing
+
+
+def test_clean_and_used_the_total_is_probed_and_a_failed_probe_goes_back() -> None:
+    current = Budget(total=10, changed_at=80.0, rate=50.0, answer_time=0.2)
+    reports = [Report(4, 4, 16), Report(3, 3, 16), Report(3, 3, 16)]
+    clean = _steady(81, 100, ok=50, limited=0, ms=200)
+    assert next_budget(current, clean, reports, 85.5, POLICY) is None  # too soon
+    probed = next_budget(current, clean, reports, 100.5, POLICY)
+    assert probed is not None
+    assert (probed.total, probed.last_good) == (11, 10)
+    # The probe draws 429s: back to the clean total.
+    after = {**clean, **_steady(101, 104, ok=50, limited=6, ms=200)}
+    cut = next_budget(probed, after, reports, 104.2, POLICY)
+    assert cut is not None and cut.total == 10
+
+
+def test_an_unused_total_is_never_probed() -> None:
+    current = Budget(total=10, changed_at=80.0)
+    reports = [Report(4, 4, 2), Report(3, 3, 2), Report(3, 3, 2)]
+    clean = _steady(81, 100, ok=6, limited=0, ms=200)
+    assert next_budget(current, clean, reports, 100.5, POLICY) is None
+
+
+def test_after_a_deep_cut_the_total_grows_back_at_half_pace() -> None:
+    current = Budget(total=4, changed_at=90.0, overload=12)
+    reports = [Report(2, 2, 16), Report(1, 1, 16), Report(1, 1, 16)]
+    clean = _steady(91, 100, ok=20, limited=0, ms=200)
+    grown = next_budget(current, clean, reports, 93.5, POLICY)
+    assert grown is not None and grown.total == 8
+
+
+def test_budget_and_report_round_trip() -> None:
+    budget = Budget(10, 123.5, 49.7, 0.21, 9, 12, version=3)
+    assert Budget.decode({**budget.encode(), "version": "3"}) == budget
+    assert Budget.decode({"total": "x"}) is None
+    assert Report.decode(Report(5, 4, 16, 12).encode()) == Report(5, 4, 16, 12)
+
+
+# -- settings --------------------------------------------------------------------
+
+
+def shared_config(**values: Any) -> SharedStateConfig:
+    return SharedStateConfig.from_settings(Settings(values), {})
+
+
+def test_unset_shares_nothing() -> None:
+    assert not shared_config().enabled
+
+
+def test_url_parts_and_the_password_stay_out_of_repr() -> None:
+    config = shared_config(
+        JUSTPROXIES_SHARED_STATE="rediss://:s3cr%40t@redis.internal:6380/2"
+    )
+    assert (config.host, config.port, config.db, config.tls) == (
+        "redis.internal",
+        6380,
+        2,
+        True,
+    )
+    assert config.password.reveal() == "s3cr@t"
+    assert config.url == "rediss://:***@redis.internal:6380/2"
+    assert "s3cr" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["http://localhost:6379", "redis://", "redis://host:6379/zero", "redis://h:x"],
+)
+def test_bad_url_is_a_startup_error_naming_the_setting(value: str) -> None:
+    with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_SHARED_STATE"):
+        shared_config(JUSTPROXIES_SHARED_STATE=value)
+
+
+def test_bad_prefix_is_refused() -> None:
+    with pytest.raises(JustProxiesConfigError, match="_PREFIX"):
+        shared_config(
+            JUSTPROXIES_SHARED_STATE="redis://h:1/0",
+            JUSTPROXIES_SHARED_STATE_PREFIX="a b",
+        )
+
+
+# -- the Redis side, against a real redis-server ----------------------------------
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    if server_binary() is None:
+        pytest.skip("Debian's redis-server is not installed")
+    with run_redis() as server:
+        yield server
+
+
+def store_for(server: RedisServer, policy: SharedPolicy = POLICY) -> RedisStore:
+    return RedisStore(shared_config(JUSTPROXIES_SHARED_STATE=server.url), policy)
+
+
+def test_store_pools_answers_by_redis_second_and_expires_leases(
+    redis_server: RedisServer,
+) -> None:
+    policy = SharedPolicy(beat_seconds=0.1, lease_beats=3)  # 0.3 s leases
+    store = store_for(redis_server, policy)
+    a = store.beat("s.test", "a", Report(4, 0, 9), Counts(5, 1, 4, 800), 600)
+    b = store.beat("s.test", "b", Report(3, 0, 9), Counts(7, 0, 7, 1400), 600)
+    assert set(b.reports) == {"a", "b"}
+    assert b.reports["a"] == Report(4, 0, 9)
+    assert sum(b.buckets.values(), Counts()) == Counts(12, 1, 11, 2200)
+    assert a.now <= b.now
+    time.sleep(0.5)  # a misses its heartbeats
+    again = store.beat("s.test", "b", Report(3, 0, 9), Counts(), 600)
+    assert set(again.reports) == {"b"}
+    store.leave("s.test", "b")
+    assert store.beat("s.test", "c", Report(1, 0, 1), Counts(), 600).reports.keys() == {
+        "c"
+    }
+
+
+def test_store_writes_the_budget_with_compare_and_set(
+    redis_server: RedisServer,
+) -> None:
+    store = store_for(redis_server)
+    assert store.write("s.test", Budget(10, 1.0), expected=0, ttl=600) == 1
+    assert store.write("s.test", Budget(11, 2.0), expected=0, ttl=600) == -1
+    snap = store.beat("s.test", "a", Report(1, 0, 1), Counts(), 600)
+    assert snap.budget == Budget(10, 1.0, version=1)
+
+
+# -- real crawl processes through the sandbox gateway -----------------------------
+
+HOST = "shared.test"
+SITE = {
+    "rate": 30,
+    "burst": 6,
+    "latency_p50_ms": 150,
+    "latency_p95_ms": 250,
+    "retry_after": "seconds",
+    "pages": 1000,
+}
+
+
+def keys(prefix: str = "justproxies") -> tuple[str, str, str]:
+    base = f"{prefix}:{{{HOST}}}"
+    return f"{base}:leases", f"{base}:reports", base
+
+
+def client(server: RedisServer) -> Any:
+    return redis.Redis(
+        host="127.0.0.1",
+        port=server.port,
+        password=server.password,
+        decode_responses=True,
+    )
+
+
+def start_three(
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    tmp_path: Path,
+    reactor: str,
+    server: RedisServer | None,
+    per_process: int,
+    count: int = 3,
+    **extra: Any,
+) -> list[RunningCrawl]:
+    settings: dict[str, Any] = {
+        **ADDON,
+        "JUSTPROXIES_STATE_FILE": None,
+        "CONCURRENT_REQUESTS": 32,
+        **extra,
+    }
+    if server is not None:
+        # In the settings, not the environment: the worst place for a password.
+        settings["JUSTPROXIES_SHARED_STATE"] = server.url
+    crawls = []
+    for index in range(count):
+        requests = urls(sandbox, HOST, per_process * count)[index::count]
+        crawls.append(
+            start_crawl(
+                tmp_path / f"p{index}",
+                reactor=reactor,
+                requests=requests,
+                settings=settings,
+                env={**gateway_env, "JUSTPROXIES_POOL": "residential"},
+                log_level="INFO",
+            )
+        )
+    return crawls
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll until ``check()`` is truthy (not a timed assertion: the deadline
+    only stops a broken run from hanging)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"never saw {what}")
+
+
+def live_state(db: Any) -> tuple[dict[str, int], int | None]:
+    """Each live process's reported share, and the site's budget."""
+    leases, reports, budget = keys()
+    now_ms = int(db.time()[0]) * 1000 + int(db.time()[1]) // 1000
+    live = db.zrangebyscore(leases, now_ms, "+inf")
+    raw = db.hmget(reports, live) if live else []
+    share = {p: Report.decode(r).share for p, r in zip(live, raw, strict=True) if r}
+    total = db.hget(budget, "total")
+    return share, int(total) if total else None
+
+
+def finish(crawls: list[RunningCrawl]) -> list[CrawlResult]:
+    return [crawl.wait(240) for crawl in crawls]
+
+
+def assert_all_fetched(results: list[CrawlResult], per_process: int) -> None:
+    for result in results:
+        assert result.reason == "finished", result.output[-3000:]
+        assert result.statuses == {200: per_process}, result.statuses
+        # (the stats are taken before the last spider_closed handlers run)
+        assert "] ERROR:" not in result.log, result.log[-3000:]
+
+
+def assert_no_redis_secret(results: list[CrawlResult], server: RedisServer) -> None:
+    for result in results:
+        assert server.password not in result.everything_written()
+
+
+@needs_redis_server
+def test_three_processes_share_one_budget(
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    reactor: str,
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
+    configure(sandbox, {HOST: SITE})
+    db = client(redis_server)
+    crawls = start_three(sandbox, gateway_env, tmp_path, reactor, redis_server, 150)
+
+    def all_three_hold_shares_that_sum_to_the_budget() -> Any:
+        share, total = live_state(db)
+        if len(share) == 3 and total and all(share.values()):
+            return (share, total) if sum(share.values()) == total else None
+        return None
+
+    share, total = wait_for(
+        all_three_hold_shares_that_sum_to_the_budget, 60, "three leased shares"
+    )
+    # Equal parts of one budget (the odd places rotate).
+    assert sum(share.values()) == total
+    assert max(share.values()) - min(share.values()) <= 1
+    results = finish(crawls)
+    assert_all_fetched(results, 150)
+    for result in results:
+        stats = result.stats
+        assert stats[f"justproxies/shared/processes_max/{HOST}"] == 3
+        assert stats["justproxies/shared/heartbeats"] > 0
+        # What a process applied was its share, never more than the budget.
+        assert stats[f"justproxies/shared/share/{HOST}"] >= 1
+        assert (
+            stats[f"justproxies/shared/share/{HOST}"]
+            <= stats[f"justproxies/shared/site_limit/{HOST}"]
+        )
+        assert "justproxies/shared/unreachable" not in stats
+        assert_no_secret(result, sandbox)
+    assert_no_redis_secret(results, redis_server)
+    # Every process gave its lease back when it closed.
+    assert db.zcard(keys()[0]) == 0
+    assert site(sandbox, HOST)["admitted"] == 450
+
+
+@needs_redis_server
+def test_a_killed_process_loses_its_lease_and_the_others_take_its_share(
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
+    configure(sandbox, {HOST: SITE})
+    db = client(redis_server)
+    crawls = start_three(sandbox, gateway_env, tmp_path, "asyncio", redis_server, 300)
+
+    def three_settled() -> Any:
+        share, total = live_state(db)
+        ok = len(share) == 3 and total and total >= 3 and all(share.values())
+        return (share, total) if ok and sum(share.values()) == total else None
+
+    before, total_before = wait_for(three_settled, 60, "three leased shares")
+    victim = crawls.pop(0)
+    os.kill(victim.process.pid, signal.SIGKILL)
+    victim.wait(30)
+
+    def two_left_with_the_whole_budget() -> Any:
+        share, total = live_state(db)
+        ok = len(share) == 2 and total and sum(share.values()) == total
+        return (share, total) if ok else None
+
+    after, total_after = wait_for(
+        two_left_with_the_whole_budget, 30, "the lease expire"
+    )
+    assert set(after) < set(before)
+    # Before, the two survivors held part of the budget; now all of it (the
+    # budget itself may have moved meanwhile: the site is still judged).
+    assert sum(before[p] for p in after) < total_before
+    assert sum(after.values()) == total_after
+    results = finish(crawls)
+    assert_all_fetched(results, 300)
+
+
+@needs_redis_server
+def test_redis_stopped_and_started_again_mid_crawl_loses_no_url(
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    reactor: str,
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
+    configure(sandbox, {HOST: SITE})
+    db = client(redis_server)
+    crawls = start_three(sandbox, gateway_env, tmp_path, reactor, redis_server, 200)
+    wait_for(lambda: live_state(db)[1], 60, "a shared budget")
+    redis_server.stop()
+    time.sleep(3)  # the outage: three heartbeats fail
+    redis_server.start()
+    db = client(redis_server)
+    # Back, empty (no persistence): the processes rejoin and re-seed it.
+    wait_for(lambda: len(live_state(db)[0]) == 3, 30, "the processes rejoin")
+    wait_for(lambda: live_state(db)[1], 30, "the budget re-established")
+    results = finish(crawls)
+    assert_all_fetched(results, 200)
+    for result in results:
+        assert result.stats["justproxies/shared/unreachable"] == 1
+        assert result.log.count("is unreachable") == 1  # one warning per outage
+        assert "reachable again" in result.log
+    assert_no_redis_secret(results, redis_server)
+
+
+@needs_redis_server
+def test_unreachable_redis_at_start_stops_the_crawl_before_any_request(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(sandbox, {HOST: SITE})
+    server = RedisServer(password="never-shown-pw")  # never started
+    crawls = start_three(sandbox, gateway_env, tmp_path, "asyncio", server, 5, count=1)
+    [result] = finish(crawls)
+    assert result.returncode != 0 or result.reason is None
+    written = result.output + result.log
+    assert "JUSTPROXIES_SHARED_STATE: cannot reach Redis" in written
+    assert "JUSTPROXIES_SHARED_STATE_REQUIRED" in written
+    assert "never-shown-pw" not in result.everything_written()
+    assert sandbox.client.stats()["gateway"]["requests"] == 0
+
+
+@needs_redis_server
+def test_unreachable_redis_not_required_warns_and_crawls_alone(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(sandbox, {HOST: SITE})
+    server = RedisServer(password="never-shown-pw")  # never started
+    crawls = start_three(
+        sandbox,
+        gateway_env,
+        tmp_path,
+        "epoll",
+        server,
+        20,
+        JUSTPROXIES_SHARED_STATE_REQUIRED=False,
+    )
+    results = finish(crawls)
+    assert_all_fetched(results, 20)
+    for result in results:
+        assert "WARNING" in result.log and "cannot reach the shared state" in result.log
+        assert result.stats["justproxies/shared/unreachable"] == 1
+        assert "never-shown-pw" not in result.everything_written()
+
+
+@needs_redis_server
+def test_example_project_parts_share_one_budget(
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
+    """`scrapy crawl catalog -a part=i/n` in two processes, the Redis URL in
+    the environment, as README and `make demo-cluster` tell users."""
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    project = Path(__file__).resolve().parent.parent / "example_project"
+    configure(sandbox, {"shop.test": {"pages": 6, "rate": 30, "burst": 6}})
+    start_url = f"https://shop.test:{sandbox.site_https_port}/catalog/{{page}}"
+    crawls = []
+    command = [sys.executable, "-m", "scrapy", "crawl", "catalog"]
+    for index in (1, 2):
+        env = {
+            "PATH": "/usr/bin:/bin",
+            **gateway_env,
+            "JUSTPROXIES_SHARED_STATE": redis_server.url,
+            "JUSTPROXIES_STATE_FILE": "None",
+            "CATALOG_STATS_FILE": str(tmp_path / f"stats{index}.json"),
+        }
+        arguments = [
+            "-a", f"start_url={start_url}", "-a", "pages=6", "-a", f"part={index}/2",
+            "-O", str(tmp_path / f"items{index}.jsonl"),
+            "-s", f"LOG_FILE={tmp_path / f'crawl{index}.log'}",
+        ]  # fmt: skip
+        crawls.append(
+            subprocess.Popen(
+                [*command, *arguments],
+                cwd=project,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = [crawl.communicate(timeout=180) for crawl in crawls]
+    assert [crawl.returncode for crawl in crawls] == [0, 0], outputs
+    items = [
+        {
+            json.loads(line)["url"]
+            for line in (tmp_path / f"items{i}.jsonl").read_text().splitlines()
+        }
+        for i in (1, 2)
+    ]
+    assert items[0] and items[1] and not items[0] & items[1]
+    assert len(items[0] | items[1]) == 60  # 6 listing pages of 10 items
+    for index in (1, 2):
+        stats = json.loads((tmp_path / f"stats{index}.json").read_text())
+        assert stats["justproxies/shared/heartbeats"] > 0
+        log = (tmp_path / f"crawl{index}.log").read_text()
+        assert "budgets shared through redis://:***@127.0.0.1" in log
+        for text in (log, *outputs[index - 1]):
+            assert redis_server.password not in text
+            assert sandbox.password not in text
