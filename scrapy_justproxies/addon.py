@@ -19,6 +19,7 @@ from .middleware import (
     JustProxiesMiddleware,
     JustProxiesScrubMiddleware,
 )
+from .ratelimit import RATE_LIMIT_PRIORITY, JustProxiesRateLimitMiddleware
 from .throttle import JustProxiesThrottle
 
 if TYPE_CHECKING:
@@ -51,6 +52,11 @@ class Addon:
         )
         settings.setdefault_in_component_priority_dict(
             "DOWNLOADER_MIDDLEWARES", JustProxiesScrubMiddleware, SCRUB_PRIORITY
+        )
+        settings.setdefault_in_component_priority_dict(
+            "DOWNLOADER_MIDDLEWARES",
+            JustProxiesRateLimitMiddleware,
+            RATE_LIMIT_PRIORITY,
         )
         if ThrottleConfig.from_settings(settings, os.environ).enabled:
             settings.setdefault_in_component_priority_dict(

@@ -608,6 +608,8 @@ class ThrottleConfig:
     group_www: bool = True
     slot_groups: Mapping[str, str] = field(default_factory=dict)
     """hostname -> the slot (budget) it shares, from JUSTPROXIES_SLOT_GROUPS."""
+    stats_domains: int = 20
+    """How many domains (those with the most answers) get their own stats."""
 
     @classmethod
     def from_settings(
@@ -648,6 +650,9 @@ class ThrottleConfig:
             ),
             group_www=reader.bool("JUSTPROXIES_GROUP_WWW", default=True),
             slot_groups=_slot_groups(reader.mapping("JUSTPROXIES_SLOT_GROUPS")),
+            stats_domains=reader.number(
+                "JUSTPROXIES_STATS_DOMAINS", int, default=20, minimum=0, maximum=1000
+            ),
         )
 
     def slot_key(self, hostname: str) -> str:
