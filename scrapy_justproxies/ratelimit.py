@@ -155,16 +155,18 @@ class JustProxiesRateLimitMiddleware:
         self, request: Request, exception: Exception, spider: Spider | None = None
     ) -> None:
         self.guard.failed(request)
-        if META_ROUTED not in request.meta or self.stopping:
+        if META_ROUTED not in request.meta:
             return
         failure = gateway_failure(exception)
-        verdict = self.health.failed(
-            failure, request.meta.get("download_slot", ""), time.monotonic()
-        )
         if failure in (Failure.REFUSED, Failure.DROPPED):
             self._inc("justproxies/gateway/connection_errors")
         elif failure is Failure.TIMEOUT:
             self._inc("justproxies/gateway/timeouts")
+        if self.stopping:
+            return
+        verdict = self.health.failed(
+            failure, request.meta.get("download_slot", ""), time.monotonic()
+        )
         if verdict is not None:
             self._stop(verdict, type(exception).__name__)
 
@@ -264,7 +266,7 @@ class JustProxiesRateLimitMiddleware:
         if not path.exists():
             return
         with path.open("rb") as saved:
-            stored: list[dict[str, Any]] = pickle.load(saved)  # noqa: S301 (our own file)
+            stored: list[dict[str, Any]] = pickle.load(saved)
         path.unlink()
         for entry in stored:
             request = request_from_dict(entry, spider=spider)

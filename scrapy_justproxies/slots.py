@@ -140,8 +140,16 @@ class SlotGuard:
 
     # -- slots -----------------------------------------------------------------
 
+    def engine(self) -> Any:
+        """The crawler's engine, or None before the crawl starts (Scrapy
+        2.19 raises instead of returning None)."""
+        try:
+            return self.crawler.engine
+        except RuntimeError:
+            return None
+
     def slot(self, key: str) -> Any:
-        engine: Any = self.crawler.engine
+        engine = self.engine()
         return engine.downloader.slots.get(key) if engine is not None else None
 
     def set_concurrency(self, key: str, concurrency: int) -> None:
@@ -203,7 +211,7 @@ class SlotGuard:
         ``Downloader._process_queue`` takes ``(spider, slot)`` up to 2.13 and
         ``(slot)`` since 2.14.
         """
-        engine: Any = self.crawler.engine
+        engine = self.engine()
         if engine is None:
             return
         downloader = engine.downloader
@@ -216,7 +224,7 @@ class SlotGuard:
         self._process_queue(slot)
 
     def _engine_started(self) -> None:
-        engine: Any = self.crawler.engine
+        engine = self.engine()
         downloader = engine.downloader
         if not isinstance(downloader.slots, _GuardedSlots):
             downloader.slots = _GuardedSlots(self, downloader.slots)

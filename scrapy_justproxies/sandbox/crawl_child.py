@@ -39,6 +39,7 @@ class ListSpider(Spider):
             yield Request(
                 spec["url"],
                 meta=spec.get("meta", {}),
+                priority=spec.get("priority", 0),
                 callback=self.parse,
                 errback=self.failed,
                 dont_filter=True,
