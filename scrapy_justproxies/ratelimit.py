@@ -266,7 +266,7 @@ class JustProxiesRateLimitMiddleware:
         if not path.exists():
             return
         with path.open("rb") as saved:
-            stored: list[dict[str, Any]] = pickle.load(saved)
+            stored: list[dict[str, Any]] = pickle.load(saved)  # noqa: S301 (ours)
         path.unlink()
         for entry in stored:
             request = request_from_dict(entry, spider=spider)
