@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any, Final
 from scrapy import signals
 from scrapy.exceptions import DontCloseSpider, IgnoreRequest, NotConfigured
 from scrapy.utils.defer import deferred_from_coro
-from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.job import job_dir
 from scrapy.utils.misc import load_object
 from scrapy.utils.request import request_from_dict
@@ -68,10 +67,6 @@ known yet (no non-429 answer so far): short, never the whole wait."""
 
 LATENCY_KEYS: Final = 4096
 """Answer-time averages kept (most recently used slots): bounded memory."""
-
-RATE_LIMITED_SECONDS: Final = 30.0
-"""A site that answered 429 this recently has its new requests held back
-while its slot queue is full."""
 
 JOBDIR_FILE: Final = "justproxies-waiting-retries.pickle"
 
@@ -111,8 +106,6 @@ class JustProxiesRateLimitMiddleware:
         self.latency: dict[str, float] = {}
         self.waiting: dict[Request, Any] = {}  # -> its IDelayedCall
         self.woke_while_closing: list[Request] = []
-        # Slot key -> when it last answered 429 (most recent last).
-        self.limited: dict[str, float] = {}
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> JustProxiesRateLimitMiddleware:
@@ -210,10 +203,6 @@ class JustProxiesRateLimitMiddleware:
             maximum=self.throttle.retry_after_max,
         )
         key = request.meta.get("download_slot", "")
-        self.limited.pop(key, None)
-        self.limited[key] = time.monotonic()
-        if len(self.limited) > LATENCY_KEYS:
-            del self.limited[next(iter(self.limited))]  # the longest ago
         if self.throttle.retry_after_mode == "slot":
             # Hold the whole slot: nothing more goes to the site until then.
             self.guard.pause(key, delay)
@@ -239,14 +228,7 @@ class JustProxiesRateLimitMiddleware:
             meta.pop("dont_cache", None)
         wait = meta.pop(_WAIT, None)
         if wait is None:
-            if not self.limited or not self._backed_up(request):
-                return
-            # A rate-limited site's slot queue is full: a request queued there
-            # would hold a CONCURRENT_REQUESTS unit (Scrapy counts queued
-            # requests as active) until the site lets it through. It waits
-            # here instead, holding nothing.
-            wait = HOLD_WITHOUT_LATENCY
-            self._inc("justproxies/requests/held_back")
+            return
         if self._closing():
             self.woke_while_closing.append(request)
         else:
@@ -254,21 +236,6 @@ class JustProxiesRateLimitMiddleware:
         # Out of Scrapy's hands until the wait is over: IgnoreRequest from a
         # request_scheduled handler drops it quietly (no errback, no log).
         raise IgnoreRequest
-
-    def _backed_up(self, request: Request) -> bool:
-        """True when ``request`` is for a site that answered 429 in the last
-        RATE_LIMITED_SECONDS and whose slot already has a full queue."""
-        key = request.meta.get("download_slot")
-        if not isinstance(key, str):
-            key = self.throttle.slot_key(urlparse_cached(request).hostname or "")
-        since = self.limited.get(key)
-        if since is None:
-            return False
-        if time.monotonic() - since > RATE_LIMITED_SECONDS:
-            del self.limited[key]
-            return False
-        slot = self.guard.slot(key)
-        return slot is not None and len(slot.queue) >= max(1, slot.concurrency)
 
     def _wake(self, request: Request) -> None:
         self.waiting.pop(request, None)
