@@ -8,6 +8,7 @@ from .addon import Addon
 from .config import Config, JustProxiesConfigError
 from .middleware import JustProxiesMiddleware
 from .presets import PRESETS, PoolPreset
+from .ratelimit import JustProxiesRateLimitMiddleware
 from .throttle import JustProxiesThrottle
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __all__ = [
     "Config",
     "JustProxiesConfigError",
     "JustProxiesMiddleware",
+    "JustProxiesRateLimitMiddleware",
     "JustProxiesThrottle",
     "PoolPreset",
     "__version__",

@@ -24,6 +24,7 @@ from .middleware import (
     JustProxiesMiddleware,
     JustProxiesScrubMiddleware,
 )
+from .ratelimit import RATE_LIMIT_PRIORITY, JustProxiesRateLimitMiddleware
 from .throttle import JustProxiesThrottle
 from .trace import JustProxiesTrace
 
@@ -65,6 +66,11 @@ class Addon:
         )
         settings.setdefault_in_component_priority_dict(
             "DOWNLOADER_MIDDLEWARES", JustProxiesScrubMiddleware, SCRUB_PRIORITY
+        )
+        settings.setdefault_in_component_priority_dict(
+            "DOWNLOADER_MIDDLEWARES",
+            JustProxiesRateLimitMiddleware,
+            RATE_LIMIT_PRIORITY,
         )
         if ThrottleConfig.from_settings(settings, os.environ).enabled:
             settings.setdefault_in_component_priority_dict(

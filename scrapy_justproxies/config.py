@@ -847,6 +847,23 @@ class Concurrency:
         )
 
 
+DEFAULT_STATS_DOMAINS: Final = 20
+"""Per-domain stats are kept for this many domains (the busiest ones)."""
+
+
+def _stats_domains(reader: _Reader) -> int:
+    """JUSTPROXIES_STATS_DOMAINS: the busiest domains that get their own
+    stats (throttle) and the costliest (bytes, cost); the rest aggregate."""
+    number: int = reader.number(
+        "JUSTPROXIES_STATS_DOMAINS",
+        int,
+        default=DEFAULT_STATS_DOMAINS,
+        minimum=0,
+        maximum=1000,
+    )
+    return number
+
+
 RETRY_AFTER_MODES: Final = ("request", "slot")
 
 
@@ -864,6 +881,8 @@ class ThrottleConfig:
     group_www: bool = True
     slot_groups: Mapping[str, str] = field(default_factory=dict)
     """hostname -> the slot (budget) it shares, from JUSTPROXIES_SLOT_GROUPS."""
+    stats_domains: int = DEFAULT_STATS_DOMAINS
+    """How many domains (those with the most answers) get their own stats."""
 
     @classmethod
     def from_settings(
@@ -904,6 +923,7 @@ class ThrottleConfig:
             ),
             group_www=reader.bool("JUSTPROXIES_GROUP_WWW", default=True),
             slot_groups=_slot_groups(reader.mapping("JUSTPROXIES_SLOT_GROUPS")),
+            stats_domains=_stats_domains(reader),
         )
 
     def slot_key(self, hostname: str) -> str:
@@ -987,8 +1007,6 @@ def check_download_handlers(settings: BaseSettings) -> None:
 
 # -- observability (issue 10): bytes, money, trace, report ----------------------
 
-DEFAULT_STATS_DOMAINS: Final = 20
-"""Per-domain stats are kept for this many domains (the busiest ones)."""
 MAX_PRICE_PER_GB: Final = 1e9
 """Above any currency's price of a gigabyte; keeps every cost finite."""
 
@@ -1027,12 +1045,7 @@ class ObservabilityConfig:
             price_per_gb=price,
             trace_path=trace_path,
             report_path=report_path,
-            stats_domains=reader.number(
-                "JUSTPROXIES_STATS_DOMAINS",
-                int,
-                default=DEFAULT_STATS_DOMAINS,
-                minimum=0,
-            ),
+            stats_domains=_stats_domains(reader),
         )
 
 

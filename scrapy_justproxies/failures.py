@@ -12,9 +12,17 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Final
 
-from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
+from twisted.internet.error import (
+    ConnectError,
+    ConnectionDone,
+    ConnectionLost,
+    DNSLookupError,
+    TimeoutError,
+)
+from twisted.web.client import ResponseNeverReceived
 
 from .controller import Outcome
+from .health import Failure
 
 _TUNNEL_STATUS: Final = re.compile(r"['\"]status['\"]: (\d{3})\b")
 _QUOTED: Final = re.compile(rb'"(?:[^"\\]|\\.)*"')
@@ -43,6 +51,24 @@ def is_gateway_connection_failure(exception: BaseException) -> bool:
         and not isinstance(e, TimeoutError)
         for e in causes(exception)
     )
+
+
+def gateway_failure(exception: BaseException) -> Failure:
+    """What a failed download through the gateway says about the gateway.
+
+    A timeout is Twisted's TimeoutError on 2.13 and Scrapy's
+    DownloadTimeoutError on 2.19; a connection the gateway closed without an
+    answer is ResponseNeverReceived or ConnectionLost/Done (a site that
+    fails behind a working gateway gets the gateway's own 502 instead).
+    """
+    if is_gateway_connection_failure(exception):
+        return Failure.REFUSED
+    for e in causes(exception):
+        if isinstance(e, TimeoutError) or type(e).__name__ == "DownloadTimeoutError":
+            return Failure.TIMEOUT
+        if isinstance(e, (ResponseNeverReceived, ConnectionLost, ConnectionDone)):
+            return Failure.DROPPED
+    return Failure.OTHER
 
 
 def tunnel_status(exception: BaseException) -> int | None:

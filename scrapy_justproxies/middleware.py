@@ -12,8 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import time
-from collections.abc import Coroutine
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
@@ -42,13 +40,6 @@ from .failures import (
     proxy_generated,
     tunnel_status,
 )
-from .retry import (
-    RETRIES_META,
-    ewma,
-    get_429_retry_request,
-    parse_retry_after,
-    retry_delay,
-)
 from .slots import SlotGuard
 
 if TYPE_CHECKING:
@@ -70,10 +61,6 @@ META_COUNTRY: Final = "justproxies_country"
 META_SESSION: Final = "justproxies_session"
 # Private: the credential-free gateway URL this middleware routed the request to.
 META_ROUTED: Final = "_justproxies_gateway"
-
-# After this many connection failures in a row with no response in between,
-# the gateway is unusable: stop instead of burning every URL's retries.
-MAX_CONSECUTIVE_GATEWAY_FAILURES: Final = 10
 
 
 class Route(Enum):
@@ -155,18 +142,15 @@ class JustProxiesMiddleware:
         self.concurrency = concurrency
         self.stats = crawler.stats
         self.throttle = throttle or ThrottleConfig()
-        self.guard = SlotGuard.of(crawler)
+        # The per-domain cap holds on every download slot from here on.
+        SlotGuard.of(crawler, concurrency)
         self._gateway_url = config.gateway.url
         self._stopping: str | None = None
-        self._consecutive_failures = 0
         self._warned_direct = False
         # Hostnames that answered an http 407 without a proxy's marker: a
         # site may answer 407 itself; from two sites it is the gateway.
         self._unmarked_407_hosts: set[str] = set()
         self._refusals_logged: set[str] = set()
-        # Per download slot: how long the site takes to answer (EWMA of the
-        # non-429 answers' download_latency), what a 429 holds its place for.
-        self._latency: dict[str, float] = {}
         # Built once per (country, session): rendering and quoting it for
         # every request costs more than the rest of process_request.
         self._proxy_url = functools.lru_cache(maxsize=1024)(config.proxy_url)
@@ -199,13 +183,16 @@ class JustProxiesMiddleware:
             raise NotConfigured("JUSTPROXIES_ENABLED is false")
         _check_middleware_order(crawler.settings, cls)
         check_download_handlers(crawler.settings)
+        # 429s are retried in their own middleware (imported here: it
+        # imports this module).
+        from .ratelimit import check_rate_limit_order  # noqa: PLC0415
+
+        check_rate_limit_order(crawler.settings)
         concurrency = Concurrency.resolve(crawler.settings, config, os.environ)
         throttle = ThrottleConfig.from_settings(crawler.settings, os.environ)
         middleware = cls(crawler, config, concurrency, throttle)
         crawler.signals.connect(middleware._engine_started, signals.engine_started)
         crawler.signals.connect(middleware._scheduled, signals.request_scheduled)
-        middleware.guard.start_concurrency = concurrency.domain_start
-        middleware.guard.start_delay = concurrency.delay
         middleware._log_startup()
         return middleware
 
@@ -279,23 +266,15 @@ class JustProxiesMiddleware:
 
     def process_response(
         self, request: Request, response: Response, spider: Spider | None = None
-    ) -> Request | Response | Coroutine[Any, Any, Request | Response]:
-        if META_ROUTED in request.meta:
-            self._consecutive_failures = 0
-            # Over https the gateway's 407 comes as a failed CONNECT; a 407
-            # response there is the site's own.
-            if response.status == 407 and urlparse_cached(request).scheme == "http":
-                self._judge_http_407(request, response)
-        latency = request.meta.get("download_latency")
-        if response.status != 429 and isinstance(latency, float):
-            key = request.meta.get("download_slot", "")
-            self._latency[key] = ewma(self._latency.get(key), latency)
+    ) -> Response:
+        # Over https the gateway's 407 comes as a failed CONNECT; a 407
+        # response there is the site's own.
         if (
-            response.status == 429
-            and not request.meta.get("dont_retry")
-            and not proxy_generated(response.headers)
+            response.status == 407
+            and META_ROUTED in request.meta
+            and urlparse_cached(request).scheme == "http"
         ):
-            return self._retry_rate_limited(request, response)
+            self._judge_http_407(request, response)
         return response
 
     def process_exception(
@@ -305,54 +284,7 @@ class JustProxiesMiddleware:
             return None
         if tunnel_status(exception) == 407:
             self._credentials_rejected(request)
-        if is_gateway_connection_failure(exception):
-            self._inc("justproxies/gateway/connection_errors")
-            self._consecutive_failures += 1
-            if self._consecutive_failures >= MAX_CONSECUTIVE_GATEWAY_FAILURES:
-                self._stop(
-                    "justproxies_gateway_unreachable",
-                    "The JustProxies gateway %s could not be reached %d times in a "
-                    "row (last error: %s). Check JUSTPROXIES_GATEWAY and your "
-                    "network. Stopping the crawl; nothing is sent direct.",
-                    self._gateway_url,
-                    self._consecutive_failures,
-                    type(exception).__name__,
-                )
         return None
-
-    def _retry_rate_limited(
-        self, request: Request, response: Response
-    ) -> Request | Response | Coroutine[Any, Any, Request | Response]:
-        """A 429 from the site: retry later, outside RETRY_TIMES."""
-        retry = get_429_retry_request(
-            request, max_retries=self.throttle.retry_429_times
-        )
-        if retry is None:
-            # Ours was the 429 budget: RetryMiddleware must not spend RETRY_TIMES
-            # on it too.
-            request.meta["dont_retry"] = True
-            self._inc("justproxies/retries/rate_limited_gave_up")
-            logger.error(
-                "Gave up on %s after %d retries on HTTP 429 "
-                "(JUSTPROXIES_RETRY_429_TIMES); the site kept rate-limiting it.",
-                request, self.throttle.retry_429_times,
-            )  # fmt: skip
-            return response
-        self._inc("justproxies/retries/rate_limited")
-        delay = retry_delay(
-            parse_retry_after(response.headers.get(b"Retry-After"), time.time()),
-            attempt=retry.meta[RETRIES_META],
-            maximum=self.throttle.retry_after_max,
-        )
-        key = request.meta.get("download_slot", "")
-        if self.throttle.retry_after_mode == "slot":
-            # Hold the whole slot: nothing more goes to the site until then.
-            self.guard.pause(key, delay)
-            return retry
-        # Held as long as the site's usual answer would have taken in all.
-        took = request.meta.get("download_latency")
-        hold = self._latency.get(key, delay) - (took if isinstance(took, float) else 0)
-        return _later(delay, retry, self.guard, key, hold)
 
     # -- signals -------------------------------------------------------------
 
@@ -538,23 +470,6 @@ def _scrub(request: Request) -> None:
     if META_ROUTED in request.meta:
         request.headers.pop(b"Proxy-Authorization", None)
         request.meta.pop("_auth_proxy", None)
-
-
-async def _later(
-    delay: float, retry: Request, guard: SlotGuard, key: str, hold: float
-) -> Request:
-    """Hand ``retry`` back to Scrapy after ``delay`` seconds, its 429 keeping
-    its place in slot ``key`` for the first ``hold`` of them.
-
-    Returned as a coroutine from a plain method, which Scrapy 2.13 and 2.19
-    both await, so only 429s pay for it. A rate limiter answers 429 at once;
-    a place freed at once would send the next request straight into the next
-    429 before the throttle caught up. Held for the rest of the site's usual
-    answer time, a 429 costs the slot what any request costs, no more.
-    """
-    if delay > 0:
-        await guard.hold(key, retry, wait=delay, place=hold)
-    return retry
 
 
 def _check_middleware_order(settings: BaseSettings, own_class: type) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import re
+from datetime import timezone
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Final
 
@@ -44,8 +45,10 @@ def parse_retry_after(value: bytes | str | None, now: float) -> float | None:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
         return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT
-        return None
+    if when.tzinfo is None:
+        # The asctime form (``Sun Nov  6 08:49:37 1994``) names no zone; RFC
+        # 9110 dates are all GMT.
+        when = when.replace(tzinfo=timezone.utc)
     return max(0.0, when.timestamp() - now)
 
 
@@ -57,15 +60,17 @@ def retry_delay(
 ) -> float:
     """How long to hold a 429'd request before retrying it.
 
-    The site's ``Retry-After`` when given (at most ``maximum``); otherwise an
-    exponential backoff from 0.5 s, doubled per attempt up to 8 s, with
-    ±25% jitter.
+    An exponential backoff from 0.5 s, doubled per attempt up to 8 s, with
+    ±25% jitter; or the site's ``Retry-After`` when it asks for longer. The
+    backoff is also the floor: ``Retry-After: 0`` or a date already past (a
+    site whose clock is behind) would otherwise spend the whole 429 budget
+    in milliseconds. ``maximum`` caps both.
     """
-    if retry_after is not None:
-        return min(retry_after, maximum)
     base = min(FALLBACK_BASE_SECONDS * 2.0 ** max(0, attempt - 1), FALLBACK_MAX_SECONDS)
-    jitter = float((rng or random).uniform(0.75, 1.25))
-    return min(base * jitter, maximum)
+    backoff = base * float((rng or random).uniform(0.75, 1.25))
+    if retry_after is not None:
+        backoff = max(retry_after, backoff)
+    return min(backoff, maximum)
 
 
 def get_429_retry_request(request: Request, *, max_retries: int) -> Request | None:

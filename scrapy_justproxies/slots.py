@@ -25,20 +25,42 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, MutableSet
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from scrapy import signals
-from scrapy.utils.defer import maybe_deferred_to_future
-from twisted.internet.task import deferLater
 
 if TYPE_CHECKING:
-    from scrapy import Request, Spider
+    from scrapy import Request
     from scrapy.crawler import Crawler
+    from scrapy.http import Response
     from twisted.internet.interfaces import IReactorTime
+
+    from .config import Concurrency
+
 
 ClaimListener = Callable[[str, "Request", int], None]
 """Called as ``listener(slot_key, request, in_flight)`` when a request leaves
-its slot's queue to be downloaded; ``in_flight`` counts it."""
+its slot's queue to be downloaded (the byte meter, the trace)."""
+
+
+class SlotListener(Protocol):
+    """What the throttle offers the slots: limits out, samples in."""
+
+    def limit_for(self, key: str) -> int | None:
+        """A slot's current limit, if it has one (None: leave it alone)."""
+
+    def sent(self, key: str, request: Request, in_flight: int) -> None:
+        """``request`` left slot ``key``'s queue; ``in_flight`` counts it."""
+
+    def answered(self, request: Request, response: Response) -> None:
+        """The download of ``request`` produced ``response``."""
+
+    def failed(self, request: Request) -> None:
+        """The download of ``request`` ended without a response."""
+
+    def pace_for(self, key: str) -> float | None:
+        """Seconds between a new slot's first sends (a warm start's first
+        volley spread over one answer time), or None."""
 
 
 class ClaimingQueue(deque[tuple["Request", Any]]):
@@ -47,7 +69,7 @@ class ClaimingQueue(deque[tuple["Request", Any]]):
     def __init__(
         self,
         items: Iterable[tuple[Request, Any]],
-        transferring: MutableSet[Request],
+        transferring: MutableSet[Any],
         on_claim: Callable[[Request, int], None],
     ) -> None:
         super().__init__(items)
@@ -61,39 +83,84 @@ class ClaimingQueue(deque[tuple["Request", Any]]):
         return item
 
 
+class _GuardedSlots(dict[str, Any]):
+    """``Downloader.slots``: every slot Scrapy makes gets the claiming queue
+    and its starting values as it is filed, at no cost per request."""
+
+    def __init__(self, guard: SlotGuard, slots: dict[str, Any]) -> None:
+        super().__init__()
+        self.guard = guard
+        for key, slot in slots.items():
+            self[key] = slot
+
+    def __setitem__(self, key: str, slot: Any) -> None:
+        self.guard._install(key, slot)
+        super().__setitem__(key, slot)
+
+
+class _Place:
+    """Stands in a slot's ``transferring`` set for a 429 that keeps its place."""
+
+    __slots__ = ()
+
+
 class SlotGuard:
     """Per crawler: installs the claiming queue on every download slot, sets
-    each new slot's starting concurrency and delay, and tells listeners when
-    requests are sent. Get it with :meth:`of`."""
+    each new slot's starting concurrency and delay (from
+    :class:`~scrapy_justproxies.config.Concurrency`), and passes sends and
+    answers to the throttle once it is attached (:meth:`attach_throttle`).
+    Get it with :meth:`of`."""
 
     _by_crawler: ClassVar[weakref.WeakKeyDictionary[Crawler, SlotGuard]] = (
         weakref.WeakKeyDictionary()
     )
 
-    def __init__(self, crawler: Crawler) -> None:
+    def __init__(self, crawler: Crawler, concurrency: Concurrency | None) -> None:
         self.crawler = crawler
-        self.start_concurrency: int | None = None
-        self.start_delay: float | None = None
-        self.limit_for: Callable[[str], int | None] = lambda key: None
-        """Set by the throttle: a slot's current limit, if it has one."""
-        self.pace_for: Callable[[str], float | None] = lambda key: None
-        """Set by the throttle: seconds between a new slot's first sends."""
-        self._unpaced: dict[str, tuple[float, Any]] = {}  # key: (delay, jitter)
+        self.start_concurrency = concurrency.domain_start if concurrency else None
+        self.start_delay = concurrency.delay if concurrency else None
+        self.throttle: SlotListener | None = None
         self.listeners: list[ClaimListener] = []
+        self._unpaced: dict[str, tuple[float, Any]] = {}  # key: (delay, jitter)
         self._overrides: dict[str, Any] = crawler.settings.getdict("DOWNLOAD_SLOTS")
         self._process_queue: Callable[[Any], None] | None = None
         self._paused: dict[str, tuple[float, int]] = {}  # key: (until, limit)
-        crawler.signals.connect(self._reached, signals.request_reached_downloader)
+        crawler.signals.connect(self._engine_started, signals.engine_started)
 
     @classmethod
-    def of(cls, crawler: Crawler) -> SlotGuard:
+    def of(cls, crawler: Crawler, concurrency: Concurrency | None = None) -> SlotGuard:
+        """The crawler's guard; the first caller gives the start values."""
         guard = cls._by_crawler.get(crawler)
         if guard is None:
-            guard = cls._by_crawler[crawler] = cls(crawler)
+            guard = cls._by_crawler[crawler] = cls(crawler, concurrency)
         return guard
 
+    def attach_throttle(self, throttle: SlotListener) -> None:
+        """Let ``throttle`` set slot limits and hear of every send and answer."""
+        self.throttle = throttle
+
+    # -- what the downloader middleware reports -------------------------------
+
+    def answered(self, request: Request, response: Response) -> None:
+        if self.throttle is not None:
+            self.throttle.answered(request, response)
+
+    def failed(self, request: Request) -> None:
+        if self.throttle is not None:
+            self.throttle.failed(request)
+
+    # -- slots -----------------------------------------------------------------
+
+    def engine(self) -> Any:
+        """The crawler's engine, or None before the crawl starts (Scrapy
+        2.19 raises instead of returning None)."""
+        try:
+            return self.crawler.engine
+        except RuntimeError:
+            return None
+
     def slot(self, key: str) -> Any:
-        engine: Any = self.crawler.engine
+        engine = self.engine()
         return engine.downloader.slots.get(key) if engine is not None else None
 
     def set_concurrency(self, key: str, concurrency: int) -> None:
@@ -122,34 +189,25 @@ class SlotGuard:
         else:
             self._paused[key] = (until, slot.concurrency)
             slot.concurrency = 0
-        deferLater(reactor_time(), seconds, self._resume, key, until)
+        call_later(seconds, self._resume, key, until)
         if self.crawler.stats is not None:
             self.crawler.stats.inc_value("justproxies/slots/paused")
 
-    async def hold(
-        self, key: str, request: Request, *, wait: float, place: float
-    ) -> None:
-        """Keep ``request`` (a 429's retry) in slot ``key`` while it waits
-        ``wait`` seconds: as an active request for the whole wait, so Scrapy's
-        downloader-aware priority queue does not take a rate-limiting site for
-        an idle one, and in one of the slot's transfer places (which its
-        concurrency counts) for the first ``place`` seconds."""
-        place = max(0.0, min(place, wait))
+    def hold_place(self, key: str, seconds: float) -> None:
+        """Keep one of slot ``key``'s transfer places (which its concurrency
+        counts) taken for ``seconds``, for a 429 answered at once. Nothing
+        else is held: not the request, not a crawl-wide unit."""
         slot = self.slot(key)
-        if slot is not None:
-            slot.active.add(request)
-            slot.transferring.add(request)
-        try:
-            await _sleep(place)
-            if slot is not None:
-                slot.transferring.discard(request)
-                if slot.queue:
-                    self.kick(slot)
-            await _sleep(wait - place)
-        finally:
-            if slot is not None:  # also when cancelled while holding the place
-                slot.active.discard(request)
-                slot.transferring.discard(request)
+        if slot is None or seconds <= 0:
+            return
+        place = _Place()
+        slot.transferring.add(place)
+        call_later(seconds, self._release, slot, place)
+
+    def _release(self, slot: Any, place: _Place) -> None:
+        slot.transferring.discard(place)
+        if slot.queue:
+            self.kick(slot)
 
     def _resume(self, key: str, until: float) -> None:
         paused = self._paused.get(key)
@@ -164,7 +222,7 @@ class SlotGuard:
         ``Downloader._process_queue`` takes ``(spider, slot)`` up to 2.13 and
         ``(slot)`` since 2.14.
         """
-        engine: Any = self.crawler.engine
+        engine = self.engine()
         if engine is None:
             return
         downloader = engine.downloader
@@ -176,14 +234,14 @@ class SlotGuard:
             )
         self._process_queue(slot)
 
-    def _reached(self, request: Request, spider: Spider) -> None:
-        key = request.meta.get("download_slot")
-        slot = self.slot(key) if isinstance(key, str) else None
-        if (
-            slot is None
-            or not isinstance(key, str)
-            or isinstance(slot.queue, ClaimingQueue)
-        ):
+    def _engine_started(self) -> None:
+        engine = self.engine()
+        downloader = engine.downloader
+        if not isinstance(downloader.slots, _GuardedSlots):
+            downloader.slots = _GuardedSlots(self, downloader.slots)
+
+    def _install(self, key: str, slot: Any) -> None:
+        if isinstance(slot.queue, ClaimingQueue):
             return
         slot.queue = ClaimingQueue(
             slot.queue,
@@ -193,16 +251,20 @@ class SlotGuard:
         if self.crawler.stats is not None:
             self.crawler.stats.inc_value("justproxies/slots/guarded")
         overrides = self._overrides.get(key, {})
-        limit = None if "concurrency" in overrides else self.limit_for(key)
+        pinned = "concurrency" in overrides
+        limit = None
+        if not pinned and self.throttle is not None:
+            limit = self.throttle.limit_for(key)
         if limit is not None:
             slot.concurrency = limit
-        elif self.start_concurrency is not None and "concurrency" not in overrides:
+        elif self.start_concurrency is not None and not pinned:
             slot.concurrency = self.start_concurrency
         if self.start_delay is not None and "delay" not in overrides:
             slot.delay = self.start_delay
-        pace = None if "delay" in overrides else self.pace_for(key)
-        if pace:
-            self.pace(key, pace)
+        if "delay" not in overrides and self.throttle is not None:
+            pace = self.throttle.pace_for(key)
+            if pace:
+                self._pace(key, slot, pace)
 
     def pace(self, key: str, interval: float | None) -> None:
         """Send from slot ``key`` exactly every ``interval`` seconds (the
@@ -211,8 +273,10 @@ class SlotGuard:
         if interval is None and key not in self._unpaced:
             return
         slot = self.slot(key)
-        if slot is None:
-            return
+        if slot is not None:
+            self._pace(key, slot, interval)
+
+    def _pace(self, key: str, slot: Any, interval: float | None) -> None:
         # Scrapy 2.14+ calls the random variation "jitter" (a magnitude),
         # older versions "randomize_delay" (a flag).
         name = "jitter" if hasattr(type(slot), "jitter") else "randomize_delay"
@@ -228,15 +292,17 @@ class SlotGuard:
         setattr(slot, name, 0.0 if name == "jitter" else False)
 
     def _claimed(self, key: str, request: Request, in_flight: int) -> None:
+        if self.throttle is not None:
+            self.throttle.sent(key, request, in_flight)
         for listener in self.listeners:
             listener(key, request, in_flight)
 
 
-async def _sleep(seconds: float) -> None:
-    if seconds > 0:
-        await maybe_deferred_to_future(
-            deferLater(reactor_time(), seconds, lambda: None)
-        )
+def call_later(seconds: float, function: Callable[..., Any], *args: Any) -> Any:
+    """``reactor.callLater``: the IDelayedCall, typed loosely (zope's
+    interfaces confuse mypy)."""
+    reactor: Any = reactor_time()
+    return reactor.callLater(seconds, function, *args)
 
 
 def reactor_time() -> IReactorTime:

@@ -1,13 +1,19 @@
 """The extension that owns each download slot's concurrency.
 
 Thin glue: the limit algorithm is :mod:`scrapy_justproxies.controller`
-(pure, simulation-tested); this module feeds it samples from Scrapy's
-signals and applies its decisions to the download slots through
+(pure, simulation-tested); this module feeds it samples and applies its
+decisions to the download slots through
 :class:`~scrapy_justproxies.slots.SlotGuard`, which also makes the limits
-real on Scrapy 2.14+. Samples are taken where they mean something: a request
-is "sent" when it leaves its slot's queue (not when it is scheduled), and
-its answer is judged when the download handler returns, before any
-middleware turns a 429 into a retry.
+real on Scrapy 2.14+. Samples come by direct calls, not signals: a request
+is "sent" when it leaves its slot's queue (the guard's claiming queue), and
+its answer is judged by the rate-limit middleware, the first to see it on
+the way back, before a 429 becomes a retry.
+
+State stays bounded on broad crawls: a domain idle for
+:data:`IDLE_SECONDS` is evicted and only its limit is remembered (a bounded
+LRU), so it comes back near where it was; stats carry crawl-wide totals and
+the ``JUSTPROXIES_STATS_DOMAINS`` domains with the most answers, the rest in
+one aggregate.
 """
 
 from __future__ import annotations
@@ -15,11 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
@@ -35,7 +41,6 @@ from .config import (
 )
 from .controller import (
     ControllerSettings,
-    ControllerSettingsError,
     Decision,
     DomainController,
     Learned,
@@ -56,18 +61,41 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SAVE_INTERVAL = 10.0
+IDLE_SECONDS: Final = 180.0
+"""A domain with no send or answer for this long is evicted."""
+SWEEP_SECONDS: Final = 30.0
+"""How often idle domains are looked for."""
+REMEMBERED_DOMAINS: Final = 10_000
+"""Evicted domains whose limit is kept (most recently evicted first)."""
+SAVE_INTERVAL: Final = 10.0
 """Seconds between saves of the state file while limits change (and at the
 end of the crawl): a killed crawl loses at most this much learning."""
 
-# ControllerSettings field -> the setting a user changes for it.
-_SETTING_FOR_FIELD = {
-    "start": "CONCURRENT_REQUESTS_PER_DOMAIN",
-    "maximum": "JUSTPROXIES_DOMAIN_CONCURRENCY_MAX",
-    "increase_factor": "JUSTPROXIES_THROTTLE_INCREASE",
-    "tolerated_share": "JUSTPROXIES_THROTTLE_TOLERATED_429_SHARE",
-    "slow_start": "JUSTPROXIES_THROTTLE_SLOW_START",
-}
+# Crawl-wide stats; per-domain ones are written at close for the top domains.
+ANSWERS_TOTAL: Final = "justproxies/answers/total"
+RATE_LIMITED_TOTAL: Final = "justproxies/rate_limited/total"
+OTHER: Final = "other_domains"
+"""The qualifier of the aggregate stats of the domains not listed."""
+
+
+@dataclass
+class _Counts:
+    """What the stats and the closing summary tell about one domain."""
+
+    start: int
+    peak: int
+    warm: bool = False
+    """Started from what an earlier crawl (the state file) learned."""
+    final: int = 0
+    answers: int = 0
+    rate_limited: int = 0
+    changes: Counter[Reason] = field(default_factory=Counter)
+
+    def merge(self, other: _Counts) -> None:
+        self.peak = max(self.peak, other.peak)
+        self.answers += other.answers
+        self.rate_limited += other.rate_limited
+        self.changes.update(other.changes)
 
 
 @dataclass
@@ -75,10 +103,8 @@ class _Domain:
     """One slot's controller and what we tell the user about it."""
 
     controller: DomainController
-    peak: int
-    answers: int = 0
-    rate_limited: int = 0
-    changes: Counter[Reason] = field(default_factory=Counter)
+    counts: _Counts
+    last_seen: float
     last_logged: float = -float("inf")
     unlogged: list[Decision] = field(default_factory=list)
 
@@ -88,7 +114,7 @@ class JustProxiesThrottle:
 
     Enabled by the add-on, or by hand with
     ``EXTENSIONS = {"scrapy_justproxies.JustProxiesThrottle": 0}`` next to the
-    middleware.
+    middlewares.
     """
 
     def __init__(
@@ -97,6 +123,7 @@ class JustProxiesThrottle:
         throttle: ThrottleConfig,
         controller_settings: ControllerSettings,
         clock: Callable[[], float] = time.monotonic,
+        guard: SlotGuard | None = None,
         *,
         learning: LearningConfig | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -113,18 +140,24 @@ class JustProxiesThrottle:
             for key, values in crawler.settings.getdict("DOWNLOAD_SLOTS").items()
             if "concurrency" in values
         }
-        self.guard = SlotGuard.of(crawler)
-        self.guard.limit_for = self._limit_for
-        self.guard.pace_for = self._pace_for
-        self.guard.listeners.append(self._sent)
+        # Evicted domains: what the controller learned, and their counts
+        # while they may still be among the top ones.
+        self._learned: OrderedDict[str, Learned] = OrderedDict()
+        self._top: dict[str, _Counts] = {}
+        self._other = _Counts(start=0, peak=0)
+        self._other_domains = 0
+        self._next_sweep = clock() + SWEEP_SECONDS
         self.decision_listeners: list[Callable[[str, Decision, float], None]] = []
         """Told of every limit change (the trace records them)."""
         self.learning = learning or LearningConfig()
         self.wall_clock = wall_clock
+        # What the state file says of domains not seen yet in this crawl.
         self._warm = self._load_state()
         self._last_save = -float("inf")
-        # Issue 11: the site's budget shared with other processes (Redis).
+        # The site's budget shared with other processes (Redis), if any.
         self.shared: SharedBudgets | None = None
+        self.guard = guard or SlotGuard.of(crawler)
+        self.guard.attach_throttle(self)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> JustProxiesThrottle:
@@ -143,20 +176,21 @@ class JustProxiesThrottle:
                 "False, or JUSTPROXIES_THROTTLE_ENABLED = False to keep Scrapy's "
                 "AutoThrottle."
             )
+        # Concurrency and ThrottleConfig have checked every value the
+        # controller takes against the same bounds.
         concurrency = Concurrency.resolve(settings, config, os.environ)
         learning = LearningConfig.from_settings(settings, os.environ)
-        try:
-            controller_settings = ControllerSettings(
-                start=concurrency.domain_start,
-                maximum=concurrency.domain_max,
-                increase_factor=throttle.increase_factor,
-                tolerated_share=throttle.tolerated_share,
-                slow_start=learning.slow_start,
-            )
-        except ControllerSettingsError as exc:
-            name = _SETTING_FOR_FIELD.get(exc.field, exc.field)
-            raise JustProxiesConfigError(f"{name}: {exc}") from None
-        extension = cls(crawler, throttle, controller_settings, learning=learning)
+        controller_settings = ControllerSettings(
+            start=concurrency.domain_start,
+            maximum=concurrency.domain_max,
+            increase_factor=throttle.increase_factor,
+            tolerated_share=throttle.tolerated_share,
+            slow_start=learning.slow_start,
+        )
+        guard = SlotGuard.of(crawler, concurrency)
+        extension = cls(
+            crawler, throttle, controller_settings, guard=guard, learning=learning
+        )
         shared_config = SharedStateConfig.from_settings(settings, os.environ)
         if shared_config.enabled:
             from .shared import SharedBudgets  # noqa: PLC0415 - redis is optional
@@ -165,94 +199,66 @@ class JustProxiesThrottle:
                 crawler,
                 shared_config,
                 extension.guard,
-                lambda key: extension._domain(key).controller.limit,
+                lambda key: extension._domain(key, extension.clock()).controller.limit,
                 tolerated_share=throttle.tolerated_share,
                 budget_ttl=learning.max_age,
                 take_over=extension._take_over,
             )
-        crawler.signals.connect(extension._answered, signals.response_downloaded)
-        crawler.signals.connect(extension._left, signals.request_left_downloader)
         crawler.signals.connect(extension._closed, signals.spider_closed)
         return extension
 
-    # -- samples in ----------------------------------------------------------
+    # -- samples in (called by the slot guard) ---------------------------------
 
-    def _domain(self, key: str) -> _Domain:
-        domain = self.domains.get(key)
-        if domain is None:
-            learned = self._warm.pop(key, None)
-            controller = DomainController(
-                self.controller_settings, self.clock(), learned=learned
-            )
-            domain = self.domains[key] = _Domain(controller, peak=controller.limit)
-            if learned is not None:
-                self._set_stat(f"justproxies/warm_start/{key}", controller.limit)
-            self._set_stat(f"justproxies/limit_start/{key}", controller.limit)
-            self._set_stat(f"justproxies/limit/{key}", controller.limit)
-            self._max_stat(f"justproxies/limit_peak/{key}", controller.limit)
-        return domain
-
-    def _limit_for(self, key: str) -> int | None:
+    def limit_for(self, key: str) -> int | None:
         if key in self.pinned:
             return None
         # A slot Scrapy garbage-collected and made again keeps its limit.
-        return self._effective(key, self._domain(key).controller.limit)
+        return self._effective(key, self._domain(key, self.clock()).controller.limit)
 
-    def _take_over(self, key: str, limit: int) -> None:
-        """Issue 11 hook: the shared state went away; this slot's own
-        controller takes over from the share it had (the share stays a cap)."""
-        domain = self._domain(key)
-        now = self.clock()
-        start = Learned(limit, None, LimitKind.UNKNOWN, None, now, 0)
-        domain.controller = DomainController(
-            self.controller_settings, now, learned=start
-        )
-
-    def _effective(self, key: str, limit: int) -> int:
-        """Issue 11 hook: the slot's share of a budget shared with other
-        processes, when there is one; else its own controller's limit."""
-        return self.shared.effective(key, limit) if self.shared else limit
-
-    def _pace_for(self, key: str) -> float | None:
+    def pace_for(self, key: str) -> float | None:
         if key in self.pinned:
             return None
-        return self._domain(key).controller.pace(self.clock())
+        now = self.clock()
+        return self._domain(key, now).controller.pace(now)
 
-    def _sent(self, key: str, request: Request, in_flight: int) -> None:
+    def sent(self, key: str, request: Request, in_flight: int) -> None:
         if key in self.pinned:
             return  # DOWNLOAD_SLOTS gives this slot its own fixed concurrency
-        ticket = self._domain(key).controller.on_sent(self.clock(), in_flight)
-        self._tickets[request] = (key, ticket)
+        now = self.clock()
+        domain = self._domain(key, now)
+        domain.last_seen = now
+        self._tickets[request] = (key, domain.controller.on_sent(now, in_flight))
 
-    def _answered(self, response: Response, request: Request, spider: Spider) -> None:
+    def answered(self, request: Request, response: Response) -> None:
         entry = self._tickets.pop(request, None)
         if entry is not None:
             self._record(*entry, classify_response(response.status, response.headers))
 
-    def _left(self, request: Request, spider: Spider) -> None:
-        # Still here: the download failed (timeout, connection error) and
-        # said nothing about the site's limit.
+    def failed(self, request: Request) -> None:
+        # The download failed (timeout, connection error) and said nothing
+        # about the site's limit.
         entry = self._tickets.pop(request, None)
         if entry is not None:
             self._record(*entry, Outcome.IGNORED)
 
     def _record(self, key: str, ticket: Ticket, outcome: Outcome) -> None:
         now = self.clock()
-        domain = self._domain(key)
+        domain = self._domain(key, now)
+        domain.last_seen = now
         domain.controller.record(ticket, outcome, now)
         if outcome is not Outcome.IGNORED:
-            if self.shared is not None:  # issue 11: pooled with other processes
+            if self.shared is not None:  # pooled with the other processes
                 self.shared.record(
                     key,
                     rate_limited=outcome is Outcome.RATE_LIMITED,
                     ok=outcome is Outcome.OK,
                     seconds=now - ticket.sent_at,
                 )
-            domain.answers += 1
-            self._inc_stat(f"justproxies/answers/{key}")
+            domain.counts.answers += 1
+            self._inc_stat(ANSWERS_TOTAL)
         if outcome is Outcome.RATE_LIMITED:
-            domain.rate_limited += 1
-            self._inc_stat(f"justproxies/rate_limited/{key}")
+            domain.counts.rate_limited += 1
+            self._inc_stat(RATE_LIMITED_TOTAL)
         if domain.controller.pace(now) is None:
             self.guard.pace(key, None)  # a warm start's first volley is out
         decision = domain.controller.decide(now)
@@ -260,6 +266,83 @@ class JustProxiesThrottle:
             self._apply(key, domain, decision, now)
             if now - self._last_save >= SAVE_INTERVAL and self._save_state():
                 self._last_save = now
+        if now >= self._next_sweep:
+            self._sweep(now)
+
+    # -- per-domain state, bounded ---------------------------------------------
+
+    def _domain(self, key: str, now: float) -> _Domain:
+        domain = self.domains.get(key)
+        if domain is None:
+            warm = key in self._warm
+            controller = self._revive(key, now)
+            counts = self._top.pop(key, None) or _Counts(
+                start=controller.limit, peak=controller.limit, warm=warm
+            )
+            domain = self.domains[key] = _Domain(controller, counts, last_seen=now)
+        return domain
+
+    def _take_over(self, key: str, limit: int) -> None:
+        """The shared state went away: this slot's own controller takes over
+        from the share it had (the share stays a cap)."""
+        now = self.clock()
+        start = Learned(limit, None, LimitKind.UNKNOWN, None, now, 0)
+        self._domain(key, now).controller = DomainController(
+            self.controller_settings, now, learned=start
+        )
+
+    def _effective(self, key: str, limit: int) -> int:
+        """The slot's share of a budget shared with other processes, when
+        there is one; else its own controller's limit."""
+        return self.shared.effective(key, limit) if self.shared else limit
+
+    def _sweep(self, now: float) -> None:
+        """Evict the domains idle for IDLE_SECONDS."""
+        self._next_sweep = now + SWEEP_SECONDS
+        idle = [
+            key
+            for key, domain in self.domains.items()
+            if now - domain.last_seen >= IDLE_SECONDS
+        ]
+        for key in idle:
+            domain = self.domains.pop(key)
+            if domain.unlogged:
+                self._log_changes(key, domain, now)
+            self._remember(key, domain.controller, now)
+            domain.counts.final = domain.controller.limit
+            self._keep_counts(key, domain.counts)
+        if idle:
+            self._inc_stat("justproxies/domains/evicted", len(idle))
+
+    def _remember(self, key: str, controller: DomainController, now: float) -> None:
+        """Keep what ``controller`` learned, compactly (a bounded LRU)."""
+        learned = controller.learned(self.wall_clock())  # stamped as the state file is
+        if learned is None:
+            return
+        self._learned[key] = learned
+        self._learned.move_to_end(key)
+        if len(self._learned) > REMEMBERED_DOMAINS:
+            self._learned.popitem(last=False)
+
+    def _revive(self, key: str, now: float) -> DomainController:
+        """A controller for ``key``: resumed from what it learned earlier in
+        this crawl (evicted while idle), or from the state file, if anything."""
+        learned = self._learned.pop(key, None) or self._warm.pop(key, None)
+        if learned is not None:
+            self._inc_stat("justproxies/domains/warm_started")
+        return DomainController(self.controller_settings, now, learned=learned)
+
+    def _keep_counts(self, key: str, counts: _Counts) -> None:
+        """An evicted domain's counts stay while it may be among the top
+        JUSTPROXIES_STATS_DOMAINS; the others join the aggregate."""
+        self._top[key] = counts
+        if len(self._top) > self.throttle.stats_domains:
+            smallest = min(self._top, key=lambda k: self._top[k].answers)
+            self._fold(self._top.pop(smallest))
+
+    def _fold(self, counts: _Counts) -> None:
+        self._other.merge(counts)
+        self._other_domains += 1
 
     # -- decisions out -------------------------------------------------------
 
@@ -267,10 +350,8 @@ class JustProxiesThrottle:
         self.guard.set_concurrency(key, self._effective(key, decision.new_limit))
         for listener in self.decision_listeners:
             listener(key, decision, now)
-        domain.peak = max(domain.peak, decision.new_limit)
-        domain.changes[decision.reason] += 1
-        self._set_stat(f"justproxies/limit/{key}", decision.new_limit)
-        self._max_stat(f"justproxies/limit_peak/{key}", decision.new_limit)
+        domain.counts.peak = max(domain.counts.peak, decision.new_limit)
+        domain.counts.changes[decision.reason] += 1
         self._inc_stat(f"justproxies/limit_changes/{decision.reason.value}")
         domain.unlogged.append(decision)
         if now - domain.last_logged >= self.throttle.log_interval:
@@ -297,25 +378,51 @@ class JustProxiesThrottle:
         )  # fmt: skip
 
     def _closed(self, spider: Spider, reason: str) -> None:
-        if not self.domains:
-            return
         self._save_state()
-        lines = ["JustProxies concurrency by domain:"]
-        for key, domain in sorted(self.domains.items()):
+        now = self.clock()
+        every = dict(self._top)
+        for key, domain in self.domains.items():
             if domain.unlogged:
-                self._log_changes(key, domain, self.clock())
-            final = domain.controller.limit
-            share = domain.rate_limited / domain.answers if domain.answers else 0.0
-            self._set_stat(f"justproxies/limit_final/{key}", final)
+                self._log_changes(key, domain, now)
+            domain.counts.final = domain.controller.limit
+            every[key] = domain.counts
+        if not every:
+            return
+        ranked = sorted(every, key=lambda k: (-every[k].answers, k))
+        shown = ranked[: self.throttle.stats_domains]
+        for key in ranked[self.throttle.stats_domains :]:
+            self._fold(every[key])
+        lines = ["JustProxies concurrency by domain:"]
+        for key in sorted(shown):
+            counts = every[key]
+            share = counts.rate_limited / counts.answers if counts.answers else 0.0
+            self._set_stat(f"justproxies/limit_start/{key}", counts.start)
+            if counts.warm:
+                self._set_stat(f"justproxies/warm_start/{key}", counts.start)
+            self._set_stat(f"justproxies/limit/{key}", counts.final)
+            self._set_stat(f"justproxies/limit_final/{key}", counts.final)
+            self._set_stat(f"justproxies/limit_peak/{key}", counts.peak)
+            self._set_stat(f"justproxies/answers/{key}", counts.answers)
+            self._set_stat(f"justproxies/rate_limited/{key}", counts.rate_limited)
             self._set_stat(f"justproxies/rate_limited_share/{key}", round(share, 4))
             changes = ", ".join(
                 f"{count} {reason.value}"
-                for reason, count in sorted(domain.changes.items())
+                for reason, count in sorted(counts.changes.items())
             )
             lines.append(
-                f"  {key}: final {final}, peak {domain.peak}; {domain.rate_limited} of "
-                f"{domain.answers} answers were 429 ({share:.1%}); "
-                f"changes: {changes or 'none'}"
+                f"  {key}: final {counts.final}, peak {counts.peak}; "
+                f"{counts.rate_limited} of {counts.answers} answers were 429 "
+                f"({share:.1%}); changes: {changes or 'none'}"
+            )
+        if self._other_domains:
+            other = self._other
+            self._set_stat(f"justproxies/domains/{OTHER}", self._other_domains)
+            self._set_stat(f"justproxies/answers/{OTHER}", other.answers)
+            self._set_stat(f"justproxies/rate_limited/{OTHER}", other.rate_limited)
+            self._set_stat(f"justproxies/limit_peak/{OTHER}", other.peak)
+            lines.append(
+                f"  and {self._other_domains} more domains: {other.rate_limited} of "
+                f"{other.answers} answers were 429; highest peak {other.peak}"
             )
         logger.info("\n".join(lines))
 
@@ -357,12 +464,13 @@ class JustProxiesThrottle:
         if path is None:
             return False
         now = self.wall_clock()
-        learned = {
-            key: entry
+        learned = dict(self._learned)  # evicted while idle, newest last
+        learned.update(
+            (key, entry)
             for key, domain in self.domains.items()
             if key not in self.pinned
             and (entry := domain.controller.learned(now)) is not None
-        }
+        )
         if not learned:
             return False
         try:
@@ -380,17 +488,13 @@ class JustProxiesThrottle:
 
     # -- stats ---------------------------------------------------------------
 
-    def _inc_stat(self, key: str) -> None:
+    def _inc_stat(self, key: str, count: int = 1) -> None:
         if self.stats is not None:
-            self.stats.inc_value(key)
+            self.stats.inc_value(key, count)
 
     def _set_stat(self, key: str, value: Any) -> None:
         if self.stats is not None:
             self.stats.set_value(key, value)
-
-    def _max_stat(self, key: str, value: Any) -> None:
-        if self.stats is not None:
-            self.stats.max_value(key, value)
 
 
 def _describe(entry: Learned) -> str:

@@ -13,6 +13,7 @@ from scrapy_justproxies import (
 )
 from scrapy_justproxies.config import TEMPLATE_OVERRIDE_PRIORITY
 from scrapy_justproxies.middleware import JustProxiesScrubMiddleware as SCRUB
+from scrapy_justproxies.ratelimit import JustProxiesRateLimitMiddleware as RATE
 from scrapy_justproxies.trace import JustProxiesTrace
 
 CREDENTIALS = {
@@ -35,7 +36,7 @@ def middlewares(settings: Settings) -> dict[object, object]:
 def test_enables_the_middleware_before_httpproxy() -> None:
     settings = project({})
     Addon().update_settings(settings)
-    assert middlewares(settings) == {JustProxiesMiddleware: 745, SCRUB: 950}
+    assert middlewares(settings) == {JustProxiesMiddleware: 745, RATE: 940, SCRUB: 950}
 
 
 def test_keeps_the_projects_own_middlewares_and_extensions() -> None:
@@ -51,6 +52,7 @@ def test_keeps_the_projects_own_middlewares_and_extensions() -> None:
     assert middlewares(settings) == {
         "scrapy.downloadermiddlewares.stats.DownloaderStats": 543,
         JustProxiesMiddleware: 745,
+        RATE: 940,
         SCRUB: 950,
     }
     assert dict(settings.getdict("EXTENSIONS")) == {
@@ -63,7 +65,7 @@ def test_respects_a_placement_the_user_chose() -> None:
     path = "scrapy_justproxies.JustProxiesMiddleware"
     settings = project({"DOWNLOADER_MIDDLEWARES": {path: 700}})
     Addon().update_settings(settings)
-    assert middlewares(settings) == {path: 700, SCRUB: 950}
+    assert middlewares(settings) == {path: 700, RATE: 940, SCRUB: 950}
 
 
 def test_is_idempotent() -> None:
@@ -142,7 +144,7 @@ def test_throttle_can_be_left_out() -> None:
     settings = project({"JUSTPROXIES_THROTTLE_ENABLED": False})
     Addon().update_settings(settings)
     assert dict(settings.getdict("EXTENSIONS")) == {}
-    assert middlewares(settings) == {JustProxiesMiddleware: 745, SCRUB: 950}
+    assert middlewares(settings) == {JustProxiesMiddleware: 745, RATE: 940, SCRUB: 950}
 
 
 def test_a_spider_total_below_the_presets_start_is_kept_and_the_start_follows() -> None:

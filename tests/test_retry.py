@@ -42,6 +42,11 @@ NOW = 1_800_000_000.0
         (b"soon", None),
         (b"-5", None),
         (b"1.5", None),  # RFC 9110 delay-seconds are whole numbers
+        # The three HTTP-date forms: IMF-fixdate, RFC 850, asctime (no zone: GMT).
+        ("Fri, 15 Jan 2027 08:00:30 GMT", 30.0),
+        ("Friday, 15-Jan-27 08:00:30 GMT", 30.0),
+        ("Fri Jan 15 08:00:30 2027", 30.0),
+        ("Fri Jan  9 08:00:30 2027", 0.0),  # already past
     ],
 )
 def test_parse_retry_after(value: bytes | str | None, expected: float | None) -> None:
@@ -51,6 +56,26 @@ def test_parse_retry_after(value: bytes | str | None, expected: float | None) ->
 def test_retry_after_is_honoured_up_to_the_cap() -> None:
     assert retry_delay(3.0, attempt=1, maximum=30) == 3.0
     assert retry_delay(300.0, attempt=1, maximum=30) == 30
+
+
+@pytest.mark.parametrize("retry_after", [0.0, 0.1])
+def test_a_zero_or_past_retry_after_waits_the_backoff_at_least(
+    retry_after: float,
+) -> None:
+    """Retry-After: 0 (or a date already past) must not spend the 429
+    budget in milliseconds: the backoff without the header is the floor."""
+    rng = random.Random(2)
+    first = [
+        retry_delay(retry_after, attempt=1, maximum=30, rng=rng) for _ in range(50)
+    ]
+    assert min(first) >= 0.375
+    fifth = [
+        retry_delay(retry_after, attempt=5, maximum=30, rng=rng) for _ in range(50)
+    ]
+    assert min(fifth) >= 6.0
+    # 20 attempts take minutes, not milliseconds.
+    total = sum(retry_delay(retry_after, attempt=n, maximum=30) for n in range(1, 21))
+    assert total > 100
 
 
 def test_fallback_backoff_grows_with_jitter_and_a_ceiling() -> None:

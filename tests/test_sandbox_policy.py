@@ -246,6 +246,15 @@ def test_retry_after_value() -> None:
     assert parsedate_to_datetime(date).timestamp() == 1_700_000_001 + 3
 
 
+def test_a_fixed_retry_after_may_be_zero_or_already_past() -> None:
+    assert retry_after_value("seconds", 0.5, 0.0, fixed=20) == "20"
+    assert retry_after_value("seconds", 0.5, 0.0, fixed=0) == "0"
+    assert retry_after_value("seconds", 0.5, 0.0, fixed=-30) == "0"
+    past = retry_after_value("http-date", 0.5, 1_700_000_000.0, fixed=-30)
+    assert past is not None
+    assert parsedate_to_datetime(past).timestamp() == 1_700_000_000 - 30
+
+
 # -- latency -------------------------------------------------------------------
 
 

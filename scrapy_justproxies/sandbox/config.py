@@ -285,6 +285,10 @@ class HostPolicy:
     latency_p50_ms: float = 0.0
     latency_p95_ms: float = 0.0
     retry_after: RetryAfterMode = "seconds"
+    retry_after_seconds: int | None = None
+    """A fixed Retry-After instead of the time until a token is there; may be
+    0, or negative for an HTTP-date already past (a site whose clock is
+    behind)."""
     schedule: tuple[ScheduleEntry, ...] = ()
     pages: int = 1000
     seed: int = 0
@@ -334,6 +338,17 @@ class HostPolicy:
             "retry_after",
             _choice("retry_after", self.retry_after, RETRY_AFTER_MODES),
         )
+        if self.retry_after_seconds is not None:
+            _set(
+                self,
+                "retry_after_seconds",
+                _integer(
+                    "retry_after_seconds",
+                    self.retry_after_seconds,
+                    minimum=-86_400,
+                    maximum=86_400,
+                ),
+            )
         _set(self, "schedule", _schedule(self.schedule))
         _set(self, "pages", _integer("pages", self.pages, minimum=1, maximum=MAX_PAGES))
         _set(self, "seed", _integer("seed", self.seed))
@@ -374,6 +389,7 @@ class HostPolicy:
             "latency_p50_ms": self.latency_p50_ms,
             "latency_p95_ms": self.latency_p95_ms,
             "retry_after": self.retry_after,
+            "retry_after_seconds": self.retry_after_seconds,
             "schedule": [[at, rate] for at, rate in self.schedule],
             "pages": self.pages,
             "seed": self.seed,

@@ -35,6 +35,8 @@ class CrawlResult:
     cpu_seconds: float = 0.0
     """User + system CPU time of the crawl process (the crawler's cost)."""
     wall_seconds: float = 0.0
+    max_rss_kb: int = 0
+    """Peak resident memory of the crawl process, KiB."""
 
     @property
     def statuses(self) -> dict[int | None, int]:
@@ -122,6 +124,7 @@ def run_crawl(
         cpu_seconds=(after.ru_utime - before.ru_utime)
         + (after.ru_stime - before.ru_stime),
         wall_seconds=wall_seconds,
+        max_rss_kb=int(result.get("max_rss_kb", 0)),
     )
 
 

@@ -9,6 +9,7 @@ Scrapy deprecation warnings are errors here, as in the test suite.
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import warnings
 from collections.abc import AsyncIterator
@@ -39,6 +40,7 @@ class ListSpider(Spider):
             yield Request(
                 spec["url"],
                 meta=spec.get("meta", {}),
+                priority=spec.get("priority", 0),
                 callback=self.parse,
                 errback=self.failed,
                 dont_filter=True,
@@ -90,6 +92,7 @@ def main(spec_path: str) -> None:
     process.crawl(crawler, requests=spec["requests"])
     process.start()
     result["scrapy_version"] = scrapy.__version__
+    result["max_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with open(spec["result_file"], "w", encoding="utf-8") as out:
         json.dump(result, out, default=str)
 

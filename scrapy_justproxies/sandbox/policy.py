@@ -393,16 +393,19 @@ class Gcra:
 
 
 def retry_after_value(
-    mode: str, wait_seconds: float | None, wall_now: float
+    mode: str, wait_seconds: float | None, wall_now: float, fixed: int | None = None
 ) -> str | None:
     """The ``Retry-After`` header for ``mode`` ("seconds", "http-date", "none").
 
     Seconds are rounded up and at least 1, so a client that honours the
-    header never comes back before a token is there.
+    header never comes back before a token is there; unless ``fixed`` gives
+    the value (0, or negative for a date already past, are allowed).
     """
     if mode == "none":
         return None
-    if wait_seconds is None:
+    if fixed is not None:
+        seconds = fixed if mode == "http-date" else max(0, fixed)
+    elif wait_seconds is None:
         seconds = RETRY_AFTER_FALLBACK_S
     else:
         seconds = min(RETRY_AFTER_CAP_S, max(1, math.ceil(wait_seconds - 1e-9)))

@@ -369,7 +369,9 @@ class SiteResource(Resource):
             stats.second(t)[1] += 1
             stats.statuses[429] += 1
             request.setResponseCode(429, b"Too Many Requests")
-            retry_after = retry_after_value(policy.retry_after, wait, time.time())
+            retry_after = retry_after_value(
+                policy.retry_after, wait, time.time(), policy.retry_after_seconds
+            )
             if retry_after is not None:
                 request.setHeader(b"Retry-After", retry_after.encode("ascii"))
             body = b"too many requests\n"

@@ -1,0 +1,199 @@
+"""The 429 path in real crawls: retries that hold nothing while they wait,
+a close that sends nothing more, JOBDIR, the HTTP cache, zero waits."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scrapy_justproxies.ratelimit import JOBDIR_FILE
+from scrapy_justproxies.sandbox.crawl import CrawlResult, run_crawl
+from tests.test_crawl import ADDON, configure, site, urls
+
+pytestmark = pytest.mark.crawl
+
+
+# Refuses everything after its one token (the bucket starts full), with a
+# fixed Retry-After.
+def refusing(retry_after: int, **more: Any) -> dict[str, Any]:
+    return {"rate": 0, "burst": 1, "retry_after_seconds": retry_after, **more}
+
+
+def crawl(
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    tmp_path: Path,
+    requests: list[dict[str, Any]],
+    reactor: str = "asyncio",
+    **settings: Any,
+) -> CrawlResult:
+    return run_crawl(
+        tmp_path,
+        reactor=reactor,
+        requests=requests,
+        settings={**ADDON, "LOG_LEVEL": "INFO", **settings},
+        env=gateway_env,
+        timeout=240,
+    )
+
+
+def seconds_with(host_stats: dict[str, Any], what: str) -> list[int]:
+    return [b["t"] for b in host_stats["per_second"] if b[what]]
+
+
+def test_a_long_retry_after_starves_no_other_site(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    """16 a.test URLs go first and all draw a 429 with Retry-After: 8. With
+    CONCURRENT_REQUESTS = 4, four sleeping retries that each held a
+    crawl-wide unit stopped every other site until they woke; now b.test's
+    120 URLs are all done before any a.test retry is sent, and every a.test
+    URL still completes (the site admits all from t = 4 s)."""
+    configure(
+        sandbox,
+        {
+            "a.test": refusing(8, schedule=[[4, None]]),
+            "b.test": {"latency_p50_ms": 30},
+        },
+    )
+    first = [{**r, "priority": 10} for r in urls(sandbox, "a.test", 16)]
+    result = crawl(
+        sandbox, gateway_env, tmp_path, first + urls(sandbox, "b.test", 120), reactor,
+        CONCURRENT_REQUESTS=4, CONCURRENT_REQUESTS_PER_DOMAIN=4,
+    )  # fmt: skip
+    assert result.statuses == {200: 136}, result.output[-3000:]
+    a, b = site(sandbox, "a.test"), site(sandbox, "b.test")
+    assert a["rate_limited"] == 15
+    assert result.stats["justproxies/retries/rate_limited"] == 15
+    retried = [t for t in seconds_with(a, "admitted") if t > 0]
+    assert retried, a["per_second"]
+    assert max(seconds_with(b, "admitted")) < min(retried)
+
+
+def test_closing_sends_nothing_more_and_says_what_was_waiting(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    """24 URLs, 23 of them answered 429 with Retry-After: 10, and
+    CLOSESPIDER_TIMEOUT = 5: the spider closes without sending any of the
+    waiting retries (they used to go out after "Closing spider", paid for),
+    and one line counts them."""
+    configure(sandbox, {"a.test": refusing(10)})
+    result = crawl(
+        sandbox, gateway_env, tmp_path, urls(sandbox, "a.test", 24), reactor,
+        CLOSESPIDER_TIMEOUT=5,
+    )  # fmt: skip
+    assert result.reason == "closespider_timeout", result.output[-3000:]
+    assert site(sandbox, "a.test")["requests"] == 24
+    assert result.stats["downloader/request_count"] == 24
+    assert result.stats["justproxies/retries/rate_limited_dropped"] == 23
+    lines = [
+        line for line in result.log.splitlines() if "were waiting out a 429" in line
+    ]
+    assert len(lines) == 1 and "WARNING" in lines[0] and "JOBDIR" in lines[0]
+
+
+def test_waiting_retries_survive_a_jobdir_pause(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    configure(sandbox, {"a.test": refusing(10)})
+    jobdir = tmp_path / "job"
+    settings = {"JOBDIR": str(jobdir), "CLOSESPIDER_TIMEOUT": 4}
+    paused = crawl(
+        sandbox, gateway_env, tmp_path / "1", urls(sandbox, "a.test", 12), **settings
+    )
+    assert paused.reason == "closespider_timeout", paused.output[-3000:]
+    assert paused.stats["justproxies/retries/rate_limited_saved"] == 11
+    saved = (jobdir / JOBDIR_FILE).read_bytes()
+    assert sandbox.password.encode() not in saved
+    assert len(pickle.loads(saved)) == 11
+    waiting = {r["url"] for r in pickle.loads(saved)}
+
+    configure(sandbox, {"a.test": {}})  # the site lets everything through now
+    resumed = crawl(sandbox, gateway_env, tmp_path / "2", [], JOBDIR=str(jobdir))
+    assert resumed.reason == "finished", resumed.output[-3000:]
+    assert set(resumed.outcomes) == waiting
+    assert resumed.statuses == {200: 11}
+    assert not (jobdir / JOBDIR_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    [
+        {"retry_after_seconds": 0},
+        {"retry_after": "http-date", "retry_after_seconds": -30},
+    ],
+    ids=["zero", "date-in-the-past"],
+)
+def test_a_zero_or_past_retry_after_loses_nothing(
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    tmp_path: Path,
+    retry_after: dict[str, Any],
+) -> None:
+    """Retry-After: 0 (or a date already past) used to spend all 20 retries
+    in milliseconds and lose the URL. The backoff without the header is the
+    floor, so the URLs are still there when the site lets them in (t = 3 s)."""
+    configure(
+        sandbox,
+        {"a.test": {"rate": 0, "burst": 1, "schedule": [[3, None]], **retry_after}},
+    )
+    result = crawl(
+        sandbox, gateway_env, tmp_path, urls(sandbox, "a.test", 10),
+        JUSTPROXIES_THROTTLE_ENABLED=False,
+    )  # fmt: skip
+    assert result.statuses == {200: 10}, result.output[-3000:]
+    assert "justproxies/retries/rate_limited_gave_up" not in result.stats
+
+
+def test_the_http_cache_never_stores_a_429_or_a_gateway_error(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    """With HTTPCACHE_ENABLED a stored 429 answered every retry from the
+    cache until the URL was given up; a stored gateway 503 likewise. Neither
+    is stored now: the first crawl completes every URL, and a second one
+    finds every page in the cache, as 200."""
+    configure(sandbox, {"a.test": refusing(1, schedule=[[2, None]])}, fail_503=0.3)
+    cache = {"HTTPCACHE_ENABLED": True, "HTTPCACHE_DIR": str(tmp_path / "cache")}
+    first = crawl(
+        sandbox, gateway_env, tmp_path / "1", urls(sandbox, "a.test", 12),
+        RETRY_TIMES=10, **cache,
+    )  # fmt: skip
+    assert first.statuses == {200: 12}, first.output[-3000:]
+    assert first.stats["justproxies/retries/rate_limited"] > 0
+    assert sandbox.client.stats()["gateway"]["injected"]["503"] > 0
+    assert first.stats.get("httpcache/hit", 0) == 0
+
+    configure(sandbox, {"a.test": {"rate": 0, "burst": 1}})  # would refuse all
+    second = crawl(
+        sandbox, gateway_env, tmp_path / "2", urls(sandbox, "a.test", 12), **cache
+    )
+    assert second.statuses == {200: 12}, second.output[-3000:]
+    assert second.stats["httpcache/hit"] == 12
+    assert site(sandbox, "a.test").get("requests", 0) == 0
+
+
+def test_stats_stay_bounded_whatever_the_number_of_domains(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    """40 domains, JUSTPROXIES_STATS_DOMAINS = 5: five domains get their own
+    stats (the ones with the most answers), the other 35 one aggregate."""
+    configure(sandbox, {})
+    requests = [
+        r for i in range(40) for r in urls(sandbox, f"s{i}.test", 2 if i >= 5 else 6)
+    ]
+    result = crawl(
+        sandbox, gateway_env, tmp_path, requests, JUSTPROXIES_STATS_DOMAINS=5
+    )
+    assert result.statuses == {200: 100}, result.output[-3000:]
+    stats = result.stats
+    finals = sorted(k for k in stats if k.startswith("justproxies/limit_final/"))
+    assert finals == [f"justproxies/limit_final/s{i}.test" for i in range(5)]
+    assert stats["justproxies/domains/other_domains"] == 35
+    assert stats["justproxies/answers/other_domains"] == 70
+    assert stats["justproxies/answers/total"] == 100
+    assert len([k for k in stats if k.startswith("justproxies/")]) <= 60
+    assert result.log.count("JustProxies concurrency by domain:") == 1
+    assert "and 35 more domains" in result.log
