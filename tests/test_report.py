@@ -435,6 +435,7 @@ def test_by_hand_a_report_without_a_trace_leaves_no_temporary_file(
             "LOG_LEVEL": "INFO",
             "DOWNLOADER_MIDDLEWARES": {
                 "scrapy_justproxies.JustProxiesMiddleware": 745,
+                "scrapy_justproxies.ratelimit.JustProxiesRateLimitMiddleware": 940,
                 "scrapy_justproxies.middleware.JustProxiesScrubMiddleware": 950,
             },
             "EXTENSIONS": {"scrapy_justproxies.trace.JustProxiesTrace": 0},

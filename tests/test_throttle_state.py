@@ -30,7 +30,7 @@ def make_throttle(clock: Clock) -> JustProxiesThrottle:
     return JustProxiesThrottle(
         get_crawler(),
         ThrottleConfig(),
-        ControllerSettings(start=4, ceiling=50),
+        ControllerSettings(start=4, maximum=50),
         clock=clock,
     )
 
