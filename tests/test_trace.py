@@ -202,6 +202,7 @@ def test_an_unwritable_trace_path_stops_the_crawl_at_start(
         settings["ADDONS"] = {}
         settings["DOWNLOADER_MIDDLEWARES"] = {
             "scrapy_justproxies.JustProxiesMiddleware": 745,
+            "scrapy_justproxies.ratelimit.JustProxiesRateLimitMiddleware": 940,
             "scrapy_justproxies.middleware.JustProxiesScrubMiddleware": 950,
         }
     if enabled_by == "extension":
