@@ -77,8 +77,11 @@ def test_200_urls_http_and_https_all_through_the_gateway(
     assert gateway["auth_failures"] == 0
     assert result.stats["justproxies/requests/proxied"] == 200
     assert_no_secret(result, sandbox)
-    # Keep-alive: far fewer gateway connections than requests.
-    assert gateway["connections_accepted"] < 100
+    # Keep-alive: at most one connection per place in flight for http and one
+    # tunnel per place for https (slow start may take an open site to the
+    # pool's maximum, 50), far fewer than one per request (200).
+    peak = result.stats["justproxies/limit_peak/a.test"]
+    assert gateway["connections_accepted"] <= 2 * peak < len(requests)
 
 
 def test_per_domain_cap_holds(
