@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from scrapy_justproxies.ratelimit import JOBDIR_FILE
-from scrapy_justproxies.sandbox.crawl import CrawlResult, run_crawl
-from tests.test_crawl import ADDON, configure, site, urls
+from tests.test_crawl import configure, site, urls
+from tests.test_throttle import crawl
 
 pytestmark = pytest.mark.crawl
 
@@ -20,24 +20,6 @@ pytestmark = pytest.mark.crawl
 # fixed Retry-After.
 def refusing(retry_after: int, **more: Any) -> dict[str, Any]:
     return {"rate": 0, "burst": 1, "retry_after_seconds": retry_after, **more}
-
-
-def crawl(
-    sandbox: Any,
-    gateway_env: dict[str, str],
-    tmp_path: Path,
-    requests: list[dict[str, Any]],
-    reactor: str = "asyncio",
-    **settings: Any,
-) -> CrawlResult:
-    return run_crawl(
-        tmp_path,
-        reactor=reactor,
-        requests=requests,
-        settings={**ADDON, "LOG_LEVEL": "INFO", **settings},
-        env=gateway_env,
-        timeout=240,
-    )
 
 
 def seconds_with(host_stats: dict[str, Any], what: str) -> list[int]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from scrapy_justproxies.sandbox.crawl import run_crawl
+from scrapy_justproxies.sandbox.crawl import CrawlResult, run_crawl
 from tests.test_crawl import ADDON, configure, site, urls
 
 pytestmark = pytest.mark.crawl
@@ -22,7 +22,8 @@ def crawl(
     requests: list[dict[str, Any]],
     reactor: str = "asyncio",
     **settings: Any,
-) -> Any:
+) -> CrawlResult:
+    """A real crawl with the add-on, at INFO (the tests read the stats)."""
     return run_crawl(
         tmp_path,
         reactor=reactor,
