@@ -81,7 +81,7 @@ def summarise(stats: dict[str, Any], site: dict[str, Any] | None) -> None:
         f"  pages downloaded        {stats.get('downloader/response_count', 0)}",
         f"  items scraped           {items}"
         f"  ({items / stats['_elapsed']:.1f}/s over {stats['_elapsed']:.1f} s)",
-        f"  429 responses           {stats.get('downloader/response_status_count/429', 0)}",
+        f"  429 responses           {stats.get('justproxies/rate_limited/total', 0)}",
         f"  requests via gateway    {stats.get('justproxies/requests/proxied', 0)}",
         f"  bytes via gateway       {stats.get('justproxies/bytes/sent', 0)} sent, "
         f"{stats.get('justproxies/bytes/received', 0)} received "
