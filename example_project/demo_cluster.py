@@ -74,7 +74,7 @@ def summarise(site: dict[str, Any], elapsed: float) -> None:
         lines.append(
             f"  process {index}: {stats.get('finish_reason')}, "
             f"{stats.get('item_scraped_count', 0)} items, "
-            f"{stats.get('downloader/response_status_count/429', 0)} 429s, "
+            f"{stats.get('justproxies/rate_limited/total', 0)} 429s, "
             f"last share {stats.get(f'justproxies/shared/share/{SITE}')} of "
             f"{stats.get(f'justproxies/shared/site_limit/{SITE}')}, "
             f"{stats.get('elapsed_time_seconds', 0):.1f} s"
