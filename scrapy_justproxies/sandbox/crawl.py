@@ -67,34 +67,15 @@ def run_crawl(
     The child's environment is this one minus ``JUSTPROXIES_*`` and proxy
     variables, plus ``env``: nothing leaks in from the caller's shell.
     """
-    if reactor not in REACTORS:
-        raise ValueError(f"reactor must be one of {REACTORS}")
-    workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    spec_path = workdir / "spec.json"
-    result_path = workdir / "result.json"
-    log_path = workdir / "crawl.log"
-    for stale in (result_path, log_path):
-        stale.unlink(missing_ok=True)
-    spec_path.write_text(
-        json.dumps(
-            {
-                "reactor": reactor,
-                "requests": requests,
-                "settings": {"LOG_LEVEL": log_level, **(settings or {})},
-                "custom_settings": custom_settings or {},
-                "log_file": str(log_path),
-                "result_file": str(result_path),
-            }
-        )
+    workdir, spec_path, child_env = _prepare(
+        workdir,
+        reactor=reactor,
+        requests=requests,
+        settings=settings,
+        env=env,
+        log_level=log_level,
+        custom_settings=custom_settings,
     )
-    child_env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("JUSTPROXIES_")
-        and k.lower() not in {"http_proxy", "https_proxy", "all_proxy"}
-    }
-    child_env.update(env or {})
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     done = subprocess.run(  # noqa: S603 - our own child script
@@ -110,19 +91,80 @@ def run_crawl(
     )
     wall_seconds = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return _collect(
+        workdir,
+        done.returncode,
+        done.stdout + done.stderr,
+        wall_seconds=wall_seconds,
+        cpu_seconds=(after.ru_utime - before.ru_utime)
+        + (after.ru_stime - before.ru_stime),
+    )
+
+
+def _prepare(
+    workdir: Path,
+    *,
+    reactor: str,
+    requests: list[dict[str, Any]],
+    settings: dict[str, Any] | None,
+    env: dict[str, str] | None,
+    log_level: str,
+    custom_settings: dict[str, Any] | None,
+) -> tuple[Path, Path, dict[str, str]]:
+    """Write the child's spec; the work dir, the spec's path and the
+    child's environment."""
+    if reactor not in REACTORS:
+        raise ValueError(f"reactor must be one of {REACTORS}")
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_path = workdir / "spec.json"
+    for stale in (workdir / "result.json", workdir / "crawl.log"):
+        stale.unlink(missing_ok=True)
+    spec_path.write_text(
+        json.dumps(
+            {
+                "reactor": reactor,
+                "requests": requests,
+                "settings": {"LOG_LEVEL": log_level, **(settings or {})},
+                "custom_settings": custom_settings or {},
+                "log_file": str(workdir / "crawl.log"),
+                "result_file": str(workdir / "result.json"),
+            }
+        )
+    )
+    child_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("JUSTPROXIES_")
+        and k.lower() not in {"http_proxy", "https_proxy", "all_proxy"}
+    }
+    child_env.update(env or {})
+    return workdir, spec_path, child_env
+
+
+def _collect(
+    workdir: Path,
+    returncode: int,
+    output: str,
+    *,
+    wall_seconds: float,
+    cpu_seconds: float = 0.0,
+) -> CrawlResult:
+    """What the child left in ``workdir``, as a result."""
+    result_path = workdir / "result.json"
+    log_path = workdir / "crawl.log"
     result: dict[str, Any] = (
         json.loads(result_path.read_text()) if result_path.exists() else {}
     )
     return CrawlResult(
-        returncode=done.returncode,
+        returncode=returncode,
         reason=result.get("reason"),
         stats=result.get("stats", {}),
         outcomes=result.get("outcomes", {}),
         log=log_path.read_text() if log_path.exists() else "",
-        output=done.stdout + done.stderr,
+        output=output,
         scrapy_version=result.get("scrapy_version", ""),
-        cpu_seconds=(after.ru_utime - before.ru_utime)
-        + (after.ru_stime - before.ru_stime),
+        cpu_seconds=cpu_seconds,
         wall_seconds=wall_seconds,
         max_rss_kb=int(result.get("max_rss_kb", 0)),
     )
@@ -142,19 +184,10 @@ class RunningCrawl:
         except subprocess.TimeoutExpired:
             self.process.kill()
             stdout, stderr = self.process.communicate()
-        result_path = self.workdir / "result.json"
-        log_path = self.workdir / "crawl.log"
-        result: dict[str, Any] = (
-            json.loads(result_path.read_text()) if result_path.exists() else {}
-        )
-        return CrawlResult(
-            returncode=self.process.returncode,
-            reason=result.get("reason"),
-            stats=result.get("stats", {}),
-            outcomes=result.get("outcomes", {}),
-            log=log_path.read_text() if log_path.exists() else "",
-            output=stdout + stderr,
-            scrapy_version=result.get("scrapy_version", ""),
+        return _collect(
+            self.workdir,
+            self.process.returncode,
+            stdout + stderr,
             wall_seconds=time.monotonic() - self.started,
         )
 
@@ -168,36 +201,21 @@ def start_crawl(
     env: dict[str, str] | None = None,
     python: str = sys.executable,
     log_level: str = "DEBUG",
+    custom_settings: dict[str, Any] | None = None,
 ) -> RunningCrawl:
     """Like :func:`run_crawl`, but returns at once: several crawls can run
     side by side (one site's budget shared by many processes), and one can
     be killed (``.process.kill()``). ``.wait()`` collects the result (no CPU
     time: the children overlap)."""
-    if reactor not in REACTORS:
-        raise ValueError(f"reactor must be one of {REACTORS}")
-    workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    spec_path = workdir / "spec.json"
-    for stale in (workdir / "result.json", workdir / "crawl.log"):
-        stale.unlink(missing_ok=True)
-    spec_path.write_text(
-        json.dumps(
-            {
-                "reactor": reactor,
-                "requests": requests,
-                "settings": {"LOG_LEVEL": log_level, **(settings or {})},
-                "log_file": str(workdir / "crawl.log"),
-                "result_file": str(workdir / "result.json"),
-            }
-        )
+    workdir, spec_path, child_env = _prepare(
+        workdir,
+        reactor=reactor,
+        requests=requests,
+        settings=settings,
+        env=env,
+        log_level=log_level,
+        custom_settings=custom_settings,
     )
-    child_env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("JUSTPROXIES_")
-        and k.lower() not in {"http_proxy", "https_proxy", "all_proxy"}
-    }
-    child_env.update(env or {})
     process = subprocess.Popen(  # noqa: S603 - our own child script
         [python, str(CHILD), str(spec_path)],
         env=child_env,
