@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Iterator
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
@@ -472,6 +473,14 @@ def _scrub(request: Request) -> None:
         request.meta.pop("_auth_proxy", None)
 
 
+def enabled_middlewares(settings: BaseSettings) -> Iterator[tuple[type, int]]:
+    """Each enabled downloader middleware class, with its priority."""
+    for path, priority in settings.getwithbase("DOWNLOADER_MIDDLEWARES").items():
+        cls = load_object(path) if isinstance(path, str) else path
+        if priority is not None and isinstance(cls, type):
+            yield cls, priority
+
+
 def _check_middleware_order(settings: BaseSettings, own_class: type) -> None:
     """Fail at start-up unless HttpProxyMiddleware runs after ours and the
     HTTP cache, if on, has the scrubber in front of it."""
@@ -486,10 +495,7 @@ def _check_middleware_order(settings: BaseSettings, own_class: type) -> None:
     own: int | None = None
     httpproxy: int | None = None
     scrubber = False
-    for path, priority in settings.getwithbase("DOWNLOADER_MIDDLEWARES").items():
-        cls = load_object(path) if isinstance(path, str) else path
-        if priority is None or not isinstance(cls, type):
-            continue
+    for cls, priority in enabled_middlewares(settings):
         if issubclass(cls, own_class):
             own = priority
         elif issubclass(cls, JustProxiesScrubMiddleware) and priority > 900:

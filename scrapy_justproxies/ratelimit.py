@@ -37,13 +37,12 @@ from scrapy import signals
 from scrapy.exceptions import DontCloseSpider, IgnoreRequest, NotConfigured
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.job import job_dir
-from scrapy.utils.misc import load_object
 from scrapy.utils.request import request_from_dict
 
 from .config import Concurrency, Config, JustProxiesConfigError, ThrottleConfig
 from .failures import gateway_failure, proxy_generated
 from .health import Failure, GatewayHealth, Verdict
-from .middleware import META_ROUTED
+from .middleware import META_ROUTED, enabled_middlewares
 from .retry import RETRIES_META, ewma, get_429_retry_request, parse_retry_after
 from .retry import retry_delay as compute_retry_delay
 from .slots import SlotGuard, call_later
@@ -365,10 +364,7 @@ def check_rate_limit_order(settings: BaseSettings) -> None:
     own: int | None = None
     cache: int | None = None
     retry: int | None = None
-    for path, priority in settings.getwithbase("DOWNLOADER_MIDDLEWARES").items():
-        cls = load_object(path) if isinstance(path, str) else path
-        if priority is None or not isinstance(cls, type):
-            continue
+    for cls, priority in enabled_middlewares(settings):
         if issubclass(cls, JustProxiesRateLimitMiddleware):
             own = priority
         elif issubclass(cls, HttpCacheMiddleware):
