@@ -16,6 +16,7 @@ from .config import (
     ThrottleConfig,
     check_download_handlers,
     effective_settings,
+    per_site_queue_fits,
     report_startup_error,
 )
 from .middleware import (
@@ -24,6 +25,7 @@ from .middleware import (
     JustProxiesMiddleware,
     JustProxiesScrubMiddleware,
 )
+from .queue import QUEUE_PATH
 from .ratelimit import RATE_LIMIT_PRIORITY, JustProxiesRateLimitMiddleware
 from .throttle import JustProxiesThrottle
 from .trace import JustProxiesTrace
@@ -81,6 +83,10 @@ class Addon:
             settings.setdefault_in_component_priority_dict(
                 "EXTENSIONS", JustProxiesTrace, 0
             )
+        if per_site_queue_fits(settings):
+            # Below settings.py: a queue the user chose (or scrapy-redis's own
+            # scheduler, which does not read it) is left alone.
+            settings.set("SCHEDULER_PRIORITY_QUEUE", QUEUE_PATH, priority="addon")
         for name, effective in effective_settings(settings, config).items():
             if effective.kind is SourceKind.PRESET:
                 settings.set(name, effective.value, priority="addon")

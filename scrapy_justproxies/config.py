@@ -23,6 +23,7 @@ from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
 from scrapy.settings import SETTINGS_PRIORITIES, BaseSettings
+from scrapy.utils.python import global_object_name
 
 from .presets import PRESETS, PoolPreset
 
@@ -1087,6 +1088,57 @@ def _check_report_path(reader: _Reader, report: str, trace: str | None) -> None:
             "report would overwrite the trace. Give them different names, e.g. "
             "trace.jsonl and report.html."
         )
+
+
+SCRAPY_SCHEDULER: Final = "scrapy.core.scheduler.Scheduler"
+
+
+def per_site_queue_fits(settings: BaseSettings) -> bool:
+    """Whether the plugin's per-site scheduler queue can be used: not with
+    slots per IP (their keys are known only once DNS has answered), nor to
+    resume a JOBDIR written by a queue that is not per site (Scrapy's
+    default keeps one flat list of priorities there); that job goes on with
+    its own queue."""
+    if settings.getint("CONCURRENT_REQUESTS_PER_IP"):
+        return False
+    jobdir = settings.get("JOBDIR")
+    if not jobdir:
+        return True
+    try:
+        state = json.loads(Path(jobdir, "requests.queue", "active.json").read_text())
+    except (OSError, ValueError):
+        return True  # a new job, or nothing Scrapy could resume anyway
+    return not state or isinstance(state, dict)
+
+
+def scheduler_queue_line(settings: BaseSettings, per_site_queue: str) -> str:
+    """The start-up block's line on who holds a strict site's waiting
+    requests: the plugin's per-site queue, or (another queue or scheduler)
+    the downloader, where they count against CONCURRENT_REQUESTS."""
+
+    def name(setting: str) -> str:
+        value = settings.get(setting)
+        return value if isinstance(value, str) else global_object_name(value)
+
+    def source(setting: str) -> str:
+        return _SOURCE_BY_PRIORITY.get(settings.getpriority(setting) or 0, "settings")
+
+    scheduler, queue = name("SCHEDULER"), name("SCHEDULER_PRIORITY_QUEUE")
+    if scheduler != SCRAPY_SCHEDULER:
+        return (
+            f"  SCHEDULER = {scheduler!r}: requests for a site at its limit "
+            "wait in the downloader and count against CONCURRENT_REQUESTS"
+        )
+    if queue == per_site_queue:
+        return (
+            "  SCHEDULER_PRIORITY_QUEUE: the plugin's per-site queue (a site's "
+            "requests wait in the scheduler until its slot has room)"
+        )
+    return (
+        f"  SCHEDULER_PRIORITY_QUEUE = {queue!r} "
+        f"({source('SCHEDULER_PRIORITY_QUEUE')}): requests for a site at its "
+        "limit wait in the downloader and count against CONCURRENT_REQUESTS"
+    )
 
 
 def in_force(settings: BaseSettings, environ: Mapping[str, str]) -> dict[str, Any]:

@@ -35,12 +35,14 @@ from .config import (
     replaced_startproject_throttle,
     report_startup_error,
     request_parameter_problem,
+    scheduler_queue_line,
 )
 from .failures import (
     is_gateway_connection_failure,
     proxy_generated,
     tunnel_status,
 )
+from .queue import QUEUE_PATH
 from .slots import SlotGuard
 
 if TYPE_CHECKING:
@@ -399,6 +401,7 @@ class JustProxiesMiddleware:
             f"  per-domain cap enforced on every download slot; gateway keep-alive "
             f"pool sized to {self.concurrency.total} connections"
         )
+        lines.append(scheduler_queue_line(settings, QUEUE_PATH))
         logger.info("\n".join(lines))
         for warning in config.warnings:
             logger.warning("JustProxies: %s", warning)

@@ -38,6 +38,11 @@ if TYPE_CHECKING:
     from .config import Concurrency
 
 
+RoomListener = Callable[[str], bool]
+"""Called as ``listener(slot_key)`` when slot ``slot_key`` may have room for
+one more request; returns True if it now has requests to hand out (the
+scheduler's queue, :mod:`scrapy_justproxies.queue`)."""
+
 ClaimListener = Callable[[str, "Request", int], None]
 """Called as ``listener(slot_key, request, in_flight)`` when a request leaves
 its slot's queue to be downloaded (the byte meter, the trace)."""
@@ -83,6 +88,35 @@ class ClaimingQueue(deque[tuple["Request", Any]]):
         return item
 
 
+class _WatchedSet(set[Any]):
+    """A request set (``Downloader.active``, a slot's ``active``) that tells
+    the guard when a request enters or leaves it."""
+
+    def __init__(
+        self,
+        items: Iterable[Any],
+        on_add: Callable[[Any], None] | None,
+        on_remove: Callable[[Any], None] | None,
+    ) -> None:
+        super().__init__(items)
+        self.on_add = on_add
+        self.on_remove = on_remove
+
+    def add(self, item: Any) -> None:
+        super().add(item)
+        if self.on_add is not None:
+            self.on_add(item)
+
+    def remove(self, item: Any) -> None:
+        super().remove(item)
+        if self.on_remove is not None:
+            self.on_remove(item)
+
+    def discard(self, item: Any) -> None:
+        if item in self:
+            self.remove(item)
+
+
 class _GuardedSlots(dict[str, Any]):
     """``Downloader.slots``: every slot Scrapy makes gets the claiming queue
     and its starting values as it is filed, at no cost per request."""
@@ -125,6 +159,14 @@ class SlotGuard:
         self._overrides: dict[str, Any] = crawler.settings.getdict("DOWNLOAD_SLOTS")
         self._process_queue: Callable[[Any], None] | None = None
         self._paused: dict[str, tuple[float, int]] = {}  # key: (until, limit)
+        self._places: dict[str, int] = {}  # key: places held for 429s
+        # Requests the scheduler's queue handed out, until they leave the
+        # downloader: each holds one unit of CONCURRENT_REQUESTS meanwhile.
+        self._handed_out: dict[Request, str] = {}
+        self._units: dict[str, int] = {}
+        self._before_slot: dict[str, int] = {}  # handed out, not in the slot yet
+        self._not_in_slot: set[Request] = set()
+        self.room_listeners: list[RoomListener] = []
         crawler.signals.connect(self._engine_started, signals.engine_started)
 
     @classmethod
@@ -173,8 +215,10 @@ class SlotGuard:
             return
         grew = concurrency > slot.concurrency
         slot.concurrency = concurrency
-        if grew and slot.queue:
-            self.kick(slot)
+        if grew:
+            if slot.queue:
+                self.kick(slot)
+            self._roomy(key)
 
     def pause(self, key: str, seconds: float) -> None:
         """Send nothing more to a slot for ``seconds`` (``Retry-After``)."""
@@ -202,12 +246,17 @@ class SlotGuard:
             return
         place = _Place()
         slot.transferring.add(place)
-        call_later(seconds, self._release, slot, place)
+        self._places[key] = self._places.get(key, 0) + 1
+        call_later(seconds, self._release, key, slot, place)
 
-    def _release(self, slot: Any, place: _Place) -> None:
+    def _release(self, key: str, slot: Any, place: _Place) -> None:
         slot.transferring.discard(place)
+        held = self._places.pop(key, 1) - 1
+        if held > 0:
+            self._places[key] = held
         if slot.queue:
             self.kick(slot)
+        self._roomy(key)
 
     def _resume(self, key: str, until: float) -> None:
         paused = self._paused.get(key)
@@ -239,6 +288,89 @@ class SlotGuard:
         downloader = engine.downloader
         if not isinstance(downloader.slots, _GuardedSlots):
             downloader.slots = _GuardedSlots(self, downloader.slots)
+        if not isinstance(downloader.active, _WatchedSet):
+            downloader.active = _WatchedSet(downloader.active, None, self._left)
+
+    # -- the scheduler's side: room per slot (scrapy_justproxies.queue) --------
+
+    def has_room(self, key: str) -> bool:
+        """Whether slot ``key`` can take one more request now without it
+        waiting in the downloader, where it would hold a crawl-wide unit of
+        ``CONCURRENT_REQUESTS`` (``Downloader.needs_backout`` counts every
+        request it holds, queued or not). A slot that paces its sends (a
+        download delay) takes the next one only once none is waiting."""
+        engine = self.engine()
+        if engine is None:
+            return True
+        slot = engine.downloader.slots.get(key)
+        if slot is None:  # made when its first request reaches the downloader
+            cap, delay, queued = (
+                self._new_slot_concurrency(key, engine.downloader),
+                0,
+                0,
+            )
+        else:
+            cap, delay, queued = slot.concurrency, slot.delay, len(slot.queue)
+            cap -= self._places.get(key, 0)
+        units = self._units.get(key, 0)
+        if slot is not None and len(slot.active) > units:
+            units = len(slot.active)  # requests not from the queue (robots.txt)
+        if units >= cap:
+            return False
+        return not (delay and (queued or self._before_slot.get(key)))
+
+    def _new_slot_concurrency(self, key: str, downloader: Any) -> int:
+        """The concurrency slot ``key`` will get when it is made."""
+        pinned = self._overrides.get(key, {}).get("concurrency")
+        if pinned is not None:
+            return int(pinned)
+        limit = self.throttle.limit_for(key) if self.throttle is not None else None
+        if limit is not None:
+            return limit
+        if self.start_concurrency is not None:
+            return self.start_concurrency
+        return int(downloader.domain_concurrency)
+
+    def handed_out(self, request: Request, key: str) -> None:
+        """The scheduler's queue gave ``request`` (of slot ``key``) to the
+        engine; it counts against the slot until it leaves the downloader."""
+        self._handed_out[request] = key
+        self._units[key] = self._units.get(key, 0) + 1
+        self._before_slot[key] = self._before_slot.get(key, 0) + 1
+        self._not_in_slot.add(request)
+
+    def _entered_slot(self, request: Any) -> None:
+        if request in self._not_in_slot:
+            self._not_in_slot.remove(request)
+            self._count_down(self._before_slot, self._handed_out[request])
+
+    def _left(self, request: Any) -> None:
+        key = self._handed_out.pop(request, None)
+        if key is None:
+            return
+        if request in self._not_in_slot:  # dropped on its way to the slot
+            self._not_in_slot.remove(request)
+            self._count_down(self._before_slot, key)
+        self._count_down(self._units, key)
+        self._roomy(key)
+
+    @staticmethod
+    def _count_down(counts: dict[str, int], key: str) -> None:
+        left = counts.get(key, 1) - 1
+        if left > 0:
+            counts[key] = left
+        else:
+            counts.pop(key, None)
+
+    def _roomy(self, key: str) -> None:
+        """Slot ``key`` may have room: tell the scheduler's queue, and wake
+        the engine if it has something to hand out now (else the engine
+        would only ask at its next heartbeat, up to 5 s later)."""
+        woke = False
+        for listener in self.room_listeners:
+            woke = listener(key) or woke
+        if woke:
+            wake_engine(self.engine())
 
     def _install(self, key: str, slot: Any) -> None:
         if isinstance(slot.queue, ClaimingQueue):
@@ -248,6 +380,7 @@ class SlotGuard:
             slot.transferring,
             lambda claimed, in_flight: self._claimed(key, claimed, in_flight),
         )
+        slot.active = _WatchedSet(slot.active, self._entered_slot, None)
         if self.crawler.stats is not None:
             self.crawler.stats.inc_value("justproxies/slots/guarded")
         overrides = self._overrides.get(key, {})
@@ -296,6 +429,19 @@ class SlotGuard:
             self.throttle.sent(key, request, in_flight)
         for listener in self.listeners:
             listener(key, request, in_flight)
+        if self.room_listeners:
+            self._roomy(key)  # a paced slot's waiting request just left
+
+
+def wake_engine(engine: Any) -> None:
+    """Ask the engine to fetch from the scheduler soon (its ``nextcall``, a
+    ``CallLaterOnce``: calling it twice runs once). Private in Scrapy (the
+    engine's ``_slot`` on 2.13 to 2.19); without it the engine's heartbeat
+    asks every 5 s."""
+    engine_slot = getattr(engine, "_slot", None)
+    nextcall = getattr(engine_slot, "nextcall", None)
+    if nextcall is not None:
+        nextcall.schedule()
 
 
 def call_later(seconds: float, function: Callable[..., Any], *args: Any) -> Any:
