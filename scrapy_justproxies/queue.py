@@ -103,6 +103,7 @@ class JustProxiesPriorityQueue:
             else:
                 queue.close()
         self.guard.room_listeners.append(self._room)
+        self.guard.backlogs.append(self.backlog)
 
     def pqfactory(
         self, slot: str, startprios: Iterable[int] = ()
@@ -152,12 +153,19 @@ class JustProxiesPriorityQueue:
     def close(self) -> dict[str, list[int]]:
         with suppress(ValueError):
             self.guard.room_listeners.remove(self._room)
+        with suppress(ValueError):
+            self.guard.backlogs.remove(self.backlog)
         active = {slot: queue.close() for slot, queue in self.pqueues.items()}
         self.pqueues.clear()
         return active
 
     def __len__(self) -> int:
         return self._size
+
+    def backlog(self, slot: str) -> int:
+        """Requests of ``slot`` waiting here."""
+        queue = self.pqueues.get(slot)
+        return len(queue) if queue is not None else 0
 
     def __contains__(self, slot: str) -> bool:
         return slot in self.pqueues

@@ -298,7 +298,9 @@ def next_budget(  # noqa: PLR0911 - one return per rule
         since = max(since, current.changed_at + policy.settle_seconds)
     recent, span = pooled(buckets, since, end)
     if _climbing(recent, policy):
-        return _cut(current, recent, span, reports, now)
+        return _cut(
+            current, recent, saturated_rate(buckets, since, end), span, reports, now
+        )
     if current is None:
         if not reports:
             return None
@@ -347,15 +349,34 @@ def next_budget(  # noqa: PLR0911 - one return per rule
     return None
 
 
-def _cut(
+def saturated_rate(
+    buckets: Mapping[int, Counts], start: float, end: int
+) -> float | None:
+    """What the site admits per second: the mean of the clean answers over
+    the whole seconds from ``start`` to ``end`` in which it also refused
+    some (there it admitted all it would). None when it refused in none.
+
+    The mean over the whole window would count seconds in which the
+    processes were still ramping up, and cut too deep: measured with three
+    processes, a window of 16 then 50 admitted gave 33/s, a cut to 5 in
+    flight, and ten seconds at half the rate growing back."""
+    first = math.ceil(start)
+    full = [
+        buckets[s].ok for s in buckets if first <= s < end and buckets[s].rate_limited
+    ]
+    return sum(full) / len(full) if full else None
+
+
+def _cut(  # noqa: PLR0917 - the evidence, spelled out
     current: Budget | None,
     recent: Counts,
+    saturated: float | None,
     span: int,
     reports: list[Report],
     now: float,
 ) -> Budget:
     """The 429s climbed: go to what the site admitted, in one step."""
-    rate = recent.ok / span if span else None
+    rate = saturated if saturated is not None else (recent.ok / span if span else None)
     answer_time = recent.ok_ms / recent.ok / 1000 if recent.ok else None
     drew = current.total if current is not None else sum(r.limit for r in reports) or 1
     if rate is not None and answer_time is not None:
@@ -697,8 +718,7 @@ class SharedBudgets:
         self._loop.start(self.policy.beat_seconds, now=False)
 
     def _demand(self, key: str) -> int:
-        slot = self.guard.slot(key)
-        return len(slot.active) if slot is not None else 0
+        return self.guard.demand(key)
 
     def _beat(self) -> None:
         """Once a second: a heartbeat per site with requests or answers, and

@@ -167,6 +167,7 @@ class SlotGuard:
         self._before_slot: dict[str, int] = {}  # handed out, not in the slot yet
         self._not_in_slot: set[Request] = set()
         self.room_listeners: list[RoomListener] = []
+        self.backlogs: list[Callable[[str], int]] = []
         crawler.signals.connect(self._engine_started, signals.engine_started)
 
     @classmethod
@@ -330,6 +331,13 @@ class SlotGuard:
         if self.start_concurrency is not None:
             return self.start_concurrency
         return int(downloader.domain_concurrency)
+
+    def demand(self, key: str) -> int:
+        """Requests of slot ``key`` the crawl has now: in the downloader, and
+        waiting in the scheduler's queue for room."""
+        slot = self.slot(key)
+        held = len(slot.active) if slot is not None else 0
+        return held + sum(backlog(key) for backlog in self.backlogs)
 
     def handed_out(self, request: Request, key: str) -> None:
         """The scheduler's queue gave ``request`` (of slot ``key``) to the

@@ -87,6 +87,18 @@ def test_a_pooled_climb_cuts_the_total_to_what_the_site_admitted() -> None:
     assert budget.answer_time == pytest.approx(0.2)
 
 
+def test_a_climb_during_the_ramp_cuts_to_the_saturated_seconds_rate() -> None:
+    """Measured with three processes: 16 admitted in the first second (still
+    ramping), 50 and 17 429s in the next. The site admits 50/s, not the
+    window's mean of 33/s: at 0.2 s that is 10 in flight, not 6."""
+    reports = [Report(limit=6, share=0, demand=16)] * 3
+    buckets = {98: Counts(16, 0, 16, 16 * 200), 99: Counts(67, 17, 50, 50 * 200)}
+    budget = next_budget(None, buckets, reports, 100.3, POLICY)
+    assert budget is not None
+    assert budget.rate == pytest.approx(50)
+    assert budget.total == 10
+
+
 def test_a_cold_site_starts_as_one_process_and_grows_as_one() -> None:
     """Three processes in slow start: the budget starts where one of them is,
     not at the sum (three slow starts at once overshoot three times)."""
