@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scrapy import Request
+from scrapy.downloadermiddlewares.httpproxy import HttpProxyMiddleware
 from scrapy.settings import Settings
+from scrapy.utils.test import get_crawler
 
 from scrapy_justproxies.config import (
     Concurrency,
@@ -19,7 +22,13 @@ from scrapy_justproxies.config import (
     JustProxiesConfigError,
     effective_settings,
 )
-from scrapy_justproxies.middleware import exit_slot_key, pick_exit, site_of
+from scrapy_justproxies.middleware import (
+    META_EXIT,
+    JustProxiesMiddleware,
+    exit_slot_key,
+    pick_exit,
+    site_of,
+)
 from scrapy_justproxies.sandbox import run_sandbox_process
 from scrapy_justproxies.sandbox.config import ConfigError, SandboxConfig
 from tests.test_crawl import ADDON, assert_no_secret, configure, site, urls
@@ -352,3 +361,42 @@ def run_crawl_with(
         env={**env, "JUSTPROXIES_STATIC_EXITS": json.dumps(exits)},
         timeout=120,
     )
+
+
+# -- the middleware's choice, request by request (no crawl) ----------------------
+
+
+def test_a_retry_picks_its_exit_again_for_the_same_site() -> None:
+    """Before the crawl starts no slot exists: every exit has the same room,
+    so exits go in turn. A retry (a copy with the first attempt's meta)
+    keeps its site, not its exit; the proxy URL names the exit's session."""
+    handler = "scrapy.core.downloader.handlers.http11.HTTP11DownloadHandler"
+    crawler = get_crawler(
+        settings_dict={
+            **BASE,
+            **ADDON,
+            "DOWNLOAD_HANDLERS": {"http": handler, "https": handler},
+            "JUSTPROXIES_STATIC_EXITS": ["a", "b"],
+            "JUSTPROXIES_THROTTLE_ENABLED": False,
+        }
+    )
+    middleware = JustProxiesMiddleware.from_crawler(crawler)
+    # Scrapy's own, next in line: it moves the credentials to a header.
+    httpproxy = HttpProxyMiddleware.from_crawler(crawler)
+    first = Request("http://www.shop.example/1", meta={"download_slot": "shop.example"})
+    middleware.process_request(first)
+    assert first.meta["download_slot"] == "a|shop.example"
+    assert first.meta[META_EXIT] == ("a", "shop.example")
+    assert "alice-session-a:" in first.meta["proxy"]
+    httpproxy.process_request(first)
+    retry = first.replace(dont_filter=True)  # as get_retry_request copies meta
+    middleware.process_request(retry)
+    assert retry.meta["download_slot"] == "b|shop.example"
+    assert "alice-session-b:" in retry.meta["proxy"]
+    own = Request("http://shop.example/2", meta={"justproxies_session": "mine"})
+    middleware.process_request(own)
+    assert "alice-session-mine:" in own.meta["proxy"]
+    assert "download_slot" not in own.meta
+    assert crawler.stats is not None
+    assert crawler.stats.get_value("justproxies/requests/exit/a") == 1
+    assert crawler.stats.get_value("justproxies/requests/exit/b") == 1
