@@ -1263,6 +1263,9 @@ def in_force(settings: BaseSettings, environ: Mapping[str, str]) -> dict[str, An
         "JUSTPROXIES_RETRY_AFTER_MODE": throttle.retry_after_mode,
         "JUSTPROXIES_PRICE_PER_GB": observability.price_per_gb,
         "JUSTPROXIES_STATS_DOMAINS": observability.stats_domains,
+        # Labels only: session ids or host:port (entries with credentials
+        # are refused at start-up).
+        "JUSTPROXIES_STATIC_EXITS": [exit_.label for exit_ in config.static_exits],
     }
 
 

@@ -21,6 +21,7 @@ from scrapy_justproxies.config import (
     Config,
     JustProxiesConfigError,
     effective_settings,
+    in_force,
 )
 from scrapy_justproxies.middleware import (
     META_EXIT,
@@ -143,6 +144,13 @@ def test_exits_need_the_static_pool() -> None:
 def test_not_a_list() -> None:
     assert "must be a list" in str(refused({"a": 1}))
     assert "not a valid JSON list" in refused('["a",')
+
+
+def test_the_trace_header_names_the_exits_by_label() -> None:
+    settings = Settings({**BASE, "JUSTPROXIES_STATIC_EXITS": ["a", "gw.example.net:9"]})
+    header = in_force(settings, {})
+    assert header["JUSTPROXIES_STATIC_EXITS"] == ["a", "gw.example.net:9"]
+    assert PASSWORD not in repr(header)
 
 
 def test_the_crawl_may_use_every_exits_high_end() -> None:
