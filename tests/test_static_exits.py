@@ -32,7 +32,14 @@ from scrapy_justproxies.middleware import (
 )
 from scrapy_justproxies.sandbox import run_sandbox_process
 from scrapy_justproxies.sandbox.config import ConfigError, SandboxConfig
-from tests.test_crawl import ADDON, assert_no_secret, configure, site, urls
+from tests.test_crawl import (
+    ADDON,
+    SCRAPY_214,
+    assert_no_secret,
+    configure,
+    site,
+    urls,
+)
 from tests.test_throttle import crawl
 
 PASSWORD = "s3cr3t:p@ss/word"
@@ -396,7 +403,10 @@ def test_a_retry_picks_its_exit_again_for_the_same_site() -> None:
     assert first.meta["download_slot"] == "a|shop.example"
     assert first.meta[META_EXIT] == ("a", "shop.example")
     assert "alice-session-a:" in first.meta["proxy"]
-    httpproxy.process_request(first)
+    if SCRAPY_214:
+        httpproxy.process_request(first)
+    else:  # the spider argument: required up to 2.13, deprecated since
+        httpproxy.process_request(first, None)
     retry = first.replace(dont_filter=True)  # as get_retry_request copies meta
     middleware.process_request(retry)
     assert retry.meta["download_slot"] == "b|shop.example"
