@@ -35,6 +35,7 @@ import charts
 import evaluate
 import report
 import scrapy
+import static_exits as static_exits_runner
 import twisted
 from scenarios import (
     ALL_VARIANTS,
@@ -516,7 +517,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scenarios",
         help="comma list (default: all): steady, drop, rise, two-sites, "
         "inflight-cap, no-limit, preset-datacenter, preset-residential, "
-        "preset-mobile, preset-static; 'presets' = the four presets",
+        "preset-mobile, preset-static, static-exits (its own runner, "
+        "bench/static_exits.py); 'presets' = the four presets",
     )
     parser.add_argument(
         "--variants",
@@ -585,9 +587,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render_only:
         return render_only(args.out, args.update_docs)
+    # Static exits (issue 11) have their own runner: their figures are per
+    # exit IP, see bench/static_exits.py.
+    names = [n.strip() for n in (args.scenarios or "").split(",") if n.strip()]
+    static_exits = not names or static_exits_runner.NAME in names
+    if names:
+        names = [n for n in names if n != static_exits_runner.NAME]
+        if not names:
+            static_exits_runner.run(args.out, quick=args.quick, python=args.python)
+            return 0
     try:
         scenarios = select(
-            build_scenarios(quick=args.quick, max_rate=args.max_rate), args.scenarios
+            build_scenarios(quick=args.quick, max_rate=args.max_rate), ",".join(names)
         )
     except ValueError as error:
         log(str(error))
@@ -666,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"wrote {out_dir / 'latest.md'}, latest.json and the charts")
     if args.update_docs:
         update_docs(markdown)
+    if static_exits and not args.list:
+        static_exits_runner.run(out_dir, quick=args.quick, python=args.python)
     failed = [
         f"{name}/{variant}"
         for name, data in results["scenarios"].items()

@@ -122,6 +122,21 @@ class Gateway:
 
 
 @dataclass(frozen=True)
+class StaticExit:
+    """One fixed exit IP of a static pool: a session id the gateway maps to
+    one IP, or a gateway endpoint (``host:port``) that always leaves by one.
+
+    ``label`` names the exit in slot keys, stats, the trace and logs; it is
+    the session id or ``host:port``, never a credential (endpoints that carry
+    credentials are refused).
+    """
+
+    label: str
+    session: str | None = None
+    endpoint: Gateway | None = None
+
+
+@dataclass(frozen=True)
 class UsernameTemplate:
     """``{user}[-country-{country}][-session-{session}]``: bracketed segments
     are dropped when any field in them has no value."""
@@ -188,6 +203,9 @@ class Config:
     )
     country: str | None = None
     override_template_throttle: bool = True
+    static_exits: tuple[StaticExit, ...] = ()
+    """``JUSTPROXIES_STATIC_EXITS``: the fixed-IP exits requests spread over
+    (pool ``static`` only); empty: every request goes to the gateway as is."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     """Where each JUSTPROXIES_* value came from (for the start-up log)."""
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -243,6 +261,7 @@ class Config:
             override_template_throttle=reader.bool(
                 "JUSTPROXIES_OVERRIDE_TEMPLATE_THROTTLE", default=True
             ),
+            static_exits=reader.static_exits(pool),
             sources=reader.sources,
             warnings=tuple(warnings),
         )
@@ -261,18 +280,32 @@ class Config:
         )
 
     def proxy_url(
-        self, *, country: str | None = None, session: str | None = None
+        self,
+        *,
+        country: str | None = None,
+        session: str | None = None,
+        endpoint: Gateway | None = None,
     ) -> str:
-        """``http://user:password@host:port`` for ``request.meta['proxy']``.
+        """``http://user:password@host:port`` for ``request.meta['proxy']``;
+        the gateway's, or a static exit's ``endpoint``.
 
         Percent-quoted, because Scrapy's HttpProxyMiddleware unquotes both
         parts before building ``Proxy-Authorization``.
         """
-        assert self.gateway is not None
+        gateway = endpoint or self.gateway
+        assert gateway is not None
         user = quote(self.username(country=country, session=session), safe="")
         password = quote(self.password.reveal(), safe="")
-        scheme, netloc = self.gateway.url.split("://", 1)
+        scheme, netloc = gateway.url.split("://", 1)
         return f"{scheme}://{user}:{password}@{netloc}"
+
+
+def _is_ipv6(name: str) -> bool:
+    try:
+        ipaddress.IPv6Address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _looks_like_host(name: str) -> bool:
@@ -607,6 +640,117 @@ class _Reader:
             )
         return Secret(value)
 
+    def static_exits(self, pool: PoolPreset | None) -> tuple[StaticExit, ...]:
+        """``JUSTPROXIES_STATIC_EXITS``: a list of session ids and/or gateway
+        endpoints (``host:port``), each one fixed exit IP.
+
+        From the environment (or ``-s``) as a JSON list or a comma-separated
+        string. An entry is never echoed in an error: an endpoint pasted
+        with its credentials would print them. Entries are named by position.
+        """
+        name = "JUSTPROXIES_STATIC_EXITS"
+        value = self.raw(name)
+        if value is None:
+            return ()
+        where = self.where(name)
+        shape = (
+            "a list of session ids (1-64 letters, digits or _) or gateway "
+            "endpoints (host:port), e.g. ['exit1', 'exit2'] or "
+            "['gw.example.net:10001', 'gw.example.net:10002']"
+        )
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except ValueError:
+                    raise JustProxiesConfigError(
+                        f"{where} is not a valid JSON list; use {shape}."
+                    ) from None
+            else:
+                value = text.split(",")
+        if isinstance(value, BaseSettings) or not isinstance(value, list | tuple):
+            raise JustProxiesConfigError(f"{where} must be {shape}.")
+        if not value:
+            raise JustProxiesConfigError(
+                f"{where} is an empty list: no exit to send requests through. "
+                f"Use {shape}, or leave it unset to use the gateway's rotation."
+            )
+        if pool is None or pool.name != "static":
+            raise JustProxiesConfigError(
+                f"{where} lists static exits, but JUSTPROXIES_POOL is "
+                f"{pool.name if pool else 'not set'!r}"
+                "; exits with one fixed IP each belong to the static pool. Set "
+                "JUSTPROXIES_POOL = 'static', or remove JUSTPROXIES_STATIC_EXITS."
+            )
+        exits: list[StaticExit] = []
+        seen: dict[str, int] = {}
+        for position, entry in enumerate(value, start=1):
+            exit_ = self._static_exit(where, position, entry, shape)
+            if exit_.label in seen:
+                raise JustProxiesConfigError(
+                    f"{where}: entries {seen[exit_.label]} and {position} are the "
+                    "same exit; list each exit once."
+                )
+            seen[exit_.label] = position
+            exits.append(exit_)
+        return tuple(exits)
+
+    def _static_exit(
+        self, where: str, position: int, entry: Any, shape: str
+    ) -> StaticExit:
+        prefix = f"{where}: entry {position}"
+        if not isinstance(entry, str) or not entry.strip():
+            raise JustProxiesConfigError(
+                f"{prefix} is not a non-empty string; use {shape}."
+            )
+        text = entry.strip()
+        rest = text.split("://", 1)[-1]
+        # user:pass@host:port, or the providers' host:port:user:pass lists
+        if "@" in rest or (rest.count(":") >= 2 and "[" not in rest):
+            raise JustProxiesConfigError(
+                f"{prefix} contains credentials. List the endpoint as host:port "
+                "and keep the credentials in JUSTPROXIES_USER and "
+                "JUSTPROXIES_PASSWORD (every exit uses them)."
+            )
+        if ":" not in text and "/" not in text:
+            if not _SESSION_RE.fullmatch(text):
+                raise JustProxiesConfigError(
+                    f"{prefix} is neither a session id (1-64 letters, digits or _) "
+                    f"nor an endpoint with a port; use {shape}."
+                )
+            return StaticExit(label=text, session=text)
+        parsed = urlsplit(text if "://" in text else f"http://{text}")
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        hostname = parsed.hostname or ""
+        if (
+            parsed.scheme != "http"
+            or port is None
+            or not 1 <= port <= 65535
+            or parsed.path not in ("", "/")
+            or parsed.query
+            or parsed.fragment
+            or not (
+                _HOSTNAME_RE.fullmatch(hostname)
+                or (":" in hostname and _is_ipv6(hostname))
+            )
+        ):
+            raise JustProxiesConfigError(
+                f"{prefix} is not a valid endpoint; use host:port or "
+                f"http://host:port with a port from 1 to 65535 ({shape})."
+            )
+        endpoint = Gateway(hostname.lower(), port)
+        if ":" in hostname and resolver_path(self.settings) != HOSTNAME_RESOLVER:
+            raise JustProxiesConfigError(
+                f"{prefix} is an IPv6 endpoint, and Scrapy's default DNS resolver "
+                f"cannot connect http requests to it. Set "
+                f"{resolver_setting(self.settings)} = {HOSTNAME_RESOLVER!r}."
+            )
+        return StaticExit(label=endpoint.url.removeprefix("http://"), endpoint=endpoint)
+
     def country(self) -> str | None:
         name = "JUSTPROXIES_COUNTRY"
         value = self.text(name)
@@ -712,6 +856,10 @@ def effective_settings(settings: BaseSettings, config: Config) -> dict[str, Effe
     the user's ``CONCURRENT_REQUESTS_PER_DOMAIN`` raised to it.
     """
     preset_values = config.pool.scrapy_settings() if config.pool else {}
+    if preset_values and config.static_exits:
+        # The static pool's range is per exit IP: the crawl as a whole may
+        # use every exit's high end.
+        preset_values["CONCURRENT_REQUESTS"] *= len(config.static_exits)
     template = (
         config.pool is not None
         and config.override_template_throttle
@@ -1167,6 +1315,9 @@ def in_force(settings: BaseSettings, environ: Mapping[str, str]) -> dict[str, An
         "JUSTPROXIES_RETRY_AFTER_MODE": throttle.retry_after_mode,
         "JUSTPROXIES_PRICE_PER_GB": observability.price_per_gb,
         "JUSTPROXIES_STATS_DOMAINS": observability.stats_domains,
+        # Labels only: session ids or host:port (entries with credentials
+        # are refused at start-up).
+        "JUSTPROXIES_STATIC_EXITS": [exit_.label for exit_ in config.static_exits],
     }
 
 

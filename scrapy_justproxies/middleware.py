@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
@@ -28,6 +28,7 @@ from .config import (
     Concurrency,
     Config,
     JustProxiesConfigError,
+    StaticExit,
     ThrottleConfig,
     check_download_handlers,
     effective_settings,
@@ -64,6 +65,48 @@ META_COUNTRY: Final = "justproxies_country"
 META_SESSION: Final = "justproxies_session"
 # Private: the credential-free gateway URL this middleware routed the request to.
 META_ROUTED: Final = "_justproxies_gateway"
+# Private: ``(exit label, site slot key)`` of the static exit (JUSTPROXIES_
+# STATIC_EXITS) this attempt went through.
+META_EXIT: Final = "_justproxies_exit"
+EXIT_REQUESTS_STAT: Final = "justproxies/requests/exit/{label}"
+
+
+def exit_slot_key(label: str, site: str) -> str:
+    """The download slot of one (static exit, site) pair: ``<label>|<site>``.
+
+    Each pair is a slot of its own, so Scrapy's slot machinery, the
+    throttle's controller and the per-slot cap apply per exit IP and site:
+    a site that rate-limits one IP slows that exit only.
+    """
+    return f"{label}|{site}"
+
+
+def site_of(meta: dict[str, Any]) -> str:
+    """The site (slot key without the exit) a request went to."""
+    chosen = meta.get(META_EXIT)
+    if isinstance(chosen, tuple | list) and len(chosen) == 2:
+        return str(chosen[1])
+    return str(meta.get("download_slot", ""))
+
+
+def pick_exit(loads: Sequence[tuple[int, int]], first: int = 0) -> int:
+    """The index of the exit with the most free room for a site.
+
+    ``loads`` holds per exit ``(requests in its slot, its limit)``; requests
+    count whether queued or being downloaded. Room is judged relative to
+    the limit (the fewest requests per place), so that when every exit is
+    full the queues grow in proportion to the limits and drain together,
+    instead of the slowest exit finishing last. Ties go to the first exit
+    from ``first`` on (round robin), so an idle crawl spreads evenly.
+    """
+    best, best_load = first % len(loads), float("inf")
+    for step in range(len(loads)):
+        index = (first + step) % len(loads)
+        used, limit = loads[index]
+        load = used / limit if limit > 0 else float("inf")
+        if load < best_load:
+            best, best_load = index, load
+    return best
 
 
 class Route(Enum):
@@ -166,6 +209,8 @@ class JustProxiesMiddleware:
         if settings.getint("RETRY_TIMES") != concurrency.retry_times:
             self._meta_defaults["max_retry_times"] = concurrency.retry_times
         self._scrapy_timeout = settings.getfloat("DOWNLOAD_TIMEOUT")
+        self.exits: tuple[StaticExit, ...] = config.static_exits
+        self._next_exit = 0
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> JustProxiesMiddleware:
@@ -253,11 +298,9 @@ class JustProxiesMiddleware:
                 else (META_SESSION, session)
             )
             self._refuse(request, BadRequestMeta(key, f"is {_shown(value)}; {fix}"))
-        request.meta["proxy"] = self._proxy_url(
-            country=country_text, session=session_text
-        )
+        routed = self._set_proxy(request, country_text, session_text)
         self._inc(_ROUTE_STATS[Route.GATEWAY])
-        request.meta[META_ROUTED] = self._gateway_url
+        request.meta[META_ROUTED] = routed
         for key, value in self._meta_defaults.items():
             if key == "download_timeout":
                 # DownloadTimeoutMiddleware (350) already set Scrapy's default.
@@ -317,6 +360,65 @@ class JustProxiesMiddleware:
         if META_ROUTED in request.meta:
             request.headers.pop(b"Proxy-Authorization", None)
             request.meta.pop("_auth_proxy", None)
+
+    def _set_proxy(
+        self, request: Request, country: str | None, session: str | None
+    ) -> str:
+        """Put the gateway (or a static exit) with credentials in
+        ``meta['proxy']``; return the URL without them."""
+        if self.exits and session is None:
+            # A request with its own session keeps it (and its exit IP);
+            # the others spread over the static exits, afresh on every
+            # attempt: a 429 says that IP is over its limit on the site, so
+            # the retry goes wherever there is room now.
+            exit_, site = self._choose_exit(request)
+            request.meta["proxy"] = self._proxy_url(
+                country=country, session=exit_.session, endpoint=exit_.endpoint
+            )
+            request.meta["download_slot"] = exit_slot_key(exit_.label, site)
+            request.meta[META_EXIT] = (exit_.label, site)
+            self._inc(EXIT_REQUESTS_STAT.format(label=exit_.label))
+            routed = exit_.endpoint.url if exit_.endpoint else self._gateway_url
+        else:
+            request.meta["proxy"] = self._proxy_url(country=country, session=session)
+            request.meta.pop(META_EXIT, None)
+            routed = self._gateway_url
+        return routed
+
+    # -- static exits --------------------------------------------------------
+
+    def _choose_exit(self, request: Request) -> tuple[StaticExit, str]:
+        """The exit with the most free room for the request's site, and the
+        site's slot key (the slot without an exit)."""
+        meta = request.meta
+        previous = meta.get(META_EXIT)
+        slot = meta.get("download_slot")
+        if (
+            isinstance(previous, tuple | list)
+            and len(previous) == 2
+            and slot == exit_slot_key(*previous)
+        ):
+            site = str(previous[1])  # a retry or redirect of an earlier attempt
+        elif slot is not None:
+            site = str(slot)  # JUSTPROXIES_SLOT_GROUPS, www., or the user's own
+        else:
+            site = self.throttle.slot_key(urlparse_cached(request).hostname or "")
+        loads = [self._load(exit_slot_key(e.label, site)) for e in self.exits]
+        index = pick_exit(loads, self._next_exit)
+        self._next_exit = index + 1
+        return self.exits[index], site
+
+    def _load(self, key: str) -> tuple[int, int]:
+        """``(requests queued or downloading, limit)`` of one download slot;
+        a slot Scrapy has not made yet is empty, at the limit it would get."""
+        guard = SlotGuard.of(self.crawler)
+        slot = guard.slot(key)
+        if slot is not None:
+            return len(slot.queue) + len(slot.transferring), slot.concurrency
+        limit = guard.throttle.limit_for(key) if guard.throttle else None
+        if limit is None:
+            limit = self.concurrency.domain_start
+        return 0, limit
 
     # -- helpers -------------------------------------------------------------
 
@@ -402,6 +504,13 @@ class JustProxiesMiddleware:
             f"pool sized to {self.concurrency.total} connections"
         )
         lines.append(scheduler_queue_line(settings, QUEUE_PATH))
+        if self.exits:
+            lines.append(
+                f"  JUSTPROXIES_STATIC_EXITS = {len(self.exits)} exits ("
+                + ", ".join(e.label for e in self.exits)
+                + "): each (exit, site) pair has its own slot and limit, "
+                f"starting at {self.concurrency.domain_start}"
+            )
         logger.info("\n".join(lines))
         for warning in config.warnings:
             logger.warning("JustProxies: %s", warning)

@@ -42,7 +42,7 @@ from scrapy.utils.request import request_from_dict
 from .config import Concurrency, Config, JustProxiesConfigError, ThrottleConfig
 from .failures import gateway_failure, proxy_generated
 from .health import Failure, GatewayHealth, Verdict
-from .middleware import META_ROUTED, enabled_middlewares
+from .middleware import META_ROUTED, enabled_middlewares, site_of
 from .retry import RETRIES_META, ewma, get_429_retry_request, parse_retry_after
 from .retry import retry_delay as compute_retry_delay
 from .slots import SlotGuard, call_later
@@ -163,9 +163,8 @@ class JustProxiesRateLimitMiddleware:
             self._inc("justproxies/gateway/timeouts")
         if self.stopping:
             return
-        verdict = self.health.failed(
-            failure, request.meta.get("download_slot", ""), time.monotonic()
-        )
+        # By site: several static exits to one slow site are still one site.
+        verdict = self.health.failed(failure, site_of(request.meta), time.monotonic())
         if verdict is not None:
             self._stop(verdict, type(exception).__name__)
 

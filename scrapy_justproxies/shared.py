@@ -302,23 +302,7 @@ def next_budget(  # noqa: PLR0911 - one return per rule
             current, recent, saturated_rate(buckets, since, end), span, reports, now
         )
     if current is None:
-        if not reports:
-            return None
-        known = max(r.total for r in reports)
-        if known:
-            # Redis came back empty while the processes still know the
-            # budget (the first to rejoin cannot tell how many will follow):
-            # start again from it, settled.
-            return Budget(total=known, changed_at=now, overload=known + 1)
-        # A cold site: start where one process's own controller is (not at
-        # the sum of all of theirs, which would overshoot N times), or at
-        # what the site admits already if more (Little's law on the pooled
-        # clean answers: never above what it took), and grow from there as one.
-        seed = max(r.limit for r in reports)
-        if recent.ok and span:
-            admitted = recent.ok / span * (recent.ok_ms / recent.ok / 1000)
-            seed = max(seed, math.floor(admitted))
-        return Budget(total=seed, changed_at=now)
+        return _seed(recent, span, reports, now, policy)
     demand = sum(r.demand for r in reports)
     if demand < current.total:
         return None  # not used: says nothing about more
@@ -365,6 +349,40 @@ def saturated_rate(
         buckets[s].ok for s in buckets if first <= s < end and buckets[s].rate_limited
     ]
     return sum(full) / len(full) if full else None
+
+
+def _seed(
+    recent: Counts,
+    span: int,
+    reports: list[Report],
+    now: float,
+    policy: SharedPolicy,
+) -> Budget | None:
+    """A cold site's first budget (not climbing), or None to wait."""
+    if not reports:
+        return None
+    known = max(r.total for r in reports)
+    if known:
+        # Redis came back empty while the processes still know the
+        # budget (the first to rejoin cannot tell how many will follow):
+        # start again from it, settled.
+        return Budget(total=known, changed_at=now, overload=known + 1)
+    if recent.answers < policy.min_samples:
+        # No pooled evidence yet (the first heartbeat's own answers land
+        # in the current second, which is not judged): a budget seeded
+        # now would be the first process's slow-start limit alone, and
+        # all the processes would share it, far below what the site
+        # admits. Until the evidence is in, each keeps its own controller.
+        return None
+    # A cold site: start where one process's own controller is (not at
+    # the sum of all of theirs, which would overshoot N times), or at
+    # what the site admits already if more (Little's law on the pooled
+    # clean answers: never above what it took), and grow from there as one.
+    seed = max(r.limit for r in reports)
+    if recent.ok and span:
+        admitted = recent.ok / span * (recent.ok_ms / recent.ok / 1000)
+        seed = max(seed, math.floor(admitted))
+    return Budget(total=seed, changed_at=now)
 
 
 def _cut(  # noqa: PLR0917 - the evidence, spelled out

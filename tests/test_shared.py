@@ -116,6 +116,23 @@ def test_a_cold_site_starts_as_one_process_and_grows_as_one() -> None:
     assert next_budget(None, clean, [], 100.3, POLICY) is None
 
 
+def test_a_cold_site_gets_no_budget_before_the_pooled_evidence_is_in() -> None:
+    """The first heartbeat of the first process sees no whole second of
+    answers: seeding then gave three processes one slow start's limit (4) in
+    all, against the 10 the site admits (cluster-3 at 88% of the rate)."""
+    reports = [Report(limit=4, share=0, demand=16)]
+    assert next_budget(None, {}, reports, 100.3, POLICY) is None
+    assert (
+        next_budget(None, _steady(99, 100, 5, 0, 200), reports, 100.3, POLICY) is None
+    )
+    # One second of the three processes' own controllers, pooled: the site
+    # admitted 50/s at 0.2 s and pushed back, so the budget starts at 10.
+    three = [Report(limit=4, share=0, demand=16)] * 3
+    first = _steady(99, 100, ok=50, limited=17, ms=200)
+    budget = next_budget(None, first, three, 100.3, POLICY)
+    assert budget is not None and budget.total == 10
+
+
 def test_a_redis_that_came_back_empty_is_seeded_from_the_known_budget() -> None:
     """The first process back alone re-seeds the whole budget it knew, not
     its share: the others rejoin in the next second."""

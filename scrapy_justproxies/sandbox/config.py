@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from .policy import MAX_EXIT_IPS, parse_proxy_username
+from .policy import MAX_EXIT_IPS, is_exit_ip, parse_proxy_username
 
 LimitKey = Literal["host", "exit_ip"]
 RetryAfterMode = Literal["seconds", "http-date", "none"]
@@ -139,8 +139,31 @@ class GatewayConfig:
     fail_503: float = 0.0
     drop: float = 0.0
     seed: int = 0
+    static_sessions: dict[str, int] = field(default_factory=dict)
+    """Session id -> exit IP number (1-254, i.e. 127.0.1.N): a static pool's
+    sessions, each always leaving by the same IP, whatever the rotation."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.static_sessions, Mapping):
+            raise ConfigError(
+                f"static_sessions: expected an object, got {self.static_sessions!r}"
+            )
+        static: dict[str, int] = {}
+        for session, index in self.static_sessions.items():
+            parsed = parse_proxy_username(f"u-session-{session}")
+            if (
+                not isinstance(session, str)
+                or parsed is None
+                or parsed.session != session
+            ):
+                raise ConfigError(
+                    f"static_sessions: session ids are 1-64 letters, digits or _,"
+                    f" got {session!r}"
+                )
+            static[session] = _integer(
+                f"static_sessions[{session!r}]", index, minimum=1, maximum=MAX_EXIT_IPS
+            )
+        _set(self, "static_sessions", static)
         if not isinstance(self.users, Mapping):
             raise ConfigError(f"users: expected an object, got {self.users!r}")
         users: dict[str, str] = {}
@@ -203,6 +226,7 @@ class GatewayConfig:
             "fail_503": self.fail_503,
             "drop": self.drop,
             "seed": self.seed,
+            "static_sessions": dict(self.static_sessions),
         }
 
 
@@ -295,8 +319,29 @@ class HostPolicy:
     limiter: str = "token_bucket"
     window_seconds: float = 20.0
     latency_schedule: tuple[LatencyEntry, ...] = ()
+    exit_rates: dict[str, float | None] = field(default_factory=dict)
+    """Exit IP -> its own rate (``limit_key`` ``"exit_ip"`` only): a site
+    that allows some IPs more than others. Other exits get ``rate``."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.exit_rates, Mapping):
+            raise ConfigError(
+                f"exit_rates: expected an object, got {self.exit_rates!r}"
+            )
+        exit_rates: dict[str, float | None] = {}
+        for address, rate in self.exit_rates.items():
+            if not isinstance(address, str) or not is_exit_ip(address):
+                raise ConfigError(
+                    f"exit_rates: keys are exit IPs 127.0.1.N, got {address!r}"
+                )
+            exit_rates[address] = (
+                None
+                if rate is None
+                else _number(f"exit_rates[{address!r}]", rate, minimum=0.0)
+            )
+        _set(self, "exit_rates", exit_rates)
+        if exit_rates and self.limit_key != "exit_ip":
+            raise ConfigError('exit_rates: needs limit_key "exit_ip"')
         _set(self, "limiter", _choice("limiter", self.limiter, LIMITERS))
         _set(
             self,
@@ -365,7 +410,17 @@ class HostPolicy:
     @property
     def unlimited(self) -> bool:
         """True when no token bucket is needed at all."""
-        return self.rate is None and all(rate is None for _, rate in self.schedule)
+        return (
+            self.rate is None
+            and all(rate is None for _, rate in self.schedule)
+            and all(rate is None for rate in self.exit_rates.values())
+        )
+
+    def for_exit(self, address: str) -> HostPolicy:
+        """The policy one exit IP meets: its own rate from ``exit_rates``."""
+        if address not in self.exit_rates:
+            return self
+        return replace(self, rate=self.exit_rates[address], schedule=(), exit_rates={})
 
     @classmethod
     def from_dict(
@@ -396,6 +451,7 @@ class HostPolicy:
             "limiter": self.limiter,
             "window_seconds": self.window_seconds,
             "latency_schedule": [list(entry) for entry in self.latency_schedule],
+            "exit_rates": dict(self.exit_rates),
         }
 
 

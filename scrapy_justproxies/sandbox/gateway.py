@@ -44,7 +44,13 @@ from .http1 import (
     strip_hop_by_hop,
     without_headers,
 )
-from .policy import ExitIpAllocator, authenticate, choose_failure, resolve_target
+from .policy import (
+    ExitIpAllocator,
+    authenticate,
+    choose_failure,
+    resolve_target,
+)
+from .policy import exit_ip as exit_ip_address
 
 PoolKey = tuple[str, str, int]  # (exit ip, target host, target port)
 
@@ -659,11 +665,12 @@ class GatewayProtocol(Protocol):
             return
 
         allocator = self.gateway.allocator
-        exit_ip = (
-            allocator.for_session(user.session)
-            if user.session
-            else allocator.rotating()
-        )
+        if user.session in config.static_sessions:
+            exit_ip = exit_ip_address(config.static_sessions[user.session])
+        elif user.session:
+            exit_ip = allocator.for_session(user.session)
+        else:
+            exit_ip = allocator.rotating()
         stats = self.gateway.stats
         if user.session:
             stats.sessions[user.session] = exit_ip

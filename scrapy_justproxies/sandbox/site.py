@@ -55,6 +55,9 @@ class HostStats:
         self.direct = 0
         self.via_gateway = 0
         self.exit_ips: set[str] = set()
+        # exit IP -> [admitted, rate_limited]: what a site limiting per IP
+        # did to each exit
+        self.by_exit: dict[str, list[int]] = {}
         self.statuses: Counter[int] = Counter()
         # second -> [admitted, rate_limited, max_inflight]
         self.per_second: OrderedDict[int, list[int]] = OrderedDict()
@@ -83,6 +86,10 @@ class HostStats:
             "direct": self.direct,
             "via_gateway": self.via_gateway,
             "distinct_exit_ips": len(self.exit_ips),
+            "exits": {
+                address: {"admitted": counts[0], "rate_limited": counts[1]}
+                for address, counts in sorted(self.by_exit.items())
+            },
             "statuses": {str(code): n for code, n in sorted(self.statuses.items())},
             "per_second": [
                 {"t": t, "admitted": b[0], "rate_limited": b[1], "max_inflight": b[2]}
@@ -205,7 +212,7 @@ class SiteApp:
             return None, None
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = make_limiter(policy, t)
+            bucket = self._buckets[key] = make_limiter(policy.for_exit(peer), t)
         if bucket.try_acquire(t):
             return None, None
         return "rate", bucket.seconds_until_available(t)
@@ -353,14 +360,19 @@ class SiteResource(Resource):
         stats.requests += 1
         if request.requestHeaders.hasHeader(b"proxy-authorization"):
             stats.proxy_authorization_seen += 1
+        exit_counts = [0, 0]
         if is_exit_ip(peer):
             stats.via_gateway += 1
             stats.exit_ips.add(peer)
+            exit_counts = stats.by_exit.setdefault(peer, exit_counts)
         else:
             stats.direct += 1
 
         reason, wait = app.admit(host, peer, policy, t)
-        if reason is not None:
+        if reason is None:
+            exit_counts[0] += 1
+        else:
+            exit_counts[1] += 1
             stats.rate_limited += 1
             if reason == "inflight":
                 stats.rejected_by_inflight += 1

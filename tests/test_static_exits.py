@@ -1,0 +1,420 @@
+"""Static pools: JUSTPROXIES_STATIC_EXITS, one budget per exit IP.
+
+Unit tests of the setting and of the choice of exit, then real crawls through
+the sandbox's gateway to a site that limits each exit IP on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scrapy import Request
+from scrapy.downloadermiddlewares.httpproxy import HttpProxyMiddleware
+from scrapy.settings import Settings
+from scrapy.utils.test import get_crawler
+
+from scrapy_justproxies.config import (
+    Concurrency,
+    Config,
+    JustProxiesConfigError,
+    effective_settings,
+    in_force,
+)
+from scrapy_justproxies.middleware import (
+    META_EXIT,
+    JustProxiesMiddleware,
+    exit_slot_key,
+    pick_exit,
+    site_of,
+)
+from scrapy_justproxies.sandbox import run_sandbox_process
+from scrapy_justproxies.sandbox.config import ConfigError, SandboxConfig
+from tests.test_crawl import (
+    ADDON,
+    SCRAPY_214,
+    assert_no_secret,
+    configure,
+    site,
+    urls,
+)
+from tests.test_throttle import crawl
+
+PASSWORD = "s3cr3t:p@ss/word"
+BASE = {
+    "JUSTPROXIES_GATEWAY": "gw.example.net:8000",
+    "JUSTPROXIES_USER": "alice",
+    "JUSTPROXIES_PASSWORD": PASSWORD,
+    "JUSTPROXIES_POOL": "static",
+}
+
+
+def config(exits: Any, **extra: Any) -> Config:
+    return Config.from_settings(
+        Settings({**BASE, "JUSTPROXIES_STATIC_EXITS": exits, **extra}), {}
+    )
+
+
+def refused(exits: Any, **extra: Any) -> str:
+    with pytest.raises(JustProxiesConfigError) as error:
+        config(exits, **extra)
+    return str(error.value)
+
+
+# -- the setting ----------------------------------------------------------------
+
+
+def test_session_ids_and_endpoints() -> None:
+    exits = config(["exit1", "gw.example.net:10001", "http://10.0.0.7:3128"])
+    assert [e.label for e in exits.static_exits] == [
+        "exit1",
+        "gw.example.net:10001",
+        "10.0.0.7:3128",
+    ]
+    assert exits.static_exits[0].session == "exit1"
+    assert exits.static_exits[0].endpoint is None
+    endpoint = exits.static_exits[1].endpoint
+    assert endpoint is not None
+    assert (endpoint.host, endpoint.port) == ("gw.example.net", 10001)
+    # An endpoint exit gets the same credentials, at its own host:port.
+    url = exits.proxy_url(endpoint=endpoint)
+    assert url.endswith("@gw.example.net:10001")
+    assert url.startswith("http://alice:")
+
+
+def test_unset_means_no_exits() -> None:
+    assert Config.from_settings(Settings(BASE), {}).static_exits == ()
+
+
+@pytest.mark.parametrize(
+    "raw", ['["a", "b"]', "a, b", " a,b "], ids=["json", "comma", "spaces"]
+)
+def test_from_the_environment(raw: str) -> None:
+    settings = Settings(BASE)
+    exits = Config.from_settings(settings, {"JUSTPROXIES_STATIC_EXITS": raw})
+    assert [e.label for e in exits.static_exits] == ["a", "b"]
+
+
+def test_empty_list_is_an_error() -> None:
+    message = refused([])
+    assert "JUSTPROXIES_STATIC_EXITS" in message
+    assert "empty list" in message
+
+
+def test_duplicates_are_an_error() -> None:
+    message = refused(["a", "b", "a"])
+    assert "JUSTPROXIES_STATIC_EXITS" in message
+    assert "entries 1 and 3 are the same exit" in message
+    assert "entries 1 and 2" in refused(["GW.example.net:1", "gw.example.net:1"])
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["gw.example.net:0", "gw.example.net:99999", "ftp://gw:21", "gw:1/path", "a b"],
+)
+def test_bad_entries_are_refused_without_echo(entry: str) -> None:
+    message = refused(["ok", entry])
+    assert "JUSTPROXIES_STATIC_EXITS" in message
+    assert "entry 2" in message
+    assert entry not in message
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        f"alice:{PASSWORD}@gw.example.net:10001",
+        f"http://alice:{PASSWORD}@gw.example.net:10001",
+        "gw.example.net:10001:alice:hunter2",
+        "alice:hunter2:gw.example.net:10001",
+    ],
+)
+def test_credentials_in_an_endpoint_are_refused_never_echoed(entry: str) -> None:
+    message = refused([entry])
+    assert "contains credentials" in message
+    assert "JUSTPROXIES_USER" in message
+    for secret in (PASSWORD, "hunter2", "alice"):
+        assert secret not in message
+
+
+def test_exits_need_the_static_pool() -> None:
+    message = refused(["a"], JUSTPROXIES_POOL="datacenter")
+    assert "JUSTPROXIES_STATIC_EXITS" in message
+    assert "JUSTPROXIES_POOL = 'static'" in message
+    settings = Settings({**BASE, "JUSTPROXIES_STATIC_EXITS": ["a"]})
+    settings.set("JUSTPROXIES_POOL", None)
+    with pytest.raises(JustProxiesConfigError, match="not set"):
+        Config.from_settings(settings, {})
+
+
+def test_not_a_list() -> None:
+    assert "must be a list" in str(refused({"a": 1}))
+    assert "not a valid JSON list" in refused('["a",')
+
+
+def test_the_trace_header_names_the_exits_by_label() -> None:
+    settings = Settings({**BASE, "JUSTPROXIES_STATIC_EXITS": ["a", "gw.example.net:9"]})
+    header = in_force(settings, {})
+    assert header["JUSTPROXIES_STATIC_EXITS"] == ["a", "gw.example.net:9"]
+    assert PASSWORD not in repr(header)
+
+
+def test_the_crawl_may_use_every_exits_high_end() -> None:
+    """The static row is per IP: three exits may take 3 x 50 in all; a
+    domain (one exit and site) still starts at 20 and stops at 50."""
+    settings = Settings({**BASE, "JUSTPROXIES_STATIC_EXITS": ["a", "b", "c"]})
+    values = effective_settings(settings, Config.from_settings(settings, {}))
+    assert values["CONCURRENT_REQUESTS"].value == 150
+    concurrency = Concurrency.resolve(settings, Config.from_settings(settings, {}), {})
+    assert (concurrency.domain_start, concurrency.domain_max) == (20, 50)
+    settings.set("CONCURRENT_REQUESTS", 60, priority="project")
+    assert (
+        effective_settings(settings, config(["a"]))["CONCURRENT_REQUESTS"].value == 60
+    )
+
+
+# -- choosing an exit -----------------------------------------------------------
+
+
+def test_pick_exit_goes_where_there_is_most_room() -> None:
+    # (requests in the slot, its limit)
+    assert pick_exit([(4, 4), (1, 2), (0, 1)]) == 2
+    assert pick_exit([(3, 4), (1, 2), (1, 1)]) == 1
+    # Full everywhere: the queue that drains first (fewest per place).
+    assert pick_exit([(8, 4), (3, 2), (3, 1)]) == 1
+    # A paused slot (limit 0) only when nothing else is there.
+    assert pick_exit([(0, 0), (9, 1)]) == 1
+
+
+def test_pick_exit_ties_go_round_robin() -> None:
+    empty = [(0, 4), (0, 4), (0, 4)]
+    assert [pick_exit(empty, first) for first in range(4)] == [0, 1, 2, 0]
+
+
+def test_slot_keys() -> None:
+    assert exit_slot_key("exit1", "shop.test") == "exit1|shop.test"
+    assert site_of({"_justproxies_exit": ("exit1", "shop.test")}) == "shop.test"
+    assert site_of({"download_slot": "shop.test"}) == "shop.test"
+
+
+# -- the sandbox's model of exits -----------------------------------------------
+
+
+def test_sandbox_config_of_exits() -> None:
+    parsed = SandboxConfig.from_dict(
+        {
+            "gateway": {"static_sessions": {"x1": 11}},
+            "sites": {
+                "a.test": {"limit_key": "exit_ip", "exit_rates": {"127.0.1.11": 5}}
+            },
+        }
+    )
+    assert parsed.gateway.static_sessions == {"x1": 11}
+    policy = parsed.policy_for("a.test")
+    assert policy.for_exit("127.0.1.11").rate == 5
+    assert policy.for_exit("127.0.1.12").rate is None
+    assert SandboxConfig.from_dict(parsed.to_dict()) == parsed
+    with pytest.raises(ConfigError, match="limit_key"):
+        SandboxConfig.from_dict({"sites": {"a.test": {"exit_rates": {"127.0.1.1": 5}}}})
+    with pytest.raises(ConfigError, match=r"127\.0\.1\.N"):
+        SandboxConfig.from_dict(
+            {"sites": {"a.test": {"limit_key": "exit_ip", "exit_rates": {"x": 5}}}}
+        )
+    with pytest.raises(ConfigError, match="static_sessions"):
+        SandboxConfig.from_dict({"gateway": {"static_sessions": {"x-1": 3}}})
+
+
+# -- real crawls ------------------------------------------------------------------
+
+LATENCY = {"latency_p50_ms": 200, "latency_p95_ms": 300}
+EXITS = {"fast": 11, "slow": 12}
+STATIC = {"JUSTPROXIES_POOL": "static", "JUSTPROXIES_STATE_FILE": None}
+
+
+def exit_site(sandbox: Any, rates: dict[str, float | None], **extra: Any) -> None:
+    """``per.test`` limits each exit IP on its own: ``rates`` by session."""
+    configure(
+        sandbox,
+        {
+            "per.test": {
+                "limit_key": "exit_ip",
+                "burst": 2,
+                "exit_rates": {
+                    f"127.0.1.{EXITS[name]}": rate for name, rate in rates.items()
+                },
+                **LATENCY,
+                **extra,
+            }
+        },
+        static_sessions=EXITS,
+    )
+
+
+def test_a_site_that_limits_one_ip_slows_that_exit_only(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    """``slow`` may send 3 req/s, ``fast`` anything: only the slow exit's
+    limit comes down; the fast one never sees a 429 and keeps its level."""
+    exit_site(sandbox, {"fast": None, "slow": 3})
+    result = crawl(
+        sandbox, gateway_env, tmp_path, urls(sandbox, "per.test", 200), reactor,
+        JUSTPROXIES_STATIC_EXITS=["fast", "slow"], **STATIC,
+    )  # fmt: skip
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.statuses == {200: 200}
+    stats = result.stats
+    fast, slow = "justproxies/{}/fast|per.test", "justproxies/{}/slow|per.test"
+    assert stats[slow.format("rate_limited")] > 0
+    assert stats[slow.format("limit_final")] < stats[slow.format("limit_peak")]
+    assert stats.get(fast.format("rate_limited"), 0) == 0
+    assert stats[fast.format("limit_final")] >= stats[fast.format("limit_start")]
+    # Each exit left by its own IP, and the site saw the split.
+    gateway = sandbox.client.stats()["gateway"]
+    assert gateway["sessions"] == {"fast": "127.0.1.11", "slow": "127.0.1.12"}
+    by_exit = site(sandbox, "per.test")["exits"]
+    assert by_exit["127.0.1.11"]["rate_limited"] == 0
+    assert by_exit["127.0.1.11"]["admitted"] > by_exit["127.0.1.12"]["admitted"]
+    fast_sent = stats["justproxies/requests/exit/fast"]
+    slow_sent = stats["justproxies/requests/exit/slow"]
+    assert fast_sent + slow_sent == stats["justproxies/requests/proxied"]
+    # Requests go where there is room: the open exit carries most of them
+    # (taken in turn, each would carry half).
+    assert fast_sent > 2 * slow_sent
+    assert "JUSTPROXIES_STATIC_EXITS = 2 exits (fast, slow)" in result.log
+    assert_no_secret(result, sandbox)
+
+
+def test_no_url_is_lost_to_one_exits_429s(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    """Exits at 12 and 3 req/s, both rate-limited: every 429 is retried
+    (through whichever exit has room then) and every URL completes."""
+    exit_site(sandbox, {"fast": 12, "slow": 3})
+    result = crawl(
+        sandbox, gateway_env, tmp_path, urls(sandbox, "per.test", 150), reactor,
+        JUSTPROXIES_STATIC_EXITS=["fast", "slow"], **STATIC,
+    )  # fmt: skip
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.statuses == {200: 150}
+    by_exit = site(sandbox, "per.test")["exits"]
+    assert sum(counts["admitted"] for counts in by_exit.values()) == 150
+    rate_limited = sum(counts["rate_limited"] for counts in by_exit.values())
+    assert rate_limited > 0
+    assert result.stats["justproxies/retries/rate_limited"] == rate_limited
+    assert result.stats["justproxies/rate_limited/slow|per.test"] > 0
+
+
+def test_a_requests_own_session_is_kept(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    exit_site(sandbox, {"fast": None, "slow": None})
+    requests = [
+        {**r, "meta": {"justproxies_session": "mine"}}
+        for r in urls(sandbox, "per.test", 10)
+    ] + urls(sandbox, "per.test", 10, path="catalog")
+    result = crawl(
+        sandbox, gateway_env, tmp_path, requests,
+        JUSTPROXIES_STATIC_EXITS=["fast", "slow"], **STATIC,
+    )  # fmt: skip
+    assert result.statuses == {200: 20}, result.output[-3000:]
+    stats = result.stats
+    assert (
+        stats["justproxies/requests/exit/fast"]
+        + stats["justproxies/requests/exit/slow"]
+    ) == 10
+    assert set(sandbox.client.stats()["gateway"]["sessions"]) == {
+        "fast",
+        "slow",
+        "mine",
+    }
+    assert stats["justproxies/answers/per.test"] == 10  # its own slot, the site's
+
+
+def test_gateway_endpoints_as_exits(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    """Two real gateways (two sandboxes) as two endpoint exits: requests
+    go through both, each endpoint is its own slot, labelled host:port, and
+    the credentials appear nowhere."""
+    configure(sandbox, {"a.test": LATENCY})
+    second_config = {"gateway": {"users": {sandbox.user: sandbox.password}}}
+    with run_sandbox_process(second_config) as second:
+        exits = [sandbox.gateway, second.gateway]
+        result = run_crawl_with(
+            tmp_path, reactor, urls(sandbox, "a.test", 40), gateway_env, exits
+        )
+        other = second.client.stats()["gateway"]
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.statuses == {200: 40}
+    mine = sandbox.client.stats()["gateway"]
+    assert mine["requests"] > 0
+    assert other["requests"] > 0
+    assert mine["requests"] + other["requests"] == 40
+    for label in exits:
+        assert result.stats[f"justproxies/requests/exit/{label}"] > 0
+        assert f"justproxies/answers/{label}|a.test" in result.stats
+    assert site(sandbox, "a.test")["proxy_authorization_seen"] == 0
+    assert_no_secret(result, sandbox)
+
+
+def run_crawl_with(
+    tmp_path: Path,
+    reactor: str,
+    requests: list[dict[str, Any]],
+    env: dict[str, str],
+    exits: list[str],
+) -> Any:
+    from scrapy_justproxies.sandbox.crawl import run_crawl  # noqa: PLC0415
+
+    # From the environment, as JSON: how a deployment would pass them.
+    return run_crawl(
+        tmp_path,
+        reactor=reactor,
+        requests=requests,
+        settings={**ADDON, "LOG_LEVEL": "DEBUG", **STATIC},
+        env={**env, "JUSTPROXIES_STATIC_EXITS": json.dumps(exits)},
+        timeout=120,
+    )
+
+
+# -- the middleware's choice, request by request (no crawl) ----------------------
+
+
+def test_a_retry_picks_its_exit_again_for_the_same_site() -> None:
+    """Before the crawl starts no slot exists: every exit has the same room,
+    so exits go in turn. A retry (a copy with the first attempt's meta)
+    keeps its site, not its exit; the proxy URL names the exit's session."""
+    handler = "scrapy.core.downloader.handlers.http11.HTTP11DownloadHandler"
+    crawler = get_crawler(
+        settings_dict={
+            **BASE,
+            **ADDON,
+            "DOWNLOAD_HANDLERS": {"http": handler, "https": handler},
+            "JUSTPROXIES_STATIC_EXITS": ["a", "b"],
+            "JUSTPROXIES_THROTTLE_ENABLED": False,
+        }
+    )
+    middleware = JustProxiesMiddleware.from_crawler(crawler)
+    # Scrapy's own, next in line: it moves the credentials to a header.
+    httpproxy = HttpProxyMiddleware.from_crawler(crawler)
+    first = Request("http://www.shop.example/1", meta={"download_slot": "shop.example"})
+    middleware.process_request(first)
+    assert first.meta["download_slot"] == "a|shop.example"
+    assert first.meta[META_EXIT] == ("a", "shop.example")
+    assert "alice-session-a:" in first.meta["proxy"]
+    if SCRAPY_214:
+        httpproxy.process_request(first)
+    else:  # the spider argument: required up to 2.13, deprecated since
+        httpproxy.process_request(first, None)
+    retry = first.replace(dont_filter=True)  # as get_retry_request copies meta
+    middleware.process_request(retry)
+    assert retry.meta["download_slot"] == "b|shop.example"
+    assert "alice-session-b:" in retry.meta["proxy"]
+    own = Request("http://shop.example/2", meta={"justproxies_session": "mine"})
+    middleware.process_request(own)
+    assert "alice-session-mine:" in own.meta["proxy"]
+    assert "download_slot" not in own.meta
+    assert crawler.stats is not None
+    assert crawler.stats.get_value("justproxies/requests/exit/a") == 1
+    assert crawler.stats.get_value("justproxies/requests/exit/b") == 1
