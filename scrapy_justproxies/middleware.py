@@ -210,6 +210,8 @@ class JustProxiesMiddleware:
             self._meta_defaults["max_retry_times"] = concurrency.retry_times
         self._scrapy_timeout = settings.getfloat("DOWNLOAD_TIMEOUT")
         self.exits: tuple[StaticExit, ...] = config.static_exits
+        if self.exits:
+            SlotGuard.of(crawler).spread_over_exits(e.label for e in self.exits)
         self._next_exit = 0
 
     @classmethod

@@ -119,7 +119,7 @@ class JustProxiesPriorityQueue:
     # -- the scheduler's interface ---------------------------------------------
 
     def push(self, request: Request) -> None:
-        slot = self.downloader.get_slot_key(request)
+        slot = self.guard.site_key(self.downloader.get_slot_key(request))
         queue = self.pqueues.get(slot)
         if queue is None:
             queue = self.pqueues[slot] = self.pqfactory(slot)

@@ -168,6 +168,7 @@ class SlotGuard:
         self._not_in_slot: set[Request] = set()
         self.room_listeners: list[RoomListener] = []
         self.backlogs: list[Callable[[str], int]] = []
+        self._exit_labels: tuple[str, ...] = ()
         crawler.signals.connect(self._engine_started, signals.engine_started)
 
     @classmethod
@@ -294,12 +295,48 @@ class SlotGuard:
 
     # -- the scheduler's side: room per slot (scrapy_justproxies.queue) --------
 
+    def spread_over_exits(self, labels: Iterable[str]) -> None:
+        """Static exits: a site's requests go to slots ``<label>|<site>``,
+        one per exit, chosen by the middleware when each is sent. The
+        scheduler's queue files them by site; a site has room when its exit
+        slots together have a free place."""
+        self._exit_labels = tuple(labels)
+
+    def site_key(self, key: str) -> str:
+        """The site of slot ``key``: itself, or for an exit's slot the part
+        after ``<label>|``."""
+        if self._exit_labels and "|" in key:
+            label, site = key.split("|", 1)
+            if label in self._exit_labels:
+                return site
+        return key
+
     def has_room(self, key: str) -> bool:
         """Whether slot ``key`` can take one more request now without it
         waiting in the downloader, where it would hold a crawl-wide unit of
         ``CONCURRENT_REQUESTS`` (``Downloader.needs_backout`` counts every
         request it holds, queued or not). A slot that paces its sends (a
         download delay) takes the next one only once none is waiting."""
+        if self._exit_labels:
+            return self._exits_have_room(key)
+        return self._slot_has_room(key)
+
+    def _exits_have_room(self, site: str) -> bool:
+        engine = self.engine()
+        if engine is None:
+            return True
+        free = 0
+        for label in self._exit_labels:
+            key = f"{label}|{site}"
+            slot = engine.downloader.slots.get(key)
+            if slot is None:
+                free += self._new_slot_concurrency(key, engine.downloader)
+            else:
+                held = self._places.get(key, 0)
+                free += max(0, slot.concurrency - held - len(slot.active))
+        return free > self._before_slot.get(site, 0)
+
+    def _slot_has_room(self, key: str) -> bool:
         engine = self.engine()
         if engine is None:
             return True
@@ -375,6 +412,7 @@ class SlotGuard:
         the engine if it has something to hand out now (else the engine
         would only ask at its next heartbeat, up to 5 s later)."""
         woke = False
+        key = self.site_key(key)
         for listener in self.room_listeners:
             woke = listener(key) or woke
         if woke:
