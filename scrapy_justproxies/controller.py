@@ -539,6 +539,9 @@ _RATE_SPAN = 2.0
 token bucket's burst, spent just before the climb, inflates it."""
 _PACED_429S = 2
 """429s in a paced window that trim the pace by their share."""
+_DROPPED = 0.8
+"""A paced climb that admitted less than this share of the pace says the
+site's rate dropped."""
 _INFLIGHT_429S = 3
 """429s at a pace well below a rate the site admitted that make it an
 in-flight cap."""
@@ -607,6 +610,8 @@ class Evidence:
         # (429?, in flight at send) of the last answers, whatever the epoch:
         # do the 429s come with more in flight (an in-flight cap)?
         self.inflight_seen: deque[tuple[bool, int]] = deque(maxlen=_INFLIGHT_SEEN)
+        # Of the last answers, which said nothing (failed before the site).
+        self.ignored_seen: deque[bool] = deque(maxlen=_INFLIGHT_SEEN)
         # The last min_samples answers at this level (True: a 429).
         self.recent: deque[bool] = deque(maxlen=settings.min_samples)
         self.ok_times: deque[float] = deque()
@@ -628,6 +633,7 @@ class Evidence:
     def answered(
         self, ticket: Ticket, outcome: Outcome, now: float, *, any_epoch: bool
     ) -> None:
+        self.ignored_seen.append(outcome is Outcome.IGNORED)
         if outcome is Outcome.IGNORED:
             return
         limited = outcome is Outcome.RATE_LIMITED
@@ -662,6 +668,11 @@ class Evidence:
             self.run_limited += 1
         else:
             self.run_ok += 1
+
+    def ignored_share(self) -> float:
+        """Share of the last answers that never reached the site."""
+        seen = self.ignored_seen
+        return sum(seen) / len(seen) if seen else 0.0
 
     def inflight_excess(self) -> float | None:
         """How many more requests were in flight, on average, when the
@@ -804,6 +815,7 @@ class DomainController:
         self._pace_step = settings.pace_step
         self._paced_since = now
         self._unexplained = 0
+        self._capped_429s = 0
         # The last paced rate a whole clean window confirmed.
         self._clean_pace: float | None = None
         # The rate measured at the last climb while paced (or learned).
@@ -902,7 +914,7 @@ class DomainController:
         while ``PACED``; otherwise only over the first answer time of a warm
         start, so its first volley does not go out at once."""
         if self._pace_rate is not None:
-            return 1.0 / self._pace_rate
+            return 1.0 / self._send_rate()
         if self._pace is not None and now < self._pace_until:
             return self._pace
         return None
@@ -922,6 +934,16 @@ class DomainController:
         self._evidence.answered(
             ticket, outcome, now, any_epoch=self._phase is Phase.SLOW_START
         )
+        if (
+            outcome is Outcome.RATE_LIMITED
+            and self._phase is Phase.PACED
+            and ticket.inflight >= self._limit
+            and ticket.epoch == self._evidence.epoch
+            and ticket.sent_at >= self._evidence.evidence_from
+        ):
+            # Refused with the concurrency, not the pace, binding: paced
+            # below a token bucket's rate, the concurrency never matters.
+            self._capped_429s += 1
 
     def decide(self, now: float) -> Decision | None:  # noqa: PLR0911
         """Judge the evidence so far: None if it is not enough yet.
@@ -1112,13 +1134,19 @@ class DomainController:
         self._overload_level = None
         self._enter(Phase.PACED)
 
+    def _send_rate(self) -> float:
+        """Sends per second that bring the site the paced rate: more by the
+        share that fails before it (the gateway's errors say nothing)."""
+        assert self._pace_rate is not None
+        return self._pace_rate / (1 - min(self._evidence.ignored_share(), 0.5))
+
     def _paced_limit(self, answer_time: float | None) -> int:
         """The concurrency of the paced rate: what it keeps in flight at
         ``answer_time`` (Little's law), with ``pace_headroom``, plus one."""
         assert self._pace_rate is not None
         if answer_time is None:
             return self._limit
-        level = admitted_level(self._pace_rate, answer_time) * self._settings.pace_headroom
+        level = admitted_level(self._send_rate(), answer_time) * self._settings.pace_headroom
         return clamp(math.ceil(level) + 1, self._settings)
 
     def _paced_window(self, now: float) -> Decision:
@@ -1135,15 +1163,17 @@ class DomainController:
             return self._leave_pacing(now, rate, answer_time)
         if w.rate_limited >= _PACED_429S:
             # 429s below the climb's trigger, but more than a stray one: a
-            # pace a little above the site's rate, which refuses that share.
-            self._pace_rate *= 1 - w.rate_limited / w.samples
+            # pace a little above the site's rate, which admits the rest.
+            admitted = self._pace_rate * (1 - w.rate_limited / w.samples)
+            self._paced_measure = max(self._paced_measure or 0.0, admitted)
+            self._pace_rate = admitted * (1 - s.pace_margin)
             self._paced_since = now
             self._pace_step = s.pace_step
             return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
         reason = Reason.REDERIVE
         clean = w.rate_limited <= s.tolerated_share * w.samples
         # The pace held the sends back (more would have gone out unpaced).
-        bound = w.sends >= 0.9 * self._pace_rate * (now - w.start)
+        bound = w.sends >= 0.9 * self._send_rate() * (now - w.start)
         held = (
             now - self._paced_since >= s.probe_interval
             and ev.epoch_samples >= s.probe_samples
@@ -1192,11 +1222,18 @@ class DomainController:
         # Not below what the burst can explain: a climb of almost only 429s
         # (refused while the site paid back an overload) is no measure.
         rate = min(rate, max(pace * ok_share, rate * _BURST_SHARE))
-        dropped = rate < (1 - 3 * s.pace_margin) * pace
+        # Far below the pace: the site's rate dropped (a little below may
+        # be an in-flight cap, which admits less the more is sent).
+        dropped = rate < _DROPPED * pace
         if not dropped and self._unexplained_refusals(_INFLIGHT_429S):
             return self._leave_pacing(now, rate, answer_time)
         self._unexplained = 0
-        self._rate = self._paced_measure = rate
+        self._rate = rate
+        # The highest rate the site admitted, unless it now admits less.
+        if dropped or self._paced_measure is None:
+            self._paced_measure = rate
+        else:
+            self._paced_measure = max(self._paced_measure, rate)
         self._derived_at = answer_time
         self._pace_rate = max(min(rate, pace) * (1 - s.pace_margin), _MIN_PACE_RATE)
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
@@ -1209,8 +1246,11 @@ class DomainController:
         known = self._paced_measure
         assert self._pace_rate is not None
         margin = self._settings.pace_margin
-        if count and known is not None and self._pace_rate <= known * (1 - 2 * margin):
+        if count and known is not None and self._pace_rate <= known * (1 - margin):
             self._unexplained += count
+        else:
+            self._unexplained += self._capped_429s
+        self._capped_429s = 0
         return self._unexplained >= _INFLIGHT_429S
 
     def _leave_pacing(self, now: float, rate: float, answer_time: float) -> Decision:
