@@ -187,6 +187,9 @@ class ControllerSettings:
     answer_time_shift: float = 0.25
     """Relative change of the answer time after which the concurrency of a
     rate-limited site is re-derived from its learned rate."""
+    rate_pacing: bool = True
+    """Pace a site taken to limit requests per second at the rate it
+    admitted (:attr:`Phase.PACED`); off, only the concurrency is limited."""
     pace_margin: float = 0.02
     """Paced (:attr:`Phase.PACED`), sends go out this share below the rate
     the site admitted when its 429s last climbed."""
@@ -201,7 +204,12 @@ class ControllerSettings:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type in ("int", int):
+            if f.type in ("bool", bool):
+                if not isinstance(value, bool):
+                    raise ControllerSettingsError(
+                        f.name, f"must be True or False, got {value!r}"
+                    )
+            elif f.type in ("int", int):
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise ControllerSettingsError(
                         f.name, f"must be an integer, got {value!r}"
@@ -459,6 +467,9 @@ class Decision:
     """429s among them."""
     overload_level: int | None
     """The lowest level known to draw 429s, after this decision."""
+    pace_rate: float | None = None
+    """Sends per second the site is paced at after this decision (None:
+    unpaced)."""
 
     @property
     def changed(self) -> bool:
@@ -828,7 +839,11 @@ class DomainController:
             self._kind = learned.kind
             self._derived_at = learned.answer_time
             self._learned_at = now
-            if learned.rate is not None and learned.kind is not LimitKind.INFLIGHT:
+            if (
+                learned.rate is not None
+                and learned.kind is not LimitKind.INFLIGHT
+                and settings.rate_pacing
+            ):
                 # Paced from the first send at the rate learned: no volley,
                 # and the concurrency is what that rate keeps in flight.
                 self._enter_paced(now, learned.rate * (1 - settings.pace_margin))
@@ -1109,6 +1124,7 @@ class DomainController:
             rate is not None
             and answer_time is not None
             and self._kind is not LimitKind.INFLIGHT
+            and s.rate_pacing
         ):
             # Take it for a rate limit until the evidence says otherwise:
             # pace at what the site admitted.
@@ -1165,7 +1181,6 @@ class DomainController:
             # 429s below the climb's trigger, but more than a stray one: a
             # pace a little above the site's rate, which admits the rest.
             admitted = self._pace_rate * (1 - w.rate_limited / w.samples)
-            self._paced_measure = max(self._paced_measure or 0.0, admitted)
             self._pace_rate = admitted * (1 - s.pace_margin)
             self._paced_since = now
             self._pace_step = s.pace_step
@@ -1174,7 +1189,10 @@ class DomainController:
         clean = w.rate_limited <= s.tolerated_share * w.samples
         # The pace held the sends back (more would have gone out unpaced).
         bound = w.sends >= 0.9 * self._send_rate() * (now - w.start)
-        held = (
+        # Nothing measured at a pace yet (the pace is slow start's guess):
+        # no wait, and full steps, up to the first climb that measures.
+        known = self._paced_measure
+        held = known is None or (
             now - self._paced_since >= s.probe_interval
             and ev.epoch_samples >= s.probe_samples
         )
@@ -1184,9 +1202,9 @@ class DomainController:
             # Near the rate measured at the last climb, one small step at a
             # time (a token bucket shows an overload only once its burst is
             # spent); beyond it, steps grow, so a raised limit is found soon.
-            known = self._paced_measure
             near = known is not None and self._pace_rate < known * _NEAR
-            self._pace_rate *= 1 + (s.pace_step if near else self._pace_step)
+            step = s.pace_step if near else self._pace_step
+            self._pace_rate *= 1 + (_MAX_PACE_STEP if known is None else step)
             if not near:
                 self._pace_step = min(
                     self._pace_step * s.increase_factor, _MAX_PACE_STEP
@@ -1359,6 +1377,7 @@ class DomainController:
             samples=w.samples,
             rate_limited=w.rate_limited,
             overload_level=self._overload_level,
+            pace_rate=self._pace_rate,
         )
         if target != self._limit:
             if not keep_last_good:

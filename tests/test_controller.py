@@ -61,6 +61,8 @@ RATE = 50.0
 # its own tests below).
 MOBILE = ControllerSettings(start=16, maximum=50, slow_start=0)
 LOW_START = ControllerSettings(start=8, maximum=50, slow_start=0)
+# The concurrency mechanics alone (an in-flight cap is limited this way).
+UNPACED = replace(LOW_START, rate_pacing=False)
 
 
 # -- targets, as functions so a naive controller can be shown to miss them --
@@ -351,8 +353,16 @@ def test_one_step_to_what_the_site_admitted() -> None:
     _, decisions = concurrent(ctl, 0.0, outcomes, 0.2, 40)
     backoffs = [d for d in decisions if d.reason is Reason.BACKOFF]
     assert backoffs[0].old_limit == 40
+    # Paced at what it admitted, with the concurrency that keeps in flight
+    # (plus headroom, so the pace decides).
+    assert backoffs[0].pace_rate == pytest.approx(50, rel=0.25)
+    assert backoffs[0].new_limit == pytest.approx(10 * 1.25 + 1, abs=3)
+    unpaced = DomainController(replace(settings, rate_pacing=False), now=0.0)
+    _, decisions = concurrent(unpaced, 0.0, outcomes, 0.2, 40)
+    backoffs = [d for d in decisions if d.reason is Reason.BACKOFF]
     assert backoffs[0].new_limit == pytest.approx(10, abs=2)
-    assert ctl.rate == pytest.approx(50, rel=0.25)
+    assert backoffs[0].pace_rate is None
+    assert unpaced.rate == pytest.approx(50, rel=0.25)
 
 
 def test_samples_sent_under_an_old_limit_are_not_evidence() -> None:
@@ -394,7 +404,7 @@ def test_429s_while_the_site_settles_after_a_backoff_are_not_evidence() -> None:
 
 
 def test_settles_below_the_estimate_then_probes_after_the_hold() -> None:
-    ctl = DomainController(LOW_START, now=0.0)
+    ctl = DomainController(UNPACED, now=0.0)
     now, _ = feed(ctl, 0.0, 50)
     assert ctl.limit == 10
     now, _ = feed(ctl, now, 16)
@@ -448,7 +458,7 @@ def test_after_a_deep_cut_it_grows_back_at_half_the_pace() -> None:
 
 
 def test_failed_probe_returns_below_the_estimate() -> None:
-    settings = replace(LOW_START, probe_interval=0, probe_samples=0)
+    settings = replace(UNPACED, probe_interval=0, probe_samples=0)
     ctl = DomainController(settings, now=0.0)
     now, _ = feed(ctl, 0.0, 50)  # 8 -> 10
     now, _ = feed(ctl, now, 16)
