@@ -542,7 +542,7 @@ def cusum_step(total: float, rate_limited: bool, tolerated_share: float) -> floa
     return max(0.0, total + (1.0 if rate_limited else 0.0) - tolerated_share)
 
 
-_NEAR = 1.1
+_NEAR = 1.05
 """Paced rates up to this much above the rate measured at the last climb
 are probed one small step at a time; beyond, the steps grow."""
 _RATE_SPAN = 2.0
@@ -550,13 +550,13 @@ _RATE_SPAN = 2.0
 token bucket's burst, spent just before the climb, inflates it."""
 _PACED_429S = 2
 """429s in a paced window that trim the pace by their share."""
-_DROPPED = 0.8
-"""A paced climb that admitted less than this share of the pace says the
-site's rate dropped."""
+_DROPPED = 0.7
+"""A paced climb with a smaller share of clean answers says the site's
+rate dropped."""
 _INFLIGHT_429S = 3
 """429s at a pace well below a rate the site admitted that make it an
 in-flight cap."""
-_MAX_PACE_STEP = 0.05
+_MAX_PACE_STEP = 0.1
 """Largest step of a paced rate's probe: a token bucket's burst hides an
 overload for a while, and the steps go on meanwhile."""
 _INFLIGHT_SEEN = 200
@@ -1061,7 +1061,6 @@ class DomainController:
         ev = self._evidence
         answer_time = ev.answer_time()
         rate = ev.admitted_rate(now)
-        refused = ev.refused_inflight
         steady = ev.answer_time_steady()
         if not steady:
             # The answer time is moving (answers at the old and the new one
@@ -1130,13 +1129,10 @@ class DomainController:
             # pace at what the site admitted.
             # Slow start overshot: the limit it reached drew 429s, and the
             # paced rate bisects up towards it.
-            pace = max(estimate, 1) / answer_time
-            if self._phase is Phase.SLOW_START and refused:
-                # What was in flight when the first 429 was sent, over the
-                # answer time: about the site's rate (plus its burst). Paced
-                # there, the next climb, at saturation, measures the rate.
-                pace = max(pace, refused / answer_time)
-            self._enter_paced(now, pace)
+            # The level estimated (Little's law, in slow start halfway to
+            # what was in flight at the first 429) over the answer time; the
+            # next climb, at saturation, measures the rate.
+            self._enter_paced(now, max(estimate, 1) / answer_time)
             return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
         self._enter(Phase.SETTLED)
         return self._apply(now, target, Reason.BACKOFF)
@@ -1237,21 +1233,26 @@ class DomainController:
             cut = max(s.decrease_factor, ok_share)
             self._pace_rate = max(pace * cut, _MIN_PACE_RATE)
             return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
-        # Not below what the burst can explain: a climb of almost only 429s
-        # (refused while the site paid back an overload) is no measure.
-        rate = min(rate, max(pace * ok_share, rate * _BURST_SHARE))
-        # Far below the pace: the site's rate dropped (a little below may
-        # be an in-flight cap, which admits less the more is sent).
-        dropped = rate < _DROPPED * pace
+        # Most of the climb refused: the site's rate dropped (an in-flight
+        # cap refuses a few now and then), and what it admits now is the
+        # climb's share (the last seconds' rate is mostly the old one).
+        dropped = ok_share < _DROPPED
+        if dropped:
+            rate = pace * ok_share
+        else:
+            # Not below what the burst can explain: a short climb's share
+            # is noisy.
+            rate = min(rate, max(pace * ok_share, rate * _BURST_SHARE))
         if not dropped and self._unexplained_refusals(_INFLIGHT_429S):
             return self._leave_pacing(now, rate, answer_time)
         self._unexplained = 0
         self._rate = rate
-        # The highest rate the site admitted, unless it now admits less.
-        if dropped or self._paced_measure is None:
-            self._paced_measure = rate
+        # The highest rate the site admitted; after a drop, a guess from a
+        # short climb: probed up in full steps until a climb measures it.
+        if dropped:
+            self._paced_measure = None
         else:
-            self._paced_measure = max(self._paced_measure, rate)
+            self._paced_measure = max(self._paced_measure or 0.0, rate)
         self._derived_at = answer_time
         self._pace_rate = max(min(rate, pace) * (1 - s.pace_margin), _MIN_PACE_RATE)
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
@@ -1261,13 +1262,7 @@ class DomainController:
         site admitted before (measured at a paced climb): a token bucket
         sent less than its rate refuses nothing. True once there were
         ``_INFLIGHT_429S`` of them: the site limits something else."""
-        known = self._paced_measure
-        assert self._pace_rate is not None
-        margin = self._settings.pace_margin
-        if count and known is not None and self._pace_rate <= known * (1 - margin):
-            self._unexplained += count
-        else:
-            self._unexplained += self._capped_429s
+        self._unexplained += self._capped_429s
         self._capped_429s = 0
         return self._unexplained >= _INFLIGHT_429S
 
