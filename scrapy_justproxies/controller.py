@@ -952,7 +952,7 @@ class DomainController:
         if (
             outcome is Outcome.RATE_LIMITED
             and self._phase is Phase.PACED
-            and ticket.inflight >= self._limit
+            and ticket.inflight >= self._limit - 1
             and ticket.epoch == self._evidence.epoch
             and ticket.sent_at >= self._evidence.evidence_from
         ):
@@ -1203,7 +1203,7 @@ class DomainController:
             self._pace_rate *= 1 + (_MAX_PACE_STEP if known is None else step)
             if not near:
                 self._pace_step = min(
-                    self._pace_step * s.increase_factor, _MAX_PACE_STEP
+                    self._pace_step * 2, _MAX_PACE_STEP
                 )
             reason = Reason.PROBE
         return self._apply(now, self._paced_limit(answer_time), reason, new_epoch=False)
@@ -1238,7 +1238,8 @@ class DomainController:
         # climb's share (the last seconds' rate is mostly the old one).
         dropped = ok_share < _DROPPED
         if dropped:
-            rate = pace * ok_share
+            # A short climb's share is noisy: at most halve per climb.
+            rate = pace * max(ok_share, s.decrease_factor)
         else:
             # Not below what the burst can explain: a short climb's share
             # is noisy.
