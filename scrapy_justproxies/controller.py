@@ -41,6 +41,17 @@ Phases (:class:`Phase`, changed only in ``DomainController._enter``):
   step up; it must stay clean ``probe_seconds``. ``probes_to_grow`` clean
   probes mean the site admits more: ``GROW`` at the normal pace
   (``increase_factor`` per clean, used window).
+* ``PACED`` (``rate_pacing``, the default): after the first climb a site
+  is taken to limit requests per second until the evidence says otherwise.
+  Sends are paced at the rate it admitted, less ``pace_margin`` (a token
+  bucket sent less than its rate refuses nothing, whatever the answer
+  time or the concurrency); the concurrency is what that rate keeps in
+  flight with ``pace_headroom``, so it follows the answer time; the rate
+  is probed up in small steps (``pace_step``). A climb measures the rate
+  again (the pace times the climb's share of clean answers). 429s sent
+  while the concurrency, not the pace, was binding mean an in-flight cap:
+  back to ``SETTLED``, unpaced. A warm start with a learned rate starts
+  here, so its first volley is paced too.
 * Evidence counts per epoch: a request sent before a limit change, or
   within ``backoff_settle_seconds`` after a backoff, says nothing about the
   new level.
@@ -559,8 +570,8 @@ in-flight cap."""
 _MAX_PACE_STEP = 0.1
 """Largest step of a paced rate's probe: a token bucket's burst hides an
 overload for a while, and the steps go on meanwhile."""
-_INFLIGHT_SEEN = 200
-"""Answers kept to compare the in-flight count of 429s and clean ones."""
+_IGNORED_SEEN = 200
+"""Answers kept to tell the share that fails before the site."""
 _BURST_SHARE = 0.85
 """At most this share of the admitted rate measured at a paced climb is
 taken for a burst spent just before it."""
@@ -618,11 +629,8 @@ class Evidence:
         # Answers since the CUSUM last stood at 0: the climb that fires it.
         self.run_ok = 0
         self.run_limited = 0
-        # (429?, in flight at send) of the last answers, whatever the epoch:
-        # do the 429s come with more in flight (an in-flight cap)?
-        self.inflight_seen: deque[tuple[bool, int]] = deque(maxlen=_INFLIGHT_SEEN)
         # Of the last answers, which said nothing (failed before the site).
-        self.ignored_seen: deque[bool] = deque(maxlen=_INFLIGHT_SEEN)
+        self.ignored_seen: deque[bool] = deque(maxlen=_IGNORED_SEEN)
         # The last min_samples answers at this level (True: a 429).
         self.recent: deque[bool] = deque(maxlen=settings.min_samples)
         self.ok_times: deque[float] = deque()
@@ -648,7 +656,6 @@ class Evidence:
         if outcome is Outcome.IGNORED:
             return
         limited = outcome is Outcome.RATE_LIMITED
-        self.inflight_seen.append((limited, ticket.inflight))
         if limited and self.refused_inflight is None:
             # The others in flight when this one was refused were admitted.
             self.refused_inflight = max(0, ticket.inflight - 1)
@@ -684,17 +691,6 @@ class Evidence:
         """Share of the last answers that never reached the site."""
         seen = self.ignored_seen
         return sum(seen) / len(seen) if seen else 0.0
-
-    def inflight_excess(self) -> float | None:
-        """How many more requests were in flight, on average, when the
-        429s among the last answers were sent than when the clean ones
-        were, relative to the latter; None with fewer than 3 429s."""
-        limited = [n for refused, n in self.inflight_seen if refused]
-        ok = [n for refused, n in self.inflight_seen if not refused]
-        if len(limited) < 3 or not ok:
-            return None
-        mean_ok = sum(ok) / len(ok)
-        return (sum(limited) / len(limited) - mean_ok) / max(mean_ok, 1.0)
 
     def ok_count(self, now: float) -> int:
         """Clean answers over the last ``memory_seconds``."""
@@ -821,11 +817,11 @@ class DomainController:
         self._pace_until = now
         # PACED: the rate sends are paced at, the next probe step up, when
         # the pace was last cut (probes wait probe_interval after it), and
-        # climbs in a row at a pace the site admitted before.
+        # 429s sent with the concurrency binding (counted, and not yet).
         self._pace_rate: float | None = None
         self._pace_step = settings.pace_step
         self._paced_since = now
-        self._unexplained = 0
+        self._capped_seen = 0
         self._capped_429s = 0
         # The last paced rate a whole clean window confirmed.
         self._clean_pace: float | None = None
@@ -1158,8 +1154,10 @@ class DomainController:
         assert self._pace_rate is not None
         if answer_time is None:
             return self._limit
-        level = admitted_level(self._send_rate(), answer_time) * self._settings.pace_headroom
-        return clamp(math.ceil(level) + 1, self._settings)
+        level = admitted_level(self._send_rate(), answer_time)
+        return clamp(
+            math.ceil(level * self._settings.pace_headroom) + 1, self._settings
+        )
 
     def _paced_window(self, now: float) -> Decision:
         """A judged window while paced: the concurrency follows the answer
@@ -1171,7 +1169,7 @@ class DomainController:
         assert self._pace_rate is not None
         rate = ev.admitted_rate(now)
         answer_time = ev.answer_time()
-        if self._unexplained_refusals(w.rate_limited) and rate and answer_time:
+        if self._in_flight_evidence() and rate and answer_time:
             return self._leave_pacing(now, rate, answer_time)
         if w.rate_limited >= _PACED_429S:
             # 429s below the climb's trigger, but more than a stray one: a
@@ -1202,16 +1200,15 @@ class DomainController:
             step = s.pace_step if near else self._pace_step
             self._pace_rate *= 1 + (_MAX_PACE_STEP if known is None else step)
             if not near:
-                self._pace_step = min(
-                    self._pace_step * 2, _MAX_PACE_STEP
-                )
+                self._pace_step = min(self._pace_step * 2, _MAX_PACE_STEP)
             reason = Reason.PROBE
         return self._apply(now, self._paced_limit(answer_time), reason, new_epoch=False)
 
     def _on_paced_climb(self, now: float) -> Decision:
-        """The 429s climbed while paced: pace below what the site admitted
-        (a token bucket's rate); or, if it came at a pace well below a rate
-        the site admitted before, count it towards an in-flight cap."""
+        """The 429s climbed while paced: pace a little below what the site
+        admitted (a token bucket's rate, measured); or, with enough 429s
+        sent while the concurrency was binding, leave pacing (an in-flight
+        cap)."""
         s = self._settings
         ev = self._evidence
         assert self._pace_rate is not None
@@ -1244,9 +1241,9 @@ class DomainController:
             # Not below what the burst can explain: a short climb's share
             # is noisy.
             rate = min(rate, max(pace * ok_share, rate * _BURST_SHARE))
-        if not dropped and self._unexplained_refusals(_INFLIGHT_429S):
+        if not dropped and self._in_flight_evidence():
             return self._leave_pacing(now, rate, answer_time)
-        self._unexplained = 0
+        self._capped_seen = 0
         self._rate = rate
         # The highest rate the site admitted; after a drop, a guess from a
         # short climb: probed up in full steps until a climb measures it.
@@ -1258,20 +1255,21 @@ class DomainController:
         self._pace_rate = max(min(rate, pace) * (1 - s.pace_margin), _MIN_PACE_RATE)
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
 
-    def _unexplained_refusals(self, count: int) -> bool:
-        """Count ``count`` 429s if they came at a pace well below a rate the
-        site admitted before (measured at a paced climb): a token bucket
-        sent less than its rate refuses nothing. True once there were
-        ``_INFLIGHT_429S`` of them: the site limits something else."""
-        self._unexplained += self._capped_429s
+    def _in_flight_evidence(self) -> bool:
+        """Count the 429s refused while the concurrency, not the pace, was
+        binding (sent with the limit in flight): paced below a token
+        bucket's rate, the concurrency never matters, so they say the site
+        limits requests in flight. True once there are ``_INFLIGHT_429S``
+        since the last climb that measured a rate."""
+        self._capped_seen += self._capped_429s
         self._capped_429s = 0
-        return self._unexplained >= _INFLIGHT_429S
+        return self._capped_seen >= _INFLIGHT_429S
 
     def _leave_pacing(self, now: float, rate: float, answer_time: float) -> Decision:
         """Not a rate limit after all: an in-flight cap. Limit the
         concurrency to what the site admitted (Little's law), unpaced."""
         self._kind = LimitKind.INFLIGHT
-        self._unexplained = 0
+        self._capped_seen = 0
         level = math.floor(admitted_level(rate, answer_time))
         target = clamp(min(self._limit - 1, level), self._settings)
         self._overload_level = target + 1
