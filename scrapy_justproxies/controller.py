@@ -844,6 +844,9 @@ class DomainController:
                 # and the concurrency is what that rate keeps in flight.
                 self._enter_paced(now, learned.rate * (1 - settings.pace_margin))
                 self._paced_measure = learned.rate
+                # A rate learned before is probed later: a few seconds more
+                # at a rate known to be clean cost less than an overshoot.
+                self._paced_since = now + settings.probe_interval
                 self._limit = self._paced_limit(learned.answer_time)
                 return
             if learned.rate is not None or learned.kind is not LimitKind.UNKNOWN:
