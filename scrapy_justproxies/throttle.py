@@ -137,11 +137,10 @@ class JustProxiesThrottle:
         self.stats = crawler.stats
         self.domains: dict[str, _Domain] = {}
         self._tickets: dict[Request, tuple[str, Ticket]] = {}
-        self.pinned = {
-            key
-            for key, values in crawler.settings.getdict("DOWNLOAD_SLOTS").items()
-            if "concurrency" in values
-        }
+        slots = crawler.settings.getdict("DOWNLOAD_SLOTS")
+        self.pinned = {key for key, values in slots.items() if "concurrency" in values}
+        # Slots with their own DOWNLOAD_SLOTS delay are never paced.
+        self.own_delay = {key for key, values in slots.items() if "delay" in values}
         # Evicted domains: what the controller learned, and their counts
         # while they may still be among the top ones.
         self._learned: OrderedDict[str, Learned] = OrderedDict()
@@ -264,8 +263,8 @@ class JustProxiesThrottle:
             domain.counts.rate_limited += 1
             self._inc_stat(RATE_LIMITED_TOTAL)
         pace = domain.controller.pace(now)
-        if pace != domain.pace:  # paced at a learned rate, or no longer
-            domain.pace = pace
+        if pace != domain.pace and key not in self.own_delay:
+            domain.pace = pace  # paced at a learned rate, or no longer
             self.guard.pace(key, pace)
         decision = domain.controller.decide(now)
         if decision is not None and decision.changed:
