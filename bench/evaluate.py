@@ -189,10 +189,21 @@ def ideal(scenario: Scenario) -> dict[str, Any]:
         seconds = max(
             _ideal_seconds(site.urls, site.rate_at) for site in scenario.sites
         )
+    # The crawler's side: every request also spends the gateway's hop in
+    # flight (the site's "in flight" column counts only the site's part).
+    client = [
+        None if c is None else c * (1 + scenario.hop_ms / site.mean_latency_ms)
+        for c, site in zip(concurrency, scenario.sites, strict=True)
+    ]
     return {
         "concurrency": (
             sum(c for c in concurrency if c is not None)
             if all(c is not None for c in concurrency)
+            else None
+        ),
+        "client_concurrency": (
+            sum(c for c in client if c is not None)
+            if all(c is not None for c in client) and scenario.hop_ms
             else None
         ),
         "concurrency_after": (

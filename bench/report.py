@@ -186,7 +186,9 @@ def scenario_table(
         "0",
         "0 s",
         conc_text,
-        "–",
+        "–"
+        if ideal.get("client_concurrency") is None
+        else f"≈ {ideal['client_concurrency']:.0f} (hop included)",
         "→ 0",
         "–",
         "–",

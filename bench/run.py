@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -342,7 +343,17 @@ def run_scenario(
 ) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     if scenario.state:  # a warm-start scenario's first crawl starts cold
-        (raw_dir / scenario.name / "limits.json").unlink(missing_ok=True)
+        state_file = raw_dir / scenario.name / "limits.json"
+        state_file.unlink(missing_ok=True)
+        if scenario.state_from is not None:  # ... or from another's file
+            source = raw_dir / scenario.state_from / "limits.json"
+            if not source.exists():
+                raise SystemExit(
+                    f"{scenario.name} starts from the state file of "
+                    f"{scenario.state_from}: run that scenario first, in the same run"
+                )
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, state_file)
     for variant in variants:
         progress[0] += 1
         log(f"[{progress[0]}/{progress[1]}] {scenario.name} / {variant} ...")

@@ -169,6 +169,9 @@ class Scenario:
     otherwise every crawl starts cold (the state file is off)."""
     shifts: tuple[float, ...] = ()
     """Schedule times where the site's answer time changes."""
+    state_from: str | None = None
+    """A warm-start scenario that starts from the state file another
+    scenario of the same run left (run before it), not from an empty one."""
 
     @property
     def preset(self) -> PoolPreset:
@@ -632,6 +635,25 @@ def learning_scenarios(phase: float) -> list[Scenario]:
                 LEARNING_NOTE,
                 f"`plugin` runs first with an empty state file; `{WARM}` is the "
                 "second crawl, from the file the first one left.",
+            ),
+        ),
+        Scenario(
+            "warm-lowered",
+            "Warm start on a site that lowered its limit since (50 -> 20 req/s)",
+            "mobile",
+            (Site("a.test", round(20 * phase), rate=20.0),),
+            change_at=0.0,
+            settle=10.0,
+            timeout=_timeout(phase),
+            variants=(WARM,),
+            state=True,
+            state_from="warm-steady",
+            notes=(
+                LEARNING_NOTE,
+                f"`{WARM}` starts from the state file `warm-steady` left (learned "
+                "at 50 req/s; that scenario must run first in the same run) on a "
+                "site that now admits 20 req/s. Target: like the drop scenario, "
+                "429 share at most 5% from t = 10 s.",
             ),
         ),
         Scenario(

@@ -421,8 +421,20 @@ def test_learning_scenarios() -> None:
     )
     assert {s.name for s in by_name.values() if s.state} == {
         "warm-steady",
+        "warm-lowered",
         "warm-kill",
     }
+    # The lowered site starts from the file warm-steady left, run before it.
+    names = list(by_name)
+    lowered = by_name["warm-lowered"]
+    assert lowered.state_from == "warm-steady"
+    assert names.index("warm-steady") < names.index("warm-lowered")
+    assert lowered.sites[0].rate == 20.0
+    # The ideal client limit counts the gateway's hop (the site's in-flight
+    # column does not): 50/s * (212 + 350) ms, against 50/s * 212 ms.
+    steady = evaluate.ideal(by_name["steady"])
+    assert steady["concurrency"] == pytest.approx(10.6, abs=0.1)
+    assert steady["client_concurrency"] == pytest.approx(28.1, abs=0.1)
     spec = scenarios.variant_spec(
         scenarios.NO_SLOW_START, PRESETS["datacenter"], timeout=30,
         gateway="127.0.0.1:1", user="u", password="p", state_file="/x.json",

@@ -41,6 +41,17 @@ Phases (:class:`Phase`, changed only in ``DomainController._enter``):
   step up; it must stay clean ``probe_seconds``. ``probes_to_grow`` clean
   probes mean the site admits more: ``GROW`` at the normal pace
   (``increase_factor`` per clean, used window).
+* ``PACED`` (``rate_pacing``, the default): after the first climb a site
+  is taken to limit requests per second until the evidence says otherwise.
+  Sends are paced at the rate it admitted, less ``pace_margin`` (a token
+  bucket sent less than its rate refuses nothing, whatever the answer
+  time or the concurrency); the concurrency is what that rate keeps in
+  flight with ``pace_headroom``, so it follows the answer time; the rate
+  is probed up in small steps (``pace_step``). A climb measures the rate
+  again (the pace times the climb's share of clean answers). 429s sent
+  while the concurrency, not the pace, was binding mean an in-flight cap:
+  back to ``SETTLED``, unpaced. A warm start with a learned rate starts
+  here, so its first volley is paced too.
 * Evidence counts per epoch: a request sent before a limit change, or
   within ``backoff_settle_seconds`` after a backoff, says nothing about the
   new level.
@@ -187,11 +198,29 @@ class ControllerSettings:
     answer_time_shift: float = 0.25
     """Relative change of the answer time after which the concurrency of a
     rate-limited site is re-derived from its learned rate."""
+    rate_pacing: bool = True
+    """Pace a site taken to limit requests per second at the rate it
+    admitted (:attr:`Phase.PACED`); off, only the concurrency is limited."""
+    pace_margin: float = 0.02
+    """Paced (:attr:`Phase.PACED`), sends go out this share below the rate
+    the site admitted when its 429s last climbed."""
+    pace_step: float = 0.01
+    """First step of the paced rate's probe upwards (each clean step after
+    it is ``increase_factor`` times larger): small, because a token bucket
+    shows an overload only once its burst is spent."""
+    pace_headroom: float = 1.25
+    """Paced, the concurrency is this much above what the paced rate keeps
+    in flight (Little's law), so the pace, not the concurrency, decides."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type in ("int", int):
+            if f.type in ("bool", bool):
+                if not isinstance(value, bool):
+                    raise ControllerSettingsError(
+                        f.name, f"must be True or False, got {value!r}"
+                    )
+            elif f.type in ("int", int):
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise ControllerSettingsError(
                         f.name, f"must be an integer, got {value!r}"
@@ -233,6 +262,21 @@ class ControllerSettings:
             self.answer_time_shift > 0,
             "answer_time_shift",
             f"must be above 0, got {self.answer_time_shift}",
+        )
+        _check(
+            0 <= self.pace_margin < 1,
+            "pace_margin",
+            f"must be in [0, 1), got {self.pace_margin}",
+        )
+        _check(
+            self.pace_step > 0,
+            "pace_step",
+            f"must be above 0, got {self.pace_step}",
+        )
+        _check(
+            self.pace_headroom >= 1,
+            "pace_headroom",
+            f"must be at least 1, got {self.pace_headroom}",
         )
         _check(
             self.increase_factor > 1,
@@ -328,6 +372,12 @@ class Phase(str, enum.Enum):
     PROBE = "probe"
     """One step above the settled level, to find out whether the site now
     admits more."""
+    PACED = "paced"
+    """The site is taken to limit requests per second: sends are paced at
+    the rate it admitted (less ``pace_margin``), the concurrency follows
+    the answer time with headroom, and the rate is probed upwards in small
+    steps. Left for ``SETTLED`` when the 429s climb at a pace the site
+    admitted before (an in-flight cap)."""
 
 
 class LimitKind(str, enum.Enum):
@@ -428,6 +478,9 @@ class Decision:
     """429s among them."""
     overload_level: int | None
     """The lowest level known to draw 429s, after this decision."""
+    pace_rate: float | None = None
+    """Sends per second the site is paced at after this decision (None:
+    unpaced)."""
 
     @property
     def changed(self) -> bool:
@@ -500,6 +553,31 @@ def cusum_step(total: float, rate_limited: bool, tolerated_share: float) -> floa
     return max(0.0, total + (1.0 if rate_limited else 0.0) - tolerated_share)
 
 
+_NEAR = 1.05
+"""Paced rates up to this much above the rate measured at the last climb
+are probed one small step at a time; beyond, the steps grow."""
+_RATE_SPAN = 2.0
+"""Seconds the admitted rate is measured over while paced: over one, a
+token bucket's burst, spent just before the climb, inflates it."""
+_PACED_429S = 2
+"""429s in a paced window that trim the pace by their share."""
+_DROPPED = 0.7
+"""A paced climb with a smaller share of clean answers says the site's
+rate dropped."""
+_INFLIGHT_429S = 3
+"""429s at a pace well below a rate the site admitted that make it an
+in-flight cap."""
+_MAX_PACE_STEP = 0.1
+"""Largest step of a paced rate's probe: a token bucket's burst hides an
+overload for a while, and the steps go on meanwhile."""
+_IGNORED_SEEN = 200
+"""Answers kept to tell the share that fails before the site."""
+_BURST_SHARE = 0.85
+"""At most this share of the admitted rate measured at a paced climb is
+taken for a burst spent just before it."""
+_MIN_PACE_RATE = 0.1
+"""Slowest pace (sends per second): a site that refuses nearly everything
+is still asked now and then."""
 _CLIMBS_KEPT = 6
 """Measured climbs kept to tell the kind of limit."""
 _DISTINCT_TIMES = 0.4
@@ -551,6 +629,8 @@ class Evidence:
         # Answers since the CUSUM last stood at 0: the climb that fires it.
         self.run_ok = 0
         self.run_limited = 0
+        # Of the last answers, which said nothing (failed before the site).
+        self.ignored_seen: deque[bool] = deque(maxlen=_IGNORED_SEEN)
         # The last min_samples answers at this level (True: a 429).
         self.recent: deque[bool] = deque(maxlen=settings.min_samples)
         self.ok_times: deque[float] = deque()
@@ -572,6 +652,7 @@ class Evidence:
     def answered(
         self, ticket: Ticket, outcome: Outcome, now: float, *, any_epoch: bool
     ) -> None:
+        self.ignored_seen.append(outcome is Outcome.IGNORED)
         if outcome is Outcome.IGNORED:
             return
         limited = outcome is Outcome.RATE_LIMITED
@@ -606,8 +687,18 @@ class Evidence:
         else:
             self.run_ok += 1
 
-    def _forget(self, now: float) -> None:
+    def ignored_share(self) -> float:
+        """Share of the last answers that never reached the site."""
+        seen = self.ignored_seen
+        return sum(seen) / len(seen) if seen else 0.0
+
+    def ok_count(self, now: float) -> int:
+        """Clean answers over the last ``memory_seconds``."""
         horizon = now - self.settings.memory_seconds
+        return sum(1 for t in self.ok_times if t > horizon)
+
+    def _forget(self, now: float) -> None:
+        horizon = now - max(self.settings.memory_seconds, _RATE_SPAN)
         while self.ok_times and self.ok_times[0] <= horizon:
             self.ok_times.popleft()
 
@@ -625,26 +716,30 @@ class Evidence:
             return 1.0
         return 1 - sum(self.recent) / len(self.recent)
 
-    def admitted_rate(self, now: float) -> float | None:
-        """Clean answers per second over the last ``memory_seconds`` (since
-        the first clean answer if that is more recent); None if too few."""
+    def admitted_rate(self, now: float, seconds: float | None = None) -> float | None:
+        """Clean answers per second over the last ``seconds`` (at most
+        ``_RATE_SPAN``; default ``memory_seconds``), or since the first clean
+        answer if that is more recent; None if too few."""
         self._forget(now)
-        if self.first_answer is None or len(self.ok_times) < 5:
+        memory = self.settings.memory_seconds if seconds is None else seconds
+        memory = min(memory, max(self.settings.memory_seconds, _RATE_SPAN))
+        times = [t for t in self.ok_times if t > now - memory]
+        if self.first_answer is None or len(times) < 5:
             return None
-        span = min(self.settings.memory_seconds, now - self.first_answer)
+        span = min(memory, now - self.first_answer)
         # At least one answer time: the first answers of a crawl come back
         # as one volley, in much less time than the site took to admit them.
         span = max(span, self.answer_time() or 0.0)
         if span <= 0:
             return None
-        return len(self.ok_times) / span
+        return len(times) / span
 
     def measured(self, now: float) -> bool:
         """A full ``memory_seconds`` of clean answers (at least 5) to go by."""
         return (
             self.first_answer is not None
             and now - self.first_answer >= self.settings.memory_seconds
-            and len(self.ok_times) >= 5
+            and self.ok_count(now) >= 5
         )
 
     def answer_time_steady(self) -> bool:
@@ -720,6 +815,18 @@ class DomainController:
         self._learned_at: float | None = None
         self._pace: float | None = None
         self._pace_until = now
+        # PACED: the rate sends are paced at, the next probe step up, when
+        # the pace was last cut (probes wait probe_interval after it), and
+        # 429s sent with the concurrency binding (counted, and not yet).
+        self._pace_rate: float | None = None
+        self._pace_step = settings.pace_step
+        self._paced_since = now
+        self._capped_seen = 0
+        self._capped_429s = 0
+        # The last paced rate a whole clean window confirmed.
+        self._clean_pace: float | None = None
+        # The rate measured at the last climb while paced (or learned).
+        self._paced_measure: float | None = None
         # (admitted rate, answer time) of the last measured climbs.
         self._climbs: deque[tuple[float, float]] = deque(maxlen=_CLIMBS_KEPT)
         if learned is not None:
@@ -728,13 +835,26 @@ class DomainController:
             self._kind = learned.kind
             self._derived_at = learned.answer_time
             self._learned_at = now
+            if (
+                learned.rate is not None
+                and learned.kind is not LimitKind.INFLIGHT
+                and settings.rate_pacing
+            ):
+                # Paced from the first send at the rate learned: no volley,
+                # and the concurrency is what that rate keeps in flight.
+                self._enter_paced(now, learned.rate * (1 - settings.pace_margin))
+                self._paced_measure = learned.rate
+                # A rate learned before is probed later: a few seconds more
+                # at a rate known to be clean cost less than an overshoot.
+                self._paced_since = now + settings.probe_interval
+                self._limit = self._paced_limit(learned.answer_time)
+                return
             if learned.rate is not None or learned.kind is not LimitKind.UNKNOWN:
                 self._overload_level = self._limit + 1
                 self._phase = Phase.SETTLED
             # The first volley of a warm start goes out spread over one answer
-            # time (at the learned rate), not at once: a token bucket's burst
-            # is smaller than the level, and the level fits the rate only
-            # once the first answers come back.
+            # time, not at once: a token bucket's burst is smaller than the
+            # level, and the level fits only once the first answers come back.
             ramp_rate = learned.rate
             if ramp_rate is None and learned.answer_time:
                 ramp_rate = learned.concurrency / learned.answer_time
@@ -785,19 +905,30 @@ class DomainController:
             return None
         # The clean level: not a probe above it.
         level = self._limit - 1 if self._phase is Phase.PROBE else self._limit
+        rate = self._rate
+        if self._pace_rate is not None and rate is None:
+            # Paced since slow start, no climb measured at a pace yet.
+            rate = self._clean_pace
         return Learned(
             concurrency=max(self._settings.floor, level),
-            rate=self._rate,
+            rate=rate,
             kind=self._kind,
             answer_time=self._derived_at or self._evidence.answer_time(),
             at=now,
             samples=samples,
         )
 
+    @property
+    def pace_rate(self) -> float | None:
+        """Sends per second while ``PACED``, else None."""
+        return self._pace_rate
+
     def pace(self, now: float) -> float | None:
-        """Seconds to leave between two sends, or None (no pacing): only the
-        first answer time of a warm start, so its first volley does not go
-        out at once."""
+        """Seconds to leave between two sends, or None (no pacing): always
+        while ``PACED``; otherwise only over the first answer time of a warm
+        start, so its first volley does not go out at once."""
+        if self._pace_rate is not None:
+            return 1.0 / self._send_rate()
         if self._pace is not None and now < self._pace_until:
             return self._pace
         return None
@@ -817,6 +948,16 @@ class DomainController:
         self._evidence.answered(
             ticket, outcome, now, any_epoch=self._phase is Phase.SLOW_START
         )
+        if (
+            outcome is Outcome.RATE_LIMITED
+            and self._phase is Phase.PACED
+            and ticket.inflight >= self._limit - 1
+            and ticket.epoch == self._evidence.epoch
+            and ticket.sent_at >= self._evidence.evidence_from
+        ):
+            # Refused with the concurrency, not the pace, binding: paced
+            # below a token bucket's rate, the concurrency never matters.
+            self._capped_429s += 1
 
     def decide(self, now: float) -> Decision | None:  # noqa: PLR0911
         """Judge the evidence so far: None if it is not enough yet.
@@ -829,12 +970,16 @@ class DomainController:
         s = self._settings
         ev = self._evidence
         if ev.climbing:
+            if self._phase is Phase.PACED:
+                return self._on_paced_climb(now)
             return self._on_climb(now)
         if self._phase is Phase.SLOW_START:
             return self._slow_start_step(now)
         w = ev.window
         if now - w.start < s.window_seconds or w.samples < s.min_samples:
             return None
+        if self._phase is Phase.PACED:
+            return self._paced_window(now)
         rederived = self._rederive(now)
         if rederived is not None:
             return rederived
@@ -851,6 +996,12 @@ class DomainController:
         ev = self._evidence
         used = ev.window.peak_inflight >= self._settings.min_utilization * self._limit
         step = math.floor(ev.ok_since_step * self._settings.slow_start_gain)
+        if ev.cusum > 0:
+            # A 429 (not yet outweighed by clean answers) stops the growth:
+            # with a slow hop, more are on their way, and growing on until
+            # they climb doubles the overshoot.
+            ev.ok_since_step = 0
+            return None
         if step < 1 or not used:
             return None
         target = clamp(self._limit + step, self._settings)
@@ -917,7 +1068,7 @@ class DomainController:
             answer_time = ev.answer_time_recent() or answer_time
             if rate is not None and self._rate is not None:
                 rate = min(rate, self._rate)
-        measured = len(ev.ok_times) >= s.min_samples
+        measured = ev.ok_count(now) >= s.min_samples
         # Answers much faster than where the level was derived: the level
         # that was clean then says nothing now (a rate-limited site).
         faster = (
@@ -967,6 +1118,164 @@ class DomainController:
         self._overload_level = (
             max(min(self._limit, margin), target + 1) if measured else self._limit
         )
+        if (
+            rate is not None
+            and answer_time is not None
+            and self._kind is not LimitKind.INFLIGHT
+            and s.rate_pacing
+        ):
+            # Take it for a rate limit until the evidence says otherwise:
+            # pace at what the site admitted.
+            # Slow start overshot: the limit it reached drew 429s, and the
+            # paced rate bisects up towards it.
+            # The level estimated (Little's law, in slow start halfway to
+            # what was in flight at the first 429) over the answer time; the
+            # next climb, at saturation, measures the rate.
+            self._enter_paced(now, max(estimate, 1) / answer_time)
+            return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
+        self._enter(Phase.SETTLED)
+        return self._apply(now, target, Reason.BACKOFF)
+
+    # -- paced: a rate limit ---------------------------------------------------
+
+    def _enter_paced(self, now: float, pace_rate: float) -> None:
+        self._pace_rate = max(pace_rate, _MIN_PACE_RATE)
+        self._pace_step = self._settings.pace_step
+        self._paced_since = now
+        self._overload_level = None
+        self._enter(Phase.PACED)
+
+    def _send_rate(self) -> float:
+        """Sends per second that bring the site the paced rate: more by the
+        share that fails before it (the gateway's errors say nothing)."""
+        assert self._pace_rate is not None
+        return self._pace_rate / (1 - min(self._evidence.ignored_share(), 0.5))
+
+    def _paced_limit(self, answer_time: float | None) -> int:
+        """The concurrency of the paced rate: what it keeps in flight at
+        ``answer_time`` (Little's law), with ``pace_headroom``, plus one."""
+        assert self._pace_rate is not None
+        if answer_time is None:
+            return self._limit
+        level = admitted_level(self._send_rate(), answer_time)
+        return clamp(
+            math.ceil(level * self._settings.pace_headroom) + 1, self._settings
+        )
+
+    def _paced_window(self, now: float) -> Decision:
+        """A judged window while paced: the concurrency follows the answer
+        time; a few 429s trim the pace by their share; clean and bound by
+        the pace for long enough, the rate is probed a step up."""
+        s = self._settings
+        ev = self._evidence
+        w = ev.window
+        assert self._pace_rate is not None
+        rate = ev.admitted_rate(now)
+        answer_time = ev.answer_time()
+        if self._in_flight_evidence() and rate and answer_time:
+            return self._leave_pacing(now, rate, answer_time)
+        if w.rate_limited >= _PACED_429S:
+            # 429s below the climb's trigger, but more than a stray one: a
+            # pace a little above the site's rate, which admits the rest.
+            admitted = self._pace_rate * (1 - w.rate_limited / w.samples)
+            self._pace_rate = admitted * (1 - s.pace_margin)
+            self._paced_since = now
+            self._pace_step = s.pace_step
+            return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
+        reason = Reason.REDERIVE
+        clean = w.rate_limited <= s.tolerated_share * w.samples
+        # The pace held the sends back (more would have gone out unpaced).
+        bound = w.sends >= 0.9 * self._send_rate() * (now - w.start)
+        # Nothing measured at a pace yet (the pace is slow start's guess):
+        # no wait, and full steps, up to the first climb that measures.
+        known = self._paced_measure
+        held = known is None or (
+            now - self._paced_since >= s.probe_interval
+            and ev.epoch_samples >= s.probe_samples
+        )
+        if clean and bound:
+            self._clean_pace = self._pace_rate
+        if clean and bound and held:
+            # Near the rate measured at the last climb, one small step at a
+            # time (a token bucket shows an overload only once its burst is
+            # spent); beyond it, steps grow, so a raised limit is found soon.
+            near = known is not None and self._pace_rate < known * _NEAR
+            step = s.pace_step if near else self._pace_step
+            self._pace_rate *= 1 + (_MAX_PACE_STEP if known is None else step)
+            if not near:
+                self._pace_step = min(self._pace_step * 2, _MAX_PACE_STEP)
+            reason = Reason.PROBE
+        return self._apply(now, self._paced_limit(answer_time), reason, new_epoch=False)
+
+    def _on_paced_climb(self, now: float) -> Decision:
+        """The 429s climbed while paced: pace a little below what the site
+        admitted (a token bucket's rate, measured); or, with enough 429s
+        sent while the concurrency was binding, leave pacing (an in-flight
+        cap)."""
+        s = self._settings
+        ev = self._evidence
+        assert self._pace_rate is not None
+        pace = self._pace_rate
+        answer_time = ev.answer_time()
+        # Over the answers sent at this pace only (at most _RATE_SPAN).
+        since = self._paced_since + (answer_time or 0.0)
+        span = max(s.memory_seconds, min(_RATE_SPAN, now - since))
+        rate = ev.admitted_rate(now, span)
+        # Sent at the pace, the site admitted its rate and refused the rest:
+        # the climb's share of clean answers times the pace is the rate (the
+        # admitted rate also counts a burst spent just before).
+        ok_share = ev.ok_share_of_climb()
+        ev.reset_climb()
+        self._paced_since = now
+        self._pace_step = s.pace_step
+        if rate is None or answer_time is None:
+            # Too few clean answers to measure: cut by the share of 429s.
+            cut = max(s.decrease_factor, ok_share)
+            self._pace_rate = max(pace * cut, _MIN_PACE_RATE)
+            return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
+        # Most of the climb refused: the site's rate dropped (an in-flight
+        # cap refuses a few now and then), and what it admits now is the
+        # climb's share (the last seconds' rate is mostly the old one).
+        dropped = ok_share < _DROPPED
+        if dropped:
+            # A short climb's share is noisy: at most halve per climb.
+            rate = pace * max(ok_share, s.decrease_factor)
+        else:
+            # Not below what the burst can explain: a short climb's share
+            # is noisy.
+            rate = min(rate, max(pace * ok_share, rate * _BURST_SHARE))
+        if not dropped and self._in_flight_evidence():
+            return self._leave_pacing(now, rate, answer_time)
+        self._capped_seen = 0
+        self._rate = rate
+        # The highest rate the site admitted; after a drop, a guess from a
+        # short climb: probed up in full steps until a climb measures it.
+        if dropped:
+            self._paced_measure = None
+        else:
+            self._paced_measure = max(self._paced_measure or 0.0, rate)
+        self._derived_at = answer_time
+        self._pace_rate = max(min(rate, pace) * (1 - s.pace_margin), _MIN_PACE_RATE)
+        return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
+
+    def _in_flight_evidence(self) -> bool:
+        """Count the 429s refused while the concurrency, not the pace, was
+        binding (sent with the limit in flight): paced below a token
+        bucket's rate, the concurrency never matters, so they say the site
+        limits requests in flight. True once there are ``_INFLIGHT_429S``
+        since the last climb that measured a rate."""
+        self._capped_seen += self._capped_429s
+        self._capped_429s = 0
+        return self._capped_seen >= _INFLIGHT_429S
+
+    def _leave_pacing(self, now: float, rate: float, answer_time: float) -> Decision:
+        """Not a rate limit after all: an in-flight cap. Limit the
+        concurrency to what the site admitted (Little's law), unpaced."""
+        self._kind = LimitKind.INFLIGHT
+        self._capped_seen = 0
+        level = math.floor(admitted_level(rate, answer_time))
+        target = clamp(min(self._limit - 1, level), self._settings)
+        self._overload_level = target + 1
         self._enter(Phase.SETTLED)
         return self._apply(now, target, Reason.BACKOFF)
 
@@ -1038,6 +1347,8 @@ class DomainController:
 
     def _enter(self, phase: Phase) -> None:
         """The one place the phase changes."""
+        if phase is not Phase.PACED:
+            self._pace_rate = None
         if phase is not Phase.PROBE:
             self._probe_successes = 0
         if phase is Phase.GROW:
@@ -1063,6 +1374,7 @@ class DomainController:
             samples=w.samples,
             rate_limited=w.rate_limited,
             overload_level=self._overload_level,
+            pace_rate=self._pace_rate,
         )
         if target != self._limit:
             if not keep_last_good:

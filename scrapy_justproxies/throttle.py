@@ -106,6 +106,8 @@ class _Domain:
     counts: _Counts
     last_seen: float
     last_logged: float = -float("inf")
+    pace: float | None = None
+    """Seconds between sends the slot was last told (None: unpaced)."""
     unlogged: list[Decision] = field(default_factory=list)
 
 
@@ -135,11 +137,10 @@ class JustProxiesThrottle:
         self.stats = crawler.stats
         self.domains: dict[str, _Domain] = {}
         self._tickets: dict[Request, tuple[str, Ticket]] = {}
-        self.pinned = {
-            key
-            for key, values in crawler.settings.getdict("DOWNLOAD_SLOTS").items()
-            if "concurrency" in values
-        }
+        slots = crawler.settings.getdict("DOWNLOAD_SLOTS")
+        self.pinned = {key for key, values in slots.items() if "concurrency" in values}
+        # Slots with their own DOWNLOAD_SLOTS delay are never paced.
+        self.own_delay = {key for key, values in slots.items() if "delay" in values}
         # Evicted domains: what the controller learned, and their counts
         # while they may still be among the top ones.
         self._learned: OrderedDict[str, Learned] = OrderedDict()
@@ -219,7 +220,9 @@ class JustProxiesThrottle:
         if key in self.pinned:
             return None
         now = self.clock()
-        return self._domain(key, now).controller.pace(now)
+        domain = self._domain(key, now)
+        domain.pace = domain.controller.pace(now)
+        return domain.pace
 
     def sent(self, key: str, request: Request, in_flight: int) -> None:
         if key in self.pinned:
@@ -259,8 +262,10 @@ class JustProxiesThrottle:
         if outcome is Outcome.RATE_LIMITED:
             domain.counts.rate_limited += 1
             self._inc_stat(RATE_LIMITED_TOTAL)
-        if domain.controller.pace(now) is None:
-            self.guard.pace(key, None)  # a warm start's first volley is out
+        pace = domain.controller.pace(now)
+        if pace != domain.pace and key not in self.own_delay:
+            domain.pace = pace  # paced at a learned rate, or no longer
+            self.guard.pace(key, pace)
         decision = domain.controller.decide(now)
         if decision is not None and decision.changed:
             self._apply(key, domain, decision, now)

@@ -158,6 +158,10 @@ class JustProxiesTrace:
                         "share": round(decision.rate_limited_share, 4),
                         "overload_level": decision.overload_level,
                     },
+                    # Sends per second the domain is paced at (None: unpaced).
+                    "pace": None
+                    if decision.pace_rate is None
+                    else round(decision.pace_rate, 2),
                 }
             ]
         )

@@ -185,6 +185,8 @@ class Run:
     limited: list[float] = field(default_factory=list)
     ignored: list[float] = field(default_factory=list)
     limits: list[tuple[float, int]] = field(default_factory=list)
+    paces: list[tuple[float, float | None]] = field(default_factory=list)
+    """The paced rate (sends per second, None: unpaced) from each time on."""
     decisions: list[Decision] = field(default_factory=list)
     issued: int = 0
     """Distinct requests the crawler created."""
@@ -218,6 +220,10 @@ class Run:
     def limit_at(self, t: float) -> int:
         i = bisect.bisect_right([x for x, _ in self.limits], t) - 1
         return self.limits[i][1]
+
+    def pace_at(self, t: float) -> float | None:
+        i = bisect.bisect_right([x for x, _ in self.paces], t) - 1
+        return self.paces[i][1] if i >= 0 else None
 
     def mean_limit(self, t0: float, t1: float) -> float:
         """Time-weighted mean limit over ``[t0, t1)``."""
@@ -376,6 +382,8 @@ def simulate(
                 decision = controller.decide(now)
                 if decision is not None:
                     run.decisions.append(decision)
+                    if not run.paces or run.paces[-1][1] != decision.pace_rate:
+                        run.paces.append((now, decision.pace_rate))
                     if decision.changed:
                         limit = decision.new_limit
                         run.limits.append((now, limit))

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from scrapy_justproxies.report import read_trace
 from scrapy_justproxies.sandbox.crawl import CHILD, run_crawl
 from scrapy_justproxies.state import load
 
@@ -173,3 +174,33 @@ def test_kill_9_leaves_a_state_file_the_next_crawl_starts_from(
         second.stats["justproxies/warm_start/limited.test"]
         == loaded.domains["limited.test"].concurrency
     )
+
+
+def test_a_rate_limited_site_is_paced_at_the_rate_it_admits(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    # 30 req/s: the mobile preset's slow start overshoots it, the 429s climb,
+    # and from then on sends are paced near the site's rate (the trace's
+    # decisions say at what), not limited by concurrency alone.
+    configure(sandbox, SITE)
+    trace = tmp_path / "trace.jsonl"
+    result = run_crawl(
+        tmp_path,
+        reactor=reactor,
+        requests=urls(sandbox, "limited.test", 360),
+        settings={
+            **ADDON,
+            "JUSTPROXIES_STATE_FILE": None,
+            "JUSTPROXIES_TRACE": str(trace),
+        },
+        env={**gateway_env, "JUSTPROXIES_POOL": "mobile"},
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.statuses == {200: 360}  # nothing lost to the 429s
+    paces = [
+        record["pace"]
+        for record in read_trace(trace)
+        if record["type"] == "decision" and record.get("pace") is not None
+    ]
+    assert paces, "the site was never paced"
+    assert 30 * 0.5 <= paces[-1] <= 30 * 1.5
