@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from .config import ObservabilityConfig
 from .controller import Outcome
 from .failures import classify_response
 from .slots import SlotGuard
+from .throttle import IDLE_SECONDS, SWEEP_SECONDS
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
@@ -139,6 +141,10 @@ class TunnelCount:
             return False
         self.most_in_flight[key] = in_flight
         return True
+
+    def forget(self, key: str) -> None:
+        """An idle domain's kept-alive tunnels have closed since."""
+        self.most_in_flight.pop(key, None)
 
 
 def chunked_overhead(body: int, chunk: int = ASSUMED_CHUNK) -> int:
@@ -264,6 +270,7 @@ class DomainBytes:
     sent: int = 0
     received: int = 0
     rate_limited: int = 0
+    last_seen: float = 0.0
 
     @property
     def total(self) -> int:
@@ -279,20 +286,35 @@ went through the gateway; ``latency``: seconds, or None)."""
 class ByteMeter:
     """Per crawler: counts every routed request's bytes and tells listeners
     (the trace) about every answer. Fed by ``JustProxiesScrubMiddleware``,
-    the middleware closest to the downloader. Get it with :meth:`of`."""
+    the middleware closest to the downloader. Get it with :meth:`of`.
+
+    Bounded on broad crawls as the throttle is: a domain idle for
+    :data:`~scrapy_justproxies.throttle.IDLE_SECONDS` leaves ``domains``; its
+    bytes are kept while it may still be among the
+    ``JUSTPROXIES_STATS_DOMAINS`` costliest (and resumed if it comes back).
+    """
 
     _by_crawler: ClassVar[weakref.WeakKeyDictionary[Crawler, ByteMeter]] = (
         weakref.WeakKeyDictionary()
     )
 
-    def __init__(self, crawler: Crawler, config: ObservabilityConfig) -> None:
+    def __init__(
+        self,
+        crawler: Crawler,
+        config: ObservabilityConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.crawler = crawler
         self.stats = crawler.stats
         self.config = config
+        self.clock = clock
         self.sent = 0
         self.received = 0
         self.rate_limited = 0
         self.domains: dict[str, DomainBytes] = {}
+        # Evicted domains that may still be among the costliest.
+        self._top: dict[str, DomainBytes] = {}
+        self._next_sweep = clock() + SWEEP_SECONDS
         self.listeners: list[AnswerListener] = []
         self.tunnels = TunnelCount()
         self._opening: weakref.WeakSet[Request] = weakref.WeakSet()
@@ -344,9 +366,13 @@ class ByteMeter:
     def _add(self, key: str, sent: int, received: int, rate_limited: bool) -> None:
         self.sent += sent
         self.received += received
+        now = self.clock()
         domain = self.domains.get(key)
         if domain is None:
-            domain = self.domains[key] = DomainBytes()
+            # Back after an eviction: its count resumes, if it was kept.
+            domain = self._top.pop(key, DomainBytes())
+            self.domains[key] = domain
+        domain.last_seen = now
         domain.sent += sent
         domain.received += received
         if rate_limited:
@@ -358,13 +384,26 @@ class ByteMeter:
             stats.set_value("justproxies/bytes/received", self.received)
             if rate_limited:
                 stats.set_value("justproxies/bytes/rate_limited", self.rate_limited)
+        if now >= self._next_sweep:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Evict the domains idle for IDLE_SECONDS."""
+        self._next_sweep = now + SWEEP_SECONDS
+        idle = [k for k, d in self.domains.items() if now - d.last_seen >= IDLE_SECONDS]
+        for key in idle:
+            self.tunnels.forget(key)
+            self._top[key] = self.domains.pop(key)
+            if len(self._top) > self.config.stats_domains:
+                del self._top[min(self._top, key=lambda k: self._top[k].total)]
 
     def top_domains(self) -> list[tuple[str, DomainBytes]]:
-        ranked = sorted(self.domains.items(), key=lambda item: -item[1].total)
+        every = {**self._top, **self.domains}
+        ranked = sorted(every.items(), key=lambda item: -item[1].total)
         return ranked[: self.config.stats_domains]
 
     def _closed(self, spider: Spider, reason: str) -> None:
-        if not self.domains:
+        if not self.domains and not self._top:
             return
         price = self.config.price_per_gb
         stats = self.stats

@@ -63,9 +63,9 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 __all__ = [
     "ControllerSettings",
@@ -526,6 +526,17 @@ class _Window:
         return self.ok + self.rate_limited
 
 
+_T = TypeVar("_T")
+
+
+def _keep_last(items: list[_T], item: _T, keep: int) -> None:
+    """Append ``item``, keeping only the last ``keep`` (a bounded deque's
+    append, on a list)."""
+    items.append(item)
+    if len(items) > keep:
+        del items[0]
+
+
 class Evidence:
     """Everything the answers say, apart from what to do about it.
 
@@ -552,10 +563,12 @@ class Evidence:
         self.run_ok = 0
         self.run_limited = 0
         # The last min_samples answers at this level (True: a 429).
-        self.recent: deque[bool] = deque(maxlen=settings.min_samples)
-        self.ok_times: deque[float] = deque()
+        # Lists, not deques: a deque costs 760 bytes however short, and a
+        # broad crawl keeps these for thousands of domains.
+        self.recent: list[bool] = []
+        self.ok_times: list[float] = []
         self.first_answer: float | None = None
-        self.answer_times: deque[float] = deque(maxlen=self.ANSWER_TIME_SAMPLES)
+        self.answer_times: list[float] = []
         self.ok_since_step = 0
         self.total_samples = 0
         # In flight (besides it) when the first 429 since the last climb was sent.
@@ -583,7 +596,11 @@ class Evidence:
             if self.first_answer is None:
                 self.first_answer = now
             self.ok_times.append(now)
-            self.answer_times.append(max(0.0, now - ticket.sent_at))
+            _keep_last(
+                self.answer_times,
+                max(0.0, now - ticket.sent_at),
+                self.ANSWER_TIME_SAMPLES,
+            )
             self.ok_since_step += 1
         self._forget(now)
         if not any_epoch and (
@@ -596,7 +613,7 @@ class Evidence:
             self.window.ok += 1
         tolerated = self.settings.tolerated_share
         self.cusum = cusum_step(self.cusum, limited, tolerated)
-        self.recent.append(limited)
+        _keep_last(self.recent, limited, self.settings.min_samples)
         self.epoch_samples += 1
         self.total_samples += 1
         if self.cusum == 0:
@@ -608,8 +625,12 @@ class Evidence:
 
     def _forget(self, now: float) -> None:
         horizon = now - self.settings.memory_seconds
-        while self.ok_times and self.ok_times[0] <= horizon:
-            self.ok_times.popleft()
+        times = self.ok_times
+        stale = 0
+        while stale < len(times) and times[stale] <= horizon:
+            stale += 1
+        if stale:
+            del times[:stale]
 
     @property
     def climbing(self) -> bool:
@@ -721,7 +742,7 @@ class DomainController:
         self._pace: float | None = None
         self._pace_until = now
         # (admitted rate, answer time) of the last measured climbs.
-        self._climbs: deque[tuple[float, float]] = deque(maxlen=_CLIMBS_KEPT)
+        self._climbs: list[tuple[float, float]] = []
         if learned is not None:
             self._limit = clamp(learned.concurrency, settings)
             self._rate = learned.rate
@@ -1014,7 +1035,7 @@ class DomainController:
         whose answer times differ by 40% or more votes (a measurement taken
         while the answer time was moving agrees with neither and abstains);
         the majority decides."""
-        self._climbs.append((rate, answer_time))
+        _keep_last(self._climbs, (rate, answer_time), _CLIMBS_KEPT)
         votes = {LimitKind.RATE: 0, LimitKind.INFLIGHT: 0}
         climbs = list(self._climbs)
         for i, (rate_a, time_a) in enumerate(climbs):
