@@ -64,9 +64,22 @@ _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
+_STATUS_LINES: Final = {
+    status.value: len(f"HTTP/1.1 {status.value} {status.phrase}\r\n")
+    for status in HTTPStatus
+}
+
+
 def _header_bytes(items: Iterable[tuple[bytes, Iterable[bytes]]]) -> int:
     # "Name: value\r\n" per value
     return sum(len(name) + len(value) + 4 for name, values in items for value in values)
+
+
+def _fields(headers: Any) -> Iterable[tuple[bytes, Iterable[bytes]]]:
+    """A Scrapy ``Headers``' (name, values) pairs. It is a dict of normalized
+    names to lists of values on every Scrapy version: read as one, without
+    its ``items()``, which normalizes every name again."""
+    return dict.items(headers) if isinstance(headers, dict) else headers.items()
 
 
 def _host_value(scheme: str, host: str, port: int | None) -> str:
@@ -108,12 +121,12 @@ def request_wire_size(
             size += CONNECT_ANSWER
         items = [
             (name, values)
-            for name, values in headers.items()
+            for name, values in _fields(headers)
             if name.lower() != b"proxy-authorization"
         ]
     else:
         target = request.url.split("#", 1)[0]
-        items = list(headers.items())
+        items = list(_fields(headers))
     size += len(method) + len(target.encode("utf-8")) + len(" HTTP/1.1\r\n") + 1
     size += _header_bytes(items)
     if b"Host" not in headers:
@@ -160,13 +173,12 @@ def chunked_overhead(body: int, chunk: int = ASSUMED_CHUNK) -> int:
 def response_wire_size(response: Response) -> int:
     """Bytes of the answer as it came back from the gateway."""
     status = response.status
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
+    status_line = _STATUS_LINES.get(status)
+    if status_line is None:  # no phrase known: "HTTP/1.1 599 \r\n"
+        status_line = len(f"HTTP/1.1 {status} \r\n")
     headers = response.headers
     body = len(response.body)
-    size = len(f"HTTP/1.1 {status} {phrase}\r\n") + _header_bytes(headers.items())
+    size = status_line + _header_bytes(_fields(headers))
     if b"Content-Length" not in headers:
         # Twisted keeps Transfer-Encoding out of the headers Scrapy sees.
         size += len(b"Transfer-Encoding: chunked\r\n") + chunked_overhead(body)
