@@ -348,8 +348,10 @@ class ByteMeter:
             self._opening.add(request)
 
     def _request_size(self, request: Request) -> int:
-        opens = request in self._opening
-        self._opening.discard(request)
+        # Empty on a plain-http crawl: skip the weak-set look-ups.
+        opens = bool(self._opening) and request in self._opening
+        if opens:
+            self._opening.discard(request)
         return request_wire_size(request, opens_tunnel=opens)[0]
 
     def on_response(self, request: Request, response: Response, routed: bool) -> None:
