@@ -14,8 +14,8 @@ Usage (never into bench/results; the machine is shared, wrap it)::
 
     flock /tmp/heavy.lock .venv/bin/python bench/overhead.py --out /tmp/bench-x
 
-Not part of ``make bench`` (``bench/run.py``'s ``no-limit`` scenario gives
-one pair of the same runs).
+``make bench`` runs it after ``bench/run.py`` (whose ``no-limit`` scenario
+gives one pair of the same runs).
 """
 
 from __future__ import annotations
