@@ -54,6 +54,7 @@ bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/mixed.py starvation --out bench/results
 	$(VENV)/bin/python bench/mixed.py soak --out bench/results
+	$(VENV)/bin/python bench/overhead.py --out bench/results
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

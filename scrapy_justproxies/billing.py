@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from .config import ObservabilityConfig
 from .controller import Outcome
 from .failures import classify_response
 from .slots import SlotGuard
+from .throttle import IDLE_SECONDS, SWEEP_SECONDS
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
@@ -62,9 +64,22 @@ _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
+_STATUS_LINES: Final = {
+    status.value: len(f"HTTP/1.1 {status.value} {status.phrase}\r\n")
+    for status in HTTPStatus
+}
+
+
 def _header_bytes(items: Iterable[tuple[bytes, Iterable[bytes]]]) -> int:
     # "Name: value\r\n" per value
     return sum(len(name) + len(value) + 4 for name, values in items for value in values)
+
+
+def _fields(headers: Any) -> Iterable[tuple[bytes, Iterable[bytes]]]:
+    """A Scrapy ``Headers``' (name, values) pairs. It is a dict of normalized
+    names to lists of values on every Scrapy version: read as one, without
+    its ``items()``, which normalizes every name again."""
+    return dict.items(headers) if isinstance(headers, dict) else headers.items()
 
 
 def _host_value(scheme: str, host: str, port: int | None) -> str:
@@ -106,12 +121,12 @@ def request_wire_size(
             size += CONNECT_ANSWER
         items = [
             (name, values)
-            for name, values in headers.items()
+            for name, values in _fields(headers)
             if name.lower() != b"proxy-authorization"
         ]
     else:
         target = request.url.split("#", 1)[0]
-        items = list(headers.items())
+        items = list(_fields(headers))
     size += len(method) + len(target.encode("utf-8")) + len(" HTTP/1.1\r\n") + 1
     size += _header_bytes(items)
     if b"Host" not in headers:
@@ -140,6 +155,10 @@ class TunnelCount:
         self.most_in_flight[key] = in_flight
         return True
 
+    def forget(self, key: str) -> None:
+        """An idle domain's kept-alive tunnels have closed since."""
+        self.most_in_flight.pop(key, None)
+
 
 def chunked_overhead(body: int, chunk: int = ASSUMED_CHUNK) -> int:
     """Framing bytes of a ``body``-byte chunked body sent in ``chunk``-byte
@@ -154,13 +173,12 @@ def chunked_overhead(body: int, chunk: int = ASSUMED_CHUNK) -> int:
 def response_wire_size(response: Response) -> int:
     """Bytes of the answer as it came back from the gateway."""
     status = response.status
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
+    status_line = _STATUS_LINES.get(status)
+    if status_line is None:  # no phrase known: "HTTP/1.1 599 \r\n"
+        status_line = len(f"HTTP/1.1 {status} \r\n")
     headers = response.headers
     body = len(response.body)
-    size = len(f"HTTP/1.1 {status} {phrase}\r\n") + _header_bytes(headers.items())
+    size = status_line + _header_bytes(_fields(headers))
     if b"Content-Length" not in headers:
         # Twisted keeps Transfer-Encoding out of the headers Scrapy sees.
         size += len(b"Transfer-Encoding: chunked\r\n") + chunked_overhead(body)
@@ -264,6 +282,7 @@ class DomainBytes:
     sent: int = 0
     received: int = 0
     rate_limited: int = 0
+    last_seen: float = 0.0
 
     @property
     def total(self) -> int:
@@ -279,20 +298,35 @@ went through the gateway; ``latency``: seconds, or None)."""
 class ByteMeter:
     """Per crawler: counts every routed request's bytes and tells listeners
     (the trace) about every answer. Fed by ``JustProxiesScrubMiddleware``,
-    the middleware closest to the downloader. Get it with :meth:`of`."""
+    the middleware closest to the downloader. Get it with :meth:`of`.
+
+    Bounded on broad crawls as the throttle is: a domain idle for
+    :data:`~scrapy_justproxies.throttle.IDLE_SECONDS` leaves ``domains``; its
+    bytes are kept while it may still be among the
+    ``JUSTPROXIES_STATS_DOMAINS`` costliest (and resumed if it comes back).
+    """
 
     _by_crawler: ClassVar[weakref.WeakKeyDictionary[Crawler, ByteMeter]] = (
         weakref.WeakKeyDictionary()
     )
 
-    def __init__(self, crawler: Crawler, config: ObservabilityConfig) -> None:
+    def __init__(
+        self,
+        crawler: Crawler,
+        config: ObservabilityConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.crawler = crawler
         self.stats = crawler.stats
         self.config = config
+        self.clock = clock
         self.sent = 0
         self.received = 0
         self.rate_limited = 0
         self.domains: dict[str, DomainBytes] = {}
+        # Evicted domains that may still be among the costliest.
+        self._top: dict[str, DomainBytes] = {}
+        self._next_sweep = clock() + SWEEP_SECONDS
         self.listeners: list[AnswerListener] = []
         self.tunnels = TunnelCount()
         self._opening: weakref.WeakSet[Request] = weakref.WeakSet()
@@ -314,8 +348,10 @@ class ByteMeter:
             self._opening.add(request)
 
     def _request_size(self, request: Request) -> int:
-        opens = request in self._opening
-        self._opening.discard(request)
+        # Empty on a plain-http crawl: skip the weak-set look-ups.
+        opens = bool(self._opening) and request in self._opening
+        if opens:
+            self._opening.discard(request)
         return request_wire_size(request, opens_tunnel=opens)[0]
 
     def on_response(self, request: Request, response: Response, routed: bool) -> None:
@@ -344,9 +380,13 @@ class ByteMeter:
     def _add(self, key: str, sent: int, received: int, rate_limited: bool) -> None:
         self.sent += sent
         self.received += received
+        now = self.clock()
         domain = self.domains.get(key)
         if domain is None:
-            domain = self.domains[key] = DomainBytes()
+            # Back after an eviction: its count resumes, if it was kept.
+            domain = self._top.pop(key, DomainBytes())
+            self.domains[key] = domain
+        domain.last_seen = now
         domain.sent += sent
         domain.received += received
         if rate_limited:
@@ -358,13 +398,26 @@ class ByteMeter:
             stats.set_value("justproxies/bytes/received", self.received)
             if rate_limited:
                 stats.set_value("justproxies/bytes/rate_limited", self.rate_limited)
+        if now >= self._next_sweep:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Evict the domains idle for IDLE_SECONDS."""
+        self._next_sweep = now + SWEEP_SECONDS
+        idle = [k for k, d in self.domains.items() if now - d.last_seen >= IDLE_SECONDS]
+        for key in idle:
+            self.tunnels.forget(key)
+            self._top[key] = self.domains.pop(key)
+            if len(self._top) > self.config.stats_domains:
+                del self._top[min(self._top, key=lambda k: self._top[k].total)]
 
     def top_domains(self) -> list[tuple[str, DomainBytes]]:
-        ranked = sorted(self.domains.items(), key=lambda item: -item[1].total)
+        every = {**self._top, **self.domains}
+        ranked = sorted(every.items(), key=lambda item: -item[1].total)
         return ranked[: self.config.stats_domains]
 
     def _closed(self, spider: Spider, reason: str) -> None:
-        if not self.domains:
+        if not self.domains and not self._top:
             return
         price = self.config.price_per_gb
         stats = self.stats

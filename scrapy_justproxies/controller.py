@@ -74,9 +74,9 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 __all__ = [
     "ControllerSettings",
@@ -604,6 +604,17 @@ class _Window:
         return self.ok + self.rate_limited
 
 
+_T = TypeVar("_T")
+
+
+def _keep_last(items: list[_T], item: _T, keep: int) -> None:
+    """Append ``item``, keeping only the last ``keep`` (a bounded deque's
+    append, on a list)."""
+    items.append(item)
+    if len(items) > keep:
+        del items[0]
+
+
 class Evidence:
     """Everything the answers say, apart from what to do about it.
 
@@ -630,12 +641,14 @@ class Evidence:
         self.run_ok = 0
         self.run_limited = 0
         # Of the last answers, which said nothing (failed before the site).
-        self.ignored_seen: deque[bool] = deque(maxlen=_IGNORED_SEEN)
+        self.ignored_seen: list[bool] = []
         # The last min_samples answers at this level (True: a 429).
-        self.recent: deque[bool] = deque(maxlen=settings.min_samples)
-        self.ok_times: deque[float] = deque()
+        # Lists, not deques: a deque costs 760 bytes however short, and a
+        # broad crawl keeps these for thousands of domains.
+        self.recent: list[bool] = []
+        self.ok_times: list[float] = []
         self.first_answer: float | None = None
-        self.answer_times: deque[float] = deque(maxlen=self.ANSWER_TIME_SAMPLES)
+        self.answer_times: list[float] = []
         self.ok_since_step = 0
         self.total_samples = 0
         # In flight (besides it) when the first 429 since the last climb was sent.
@@ -652,7 +665,7 @@ class Evidence:
     def answered(
         self, ticket: Ticket, outcome: Outcome, now: float, *, any_epoch: bool
     ) -> None:
-        self.ignored_seen.append(outcome is Outcome.IGNORED)
+        _keep_last(self.ignored_seen, outcome is Outcome.IGNORED, _IGNORED_SEEN)
         if outcome is Outcome.IGNORED:
             return
         limited = outcome is Outcome.RATE_LIMITED
@@ -664,7 +677,11 @@ class Evidence:
             if self.first_answer is None:
                 self.first_answer = now
             self.ok_times.append(now)
-            self.answer_times.append(max(0.0, now - ticket.sent_at))
+            _keep_last(
+                self.answer_times,
+                max(0.0, now - ticket.sent_at),
+                self.ANSWER_TIME_SAMPLES,
+            )
             self.ok_since_step += 1
         self._forget(now)
         if not any_epoch and (
@@ -677,7 +694,7 @@ class Evidence:
             self.window.ok += 1
         tolerated = self.settings.tolerated_share
         self.cusum = cusum_step(self.cusum, limited, tolerated)
-        self.recent.append(limited)
+        _keep_last(self.recent, limited, self.settings.min_samples)
         self.epoch_samples += 1
         self.total_samples += 1
         if self.cusum == 0:
@@ -699,8 +716,12 @@ class Evidence:
 
     def _forget(self, now: float) -> None:
         horizon = now - max(self.settings.memory_seconds, _RATE_SPAN)
-        while self.ok_times and self.ok_times[0] <= horizon:
-            self.ok_times.popleft()
+        times = self.ok_times
+        stale = 0
+        while stale < len(times) and times[stale] <= horizon:
+            stale += 1
+        if stale:
+            del times[:stale]
 
     @property
     def climbing(self) -> bool:
@@ -828,7 +849,7 @@ class DomainController:
         # The rate measured at the last climb while paced (or learned).
         self._paced_measure: float | None = None
         # (admitted rate, answer time) of the last measured climbs.
-        self._climbs: deque[tuple[float, float]] = deque(maxlen=_CLIMBS_KEPT)
+        self._climbs: list[tuple[float, float]] = []
         if learned is not None:
             self._limit = clamp(learned.concurrency, settings)
             self._rate = learned.rate
@@ -1323,7 +1344,7 @@ class DomainController:
         whose answer times differ by 40% or more votes (a measurement taken
         while the answer time was moving agrees with neither and abstains);
         the majority decides."""
-        self._climbs.append((rate, answer_time))
+        _keep_last(self._climbs, (rate, answer_time), _CLIMBS_KEPT)
         votes = {LimitKind.RATE: 0, LimitKind.INFLIGHT: 0}
         climbs = list(self._climbs)
         for i, (rate_a, time_a) in enumerate(climbs):

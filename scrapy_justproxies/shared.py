@@ -53,6 +53,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .config import JustProxiesConfigError, SharedStateConfig
+from .throttle import IDLE_SECONDS
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -751,6 +752,14 @@ class SharedBudgets:
                 if site.leased and self.reachable:
                     site.leased = False
                     self._dispatch(key, site, self._leave_io, key)
+                elif (
+                    not site.leased
+                    and site.idle_beats * self.policy.beat_seconds >= IDLE_SECONDS
+                ):
+                    # Left and idle as long as the throttle evicts after: a
+                    # broad crawl must not keep (and visit) every site it saw.
+                    # It rejoins at its next answer.
+                    del self.sites[key]
                 continue
             report = Report(
                 limit=self.local_limit(key),

@@ -20,6 +20,7 @@ really sent, which the throttle needs to know.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 import weakref
@@ -70,6 +71,9 @@ class SlotListener(Protocol):
 
 class ClaimingQueue(deque[tuple["Request", Any]]):
     """A slot queue that claims a transfer place when a request leaves it."""
+
+    # One per download slot: no instance dict on a broad crawl's thousands.
+    __slots__ = ("on_claim", "transferring")
 
     def __init__(
         self,
@@ -422,9 +426,7 @@ class SlotGuard:
         if isinstance(slot.queue, ClaimingQueue):
             return
         slot.queue = ClaimingQueue(
-            slot.queue,
-            slot.transferring,
-            lambda claimed, in_flight: self._claimed(key, claimed, in_flight),
+            slot.queue, slot.transferring, functools.partial(self._claimed, key)
         )
         slot.active = _WatchedSet(slot.active, self._entered_slot, None)
         if self.crawler.stats is not None:
@@ -454,6 +456,9 @@ class SlotGuard:
         slot = self.slot(key)
         if slot is not None:
             self._pace(key, slot, interval)
+        elif interval is None:
+            # Scrapy dropped the idle slot: nothing left to restore.
+            del self._unpaced[key]
 
     def _pace(self, key: str, slot: Any, interval: float | None) -> None:
         # Scrapy 2.14+ calls the random variation "jitter" (a magnitude),

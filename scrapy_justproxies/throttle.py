@@ -78,7 +78,7 @@ OTHER: Final = "other_domains"
 """The qualifier of the aggregate stats of the domains not listed."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Counts:
     """What the stats and the closing summary tell about one domain."""
 
@@ -98,7 +98,7 @@ class _Counts:
         self.changes.update(other.changes)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Domain:
     """One slot's controller and what we tell the user about it."""
 

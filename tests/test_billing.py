@@ -15,9 +15,11 @@ import pytest
 from scrapy import Request
 from scrapy.http import Response
 from scrapy.settings import Settings
+from scrapy.utils.test import get_crawler
 
 from scrapy_justproxies.billing import (
     CONNECT_ANSWER,
+    ByteMeter,
     TunnelCount,
     chunked_overhead,
     request_wire_size,
@@ -26,6 +28,7 @@ from scrapy_justproxies.billing import (
 )
 from scrapy_justproxies.config import JustProxiesConfigError, ObservabilityConfig
 from scrapy_justproxies.sandbox.crawl import run_crawl
+from scrapy_justproxies.throttle import IDLE_SECONDS, SWEEP_SECONDS
 from tests.test_crawl import ADDON, assert_no_secret, configure
 from tests.test_hostile_inputs import refused_at_startup
 from tests.test_squid_interop import HOSTS, USER, squid_env
@@ -92,6 +95,35 @@ def test_a_new_tunnel_when_more_are_in_flight_than_ever() -> None:
     ]
     assert opened == [True, True, False, False, True, False, False, False]
     assert tunnels.opens_tunnel("b.test", 1)
+
+
+def test_an_idle_domain_leaves_the_meter_and_its_bytes_stay_ranked() -> None:
+    """Broad crawls: a domain idle for IDLE_SECONDS leaves the per-domain
+    counts (and the tunnel count); the costliest stay in the ranking, and a
+    domain that comes back resumes its count."""
+    clock = [0.0]
+    meter = ByteMeter(
+        get_crawler(), ObservabilityConfig(stats_domains=2), clock=lambda: clock[0]
+    )
+
+    def answer(host: str, size: int = 10) -> None:
+        request = Request(f"https://{host}/", meta={"download_slot": host})
+        meter._sent(host, request, 1)
+        meter.on_response(request, Response(request.url, body=b"x" * size), True)
+
+    answer("big.test", 5000)
+    for i in range(50):
+        answer(f"s{i}.test")
+    assert "s0.test" in meter.tunnels.most_in_flight
+    clock[0] += IDLE_SECONDS + SWEEP_SECONDS
+    answer("fresh.test")  # an answer runs the sweep
+    assert list(meter.domains) == ["fresh.test"]
+    assert list(meter.tunnels.most_in_flight) == ["fresh.test"]
+    assert meter.top_domains()[0][0] == "big.test"
+    before = dict(meter.top_domains())["big.test"].total
+    answer("big.test")
+    assert dict(meter.top_domains())["big.test"].total > before
+    assert len(meter.domains) + len(meter._top) == 3  # of 52: fresh, big, one kept
 
 
 def test_response_with_content_length() -> None:

@@ -4,6 +4,7 @@ redis-server, and real crawl processes through the sandbox gateway."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from scrapy.settings import Settings
+from scrapy.utils.test import get_crawler
 
 from scrapy_justproxies.config import JustProxiesConfigError, SharedStateConfig
 from scrapy_justproxies.sandbox.crawl import CrawlResult, RunningCrawl, start_crawl
@@ -26,12 +28,14 @@ from scrapy_justproxies.shared import (
     Counts,
     RedisStore,
     Report,
+    SharedBudgets,
     SharedPolicy,
     next_budget,
     pooled,
     share_of,
     shares,
 )
+from scrapy_justproxies.throttle import IDLE_SECONDS
 from tests.test_crawl import ADDON, assert_no_secret, configure, site, urls
 
 redis = pytest.importorskip("redis")
@@ -169,6 +173,45 @@ def test_after_a_deep_cut_the_total_grows_back_at_half_pace() -> None:
     clean = _steady(91, 100, ok=20, limited=0, ms=200)
     grown = next_budget(current, clean, reports, 93.5, POLICY)
     assert grown is not None and grown.total == 8
+
+
+class _NoSlots:
+    def slot(self, key: str) -> None:
+        return None
+
+
+def test_a_site_idle_since_it_left_is_forgotten() -> None:
+    """Broad crawls: a site this process has left (no lease) and that stays
+    idle as long as the throttle's eviction is dropped from the heartbeat's
+    list, instead of being kept and visited every second for the whole
+    crawl."""
+    shared = SharedBudgets(
+        get_crawler(),
+        SharedStateConfig(),
+        None,
+        _NoSlots(),
+        lambda key: 4,
+        60.0,  # type: ignore[arg-type]
+    )
+    left: list[str] = []
+
+    def dispatch(key: str, state: Any, io: Callable[..., Any], *args: Any) -> None:
+        if io == shared._leave_io:
+            left.append(key)
+
+    shared._dispatch = dispatch  # type: ignore[method-assign]
+    for i in range(100):
+        shared.record(f"s{i}.test", rate_limited=False, ok=True, seconds=0.1)
+    shared._beat()  # the answers: a heartbeat (and a lease) each
+    for _ in range(POLICY.lease_beats + 1):
+        shared._beat()
+    assert len(left) == 100  # idle for a lease time: each site left once
+    beats = math.ceil(IDLE_SECONDS / POLICY.beat_seconds)
+    for _ in range(beats):
+        shared._beat()
+    assert shared.sites == {}
+    shared.record("s1.test", rate_limited=False, ok=True, seconds=0.1)
+    assert list(shared.sites) == ["s1.test"]  # back: it rejoins
 
 
 def test_budget_and_report_round_trip() -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from scrapy import Request
+from scrapy.utils.test import get_crawler
 
-from scrapy_justproxies.slots import ClaimingQueue
+from scrapy_justproxies.slots import ClaimingQueue, SlotGuard
 
 
 def test_popleft_claims_a_transfer_place_at_once() -> None:
@@ -31,3 +32,27 @@ def test_keeps_what_was_queued_before_it_was_installed() -> None:
     queued = [(Request(f"http://a.test/{i}"), None) for i in range(3)]
     queue = ClaimingQueue(queued, set(), lambda r, n: None)
     assert [item[0].url for item in queue] == [r.url for r, _ in queued]
+
+
+def test_a_claiming_queue_has_no_instance_dict() -> None:
+    """One per download slot: a broad crawl has thousands."""
+    queue = ClaimingQueue([], set(), lambda r, n: None)
+    assert not hasattr(queue, "__dict__")
+
+
+class _Slot:
+    delay = 0.0
+    jitter = 0.5
+
+
+def test_a_pace_is_forgotten_when_scrapy_dropped_the_slot() -> None:
+    """A warm start paces a slot's first volley; if Scrapy drops the idle
+    slot before the pace ends, the saved delay must not stay forever."""
+    guard = SlotGuard(get_crawler(), None)
+    slots = {"a.test": _Slot()}
+    guard.slot = slots.get  # type: ignore[method-assign]
+    guard.pace("a.test", 0.2)
+    assert slots["a.test"].delay == 0.2
+    del slots["a.test"]  # Scrapy's slot garbage collection
+    guard.pace("a.test", None)
+    assert "a.test" not in guard._unpaced

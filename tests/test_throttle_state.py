@@ -4,6 +4,8 @@ throttle's own hooks with a fake clock (no crawl: no slots to set)."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 from scrapy import Request
 from scrapy.http import Response
 from scrapy.utils.test import get_crawler
@@ -72,3 +74,26 @@ def test_memory_stays_flat_as_domains_grow() -> None:
     assert len(throttle.domains) <= (IDLE_SECONDS + SWEEP_SECONDS) / 0.05
     assert len(throttle._learned) <= REMEMBERED_DOMAINS
     assert len(throttle._top) <= throttle.throttle.stats_domains
+
+
+def test_a_live_domain_costs_little_memory() -> None:
+    """A broad crawl keeps every domain seen in the last IDLE_SECONDS: 2,000
+    domains with a few clean answers each must cost under 2 kB each
+    (controller, counts, the keys). Measured: 4.1 kB before the fix, most of
+    it four deques of 760 bytes each however short; 1.3 kB after."""
+    clock = Clock()
+    throttle = make_throttle(clock)
+    answer(throttle, "warm-up.test")
+    keys = [f"s{i}.test" for i in range(2_000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(3):
+            for key in keys:
+                clock.now += 0.001
+                answer(throttle, key)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(throttle.domains) == len(keys) + 1
+    assert grown / len(keys) < 2_000, f"{grown / len(keys):.0f} bytes per domain"
