@@ -176,8 +176,13 @@ def test_after_a_deep_cut_the_total_grows_back_at_half_pace() -> None:
 
 
 class _NoSlots:
+    """A guard without download slots: nothing in flight, nothing waiting."""
+
     def slot(self, key: str) -> None:
         return None
+
+    def demand(self, key: str) -> int:
+        return 0
 
 
 def test_a_site_idle_since_it_left_is_forgotten() -> None:
