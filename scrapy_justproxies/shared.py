@@ -49,7 +49,7 @@ import os
 import secrets
 import socket
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .config import JustProxiesConfigError, SharedStateConfig
@@ -117,6 +117,19 @@ class SharedPolicy:
         return self.beat_seconds * self.lease_beats
 
 
+def _join_ints(record: Any) -> str:
+    """A record of whole numbers as Redis keeps it: ``1,2,3,4``."""
+    return ",".join(str(value) for value in astuple(record))
+
+
+def _split_ints(text: str, count: int) -> tuple[int, ...]:
+    """The numbers of :func:`_join_ints`; exactly ``count`` of them."""
+    parts = tuple(int(part) for part in text.split(","))
+    if len(parts) != count:
+        raise ValueError(f"expected {count} numbers, got {text!r}")
+    return parts
+
+
 @dataclass(frozen=True)
 class Counts:
     """Answers of one second (or a sum of seconds)."""
@@ -136,12 +149,11 @@ class Counts:
         )
 
     def encode(self) -> str:
-        return f"{self.answers},{self.rate_limited},{self.ok},{self.ok_ms}"
+        return _join_ints(self)
 
     @classmethod
     def decode(cls, text: str) -> Counts:
-        answers, rate_limited, ok, ok_ms = (int(part) for part in text.split(","))
-        return cls(answers, rate_limited, ok, ok_ms)
+        return cls(*_split_ints(text, 4))
 
 
 @dataclass(frozen=True)
@@ -158,12 +170,11 @@ class Report:
     """The site's budget it last knew (0: none), to re-seed an empty Redis."""
 
     def encode(self) -> str:
-        return f"{self.limit},{self.share},{self.demand},{self.total}"
+        return _join_ints(self)
 
     @classmethod
     def decode(cls, text: str) -> Report:
-        limit, share, demand, total = (int(part) for part in text.split(","))
-        return cls(limit, share, demand, total)
+        return cls(*_split_ints(text, 4))
 
 
 @dataclass(frozen=True)

@@ -361,17 +361,22 @@ class SlotGuard:
             return False
         return not (delay and (queued or self._before_slot.get(key)))
 
-    def _new_slot_concurrency(self, key: str, downloader: Any) -> int:
-        """The concurrency slot ``key`` will get when it is made."""
-        pinned = self._overrides.get(key, {}).get("concurrency")
-        if pinned is not None:
-            return int(pinned)
+    def _start_concurrency(self, key: str) -> int | None:
+        """The concurrency the plugin gives slot ``key`` when Scrapy makes
+        it: the throttle's limit, else the preset's start; None when
+        ``DOWNLOAD_SLOTS`` pins it (Scrapy's own value stands)."""
+        if "concurrency" in self._overrides.get(key, {}):
+            return None
         limit = self.throttle.limit_for(key) if self.throttle is not None else None
-        if limit is not None:
-            return limit
-        if self.start_concurrency is not None:
-            return self.start_concurrency
-        return int(downloader.domain_concurrency)
+        return limit if limit is not None else self.start_concurrency
+
+    def _new_slot_concurrency(self, key: str, downloader: Any) -> int:
+        """The concurrency slot ``key`` will have once it is made."""
+        start = self._start_concurrency(key)
+        if start is not None:
+            return start
+        pinned = self._overrides.get(key, {}).get("concurrency")
+        return int(pinned if pinned is not None else downloader.domain_concurrency)
 
     def demand(self, key: str) -> int:
         """Requests of slot ``key`` the crawl has now: in the downloader, and
@@ -432,14 +437,9 @@ class SlotGuard:
         if self.crawler.stats is not None:
             self.crawler.stats.inc_value("justproxies/slots/guarded")
         overrides = self._overrides.get(key, {})
-        pinned = "concurrency" in overrides
-        limit = None
-        if not pinned and self.throttle is not None:
-            limit = self.throttle.limit_for(key)
-        if limit is not None:
-            slot.concurrency = limit
-        elif self.start_concurrency is not None and not pinned:
-            slot.concurrency = self.start_concurrency
+        start = self._start_concurrency(key)
+        if start is not None:
+            slot.concurrency = start
         if self.start_delay is not None and "delay" not in overrides:
             slot.delay = self.start_delay
         if "delay" not in overrides and self.throttle is not None:
