@@ -637,7 +637,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{total_runs} crawls, {len(plan)} scenarios; their time bounds add up to "
         f"{bound / 60:.0f} min (a full run takes about 25 min, --quick about 12)"
     )
-    out_dir: Path = args.out
+    # Absolute: each crawl runs in its own working directory, so a relative
+    # state-file path would name a different file in every crawl.
+    out_dir: Path = args.out.resolve()
     raw_dir = out_dir / "raw"
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
