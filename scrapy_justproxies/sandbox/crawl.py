@@ -110,6 +110,7 @@ def _prepare(
     env: dict[str, str] | None,
     log_level: str,
     custom_settings: dict[str, Any] | None,
+    spider: str = "list",
 ) -> tuple[Path, Path, dict[str, str]]:
     """Write the child's spec; the work dir, the spec's path and the
     child's environment."""
@@ -124,6 +125,7 @@ def _prepare(
         json.dumps(
             {
                 "reactor": reactor,
+                "spider": spider,
                 "requests": requests,
                 "settings": {"LOG_LEVEL": log_level, **(settings or {})},
                 "custom_settings": custom_settings or {},
@@ -202,11 +204,14 @@ def start_crawl(
     python: str = sys.executable,
     log_level: str = "DEBUG",
     custom_settings: dict[str, Any] | None = None,
+    spider: str = "list",
 ) -> RunningCrawl:
     """Like :func:`run_crawl`, but returns at once: several crawls can run
     side by side (one site's budget shared by many processes), and one can
     be killed (``.process.kill()``). ``.wait()`` collects the result (no CPU
-    time: the children overlap)."""
+    time: the children overlap). ``spider="redis"``: a scrapy-redis
+    ``RedisSpider`` that takes its URLs from the Redis list
+    ``list:start_urls`` instead of ``requests``."""
     workdir, spec_path, child_env = _prepare(
         workdir,
         reactor=reactor,
@@ -215,6 +220,7 @@ def start_crawl(
         env=env,
         log_level=log_level,
         custom_settings=custom_settings,
+        spider=spider,
     )
     process = subprocess.Popen(  # noqa: S603 - our own child script
         [python, str(CHILD), str(spec_path)],

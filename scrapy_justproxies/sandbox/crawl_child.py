@@ -61,6 +61,41 @@ class ListSpider(Spider):
         }
 
 
+def redis_spider_class() -> type[Spider]:
+    """A scrapy-redis ``RedisSpider`` that takes its URLs from the Redis list
+    ``list:start_urls`` and records outcomes as :class:`ListSpider` does."""
+    from scrapy_redis.spiders import RedisSpider  # noqa: PLC0415 - optional
+
+    # scrapy-redis 0.9.1 passes spider= to the stats collector, deprecated
+    # since Scrapy 2.14: its warning, not ours, so not an error here.
+    warnings.filterwarnings(
+        "ignore", category=ScrapyDeprecationWarning, module=r"scrapy_redis(\.|$)"
+    )
+
+    class RedisListSpider(RedisSpider):  # type: ignore[misc]
+        name = "list"
+        redis_key = "list:start_urls"
+
+        def __init__(self, requests: list[dict[str, Any]], **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.outcomes: dict[str, Any] = {}
+
+        async def start(self) -> AsyncIterator[Request]:
+            # scrapy-redis 0.9.1 defines only the deprecated start_requests().
+            for request in self.next_requests():
+                yield request
+
+        def make_request_from_data(self, data: bytes) -> Request:
+            return Request(
+                data.decode("utf-8"), callback=self.parse, errback=self.failed
+            )
+
+        parse = ListSpider.parse
+        failed = ListSpider.failed
+
+    return RedisListSpider
+
+
 def main(spec_path: str) -> None:
     warnings.simplefilter("error", ScrapyDeprecationWarning)
     with open(spec_path, encoding="utf-8") as spec_file:
@@ -73,8 +108,10 @@ def main(spec_path: str) -> None:
         **spec["settings"],
     }
     process = CrawlerProcess(settings)
-    spider_class: type[ListSpider] = ListSpider
-    if spec.get("custom_settings"):
+    spider_class: type[Spider] = ListSpider
+    if spec.get("spider") == "redis":
+        spider_class = redis_spider_class()
+    elif spec.get("custom_settings"):
         # A spider with its own custom_settings (spider priority).
         spider_class = type(
             "ListSpider", (ListSpider,), {"custom_settings": spec["custom_settings"]}
@@ -82,7 +119,7 @@ def main(spec_path: str) -> None:
     crawler = process.create_crawler(spider_class)
     result: dict[str, Any] = {"reason": None, "stats": {}, "outcomes": {}}
 
-    def closed(spider: ListSpider, reason: str) -> None:
+    def closed(spider: Any, reason: str) -> None:
         assert crawler.stats is not None
         result["reason"] = reason
         result["stats"] = crawler.stats.get_stats()
