@@ -338,7 +338,8 @@ def build_scenarios(
                 "variant runs under the asyncio reactor. Goodput is absolute "
                 f"(req/s), and relative to `{PLAIN}`.",
                 f"`{START_HIGH}`: the plugin (throttle on) with "
-                "`CONCURRENT_REQUESTS_PER_DOMAIN` at the high end, so it runs at "
+                "`CONCURRENT_REQUESTS_PER_DOMAIN` at the high end and "
+                "`JUSTPROXIES_THROTTLE_SLOW_START = 0`, so it runs at "
                 f"the same concurrency as `{PLAIN}` from the first second: its "
                 "difference is the plugin's overhead alone; `plugin`'s also "
                 "includes the ramp from the preset's low end.",
@@ -477,6 +478,10 @@ def variant_spec(
         settings["JUSTPROXIES_RETRY_AFTER_MODE"] = "slot"
     elif variant in (START_HIGH, TRACE):
         settings["CONCURRENT_REQUESTS_PER_DOMAIN"] = preset.domain_concurrency_max
+        # At the high end from the first request: no slow-start ramp, which
+        # would send fewer requests in the same time (and spread the crawl's
+        # fixed per-second CPU over fewer of them).
+        settings["JUSTPROXIES_THROTTLE_SLOW_START"] = 0
         if variant == TRACE:
             trace = Path(tempfile.gettempdir()) / f"bench-trace-{os.getpid()}.jsonl"
             settings["JUSTPROXIES_TRACE"] = str(trace)
