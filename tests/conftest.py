@@ -15,11 +15,25 @@ import pytest
 
 from scrapy_justproxies.sandbox import run_sandbox_process
 from scrapy_justproxies.sandbox.crawl import REACTORS
+from scrapy_justproxies.sandbox.redis_server import (
+    RedisServer,
+    run_redis,
+    server_binary,
+)
 
 
 @pytest.fixture(params=REACTORS)
 def reactor(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """Debian's redis-server on loopback, with a password, for one test."""
+    if server_binary() is None:
+        pytest.skip("Debian's redis-server is not installed")
+    with run_redis() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

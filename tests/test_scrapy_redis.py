@@ -13,18 +13,13 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from scrapy_justproxies.sandbox.crawl import start_crawl
-from scrapy_justproxies.sandbox.redis_server import (
-    RedisServer,
-    run_redis,
-    server_binary,
-)
+from scrapy_justproxies.sandbox.redis_server import RedisServer, server_binary
 from tests.test_crawl import ADDON, assert_no_secret, configure, site, urls
 
 redis = pytest.importorskip("redis")
@@ -41,14 +36,6 @@ SITE = {
     "pages": 1000,
 }
 URLS = 160
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    if server_binary() is None:
-        pytest.skip("Debian's redis-server is not installed")
-    with run_redis() as server:
-        yield server
 
 
 class SecretWatch(threading.Thread):

@@ -8,7 +8,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from scrapy_justproxies.config import JustProxiesConfigError, SharedStateConfig
 from scrapy_justproxies.sandbox.crawl import CrawlResult, RunningCrawl, start_crawl
 from scrapy_justproxies.sandbox.redis_server import (
     RedisServer,
-    run_redis,
     server_binary,
 )
 from scrapy_justproxies.shared import (
@@ -270,14 +269,6 @@ def test_bad_prefix_is_refused() -> None:
 
 
 # -- the Redis side, against a real redis-server ----------------------------------
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    if server_binary() is None:
-        pytest.skip("Debian's redis-server is not installed")
-    with run_redis() as server:
-        yield server
 
 
 def store_for(server: RedisServer, policy: SharedPolicy = POLICY) -> RedisStore:
