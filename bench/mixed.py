@@ -205,6 +205,12 @@ def soak(sandbox: Any, out: Path, sites: int, per_site: int, old: str | None) ->
         "plain_rss_4x_sites_minus_1x_mb": round(
             wide_plain["peak_rss_mb"] - plain["peak_rss_mb"], 1
         ),
+        # The plugin's own growth: what it adds beyond plain Scrapy's.
+        "rss_growth_over_plain_growth_mb": round(
+            (wide_run["peak_rss_mb"] - plugin["peak_rss_mb"])
+            - (wide_plain["peak_rss_mb"] - plain["peak_rss_mb"]),
+            1,
+        ),
         "req_s_4x_sites": round(wide_run["req_s"] / wide_plain["req_s"], 3),
         "cpu_per_request_4x_sites": round(
             wide_run["cpu_ms_per_request"] / wide_plain["cpu_ms_per_request"], 3
