@@ -38,7 +38,8 @@ def test_a_long_retry_after_starves_no_other_site(
     they woke; now b.test's 120 URLs are all done before any a.test retry is
     sent, and every a.test URL still completes (the site admits all from t =
     4 s). An 8 s Retry-After says the site is closed until then: only the
-    first volley draws 429s, the other a.test URLs wait in the scheduler."""
+    first volley and the one probe that checks the claim draw 429s, the
+    other a.test URLs wait in the scheduler."""
     configure(
         sandbox,
         {
@@ -53,7 +54,9 @@ def test_a_long_retry_after_starves_no_other_site(
     )  # fmt: skip
     assert result.statuses == {200: 136}, result.output[-3000:]
     a, b = site(sandbox, "a.test"), site(sandbox, "b.test")
-    assert 1 <= a["rate_limited"] <= 3, a["per_second"]
+    # The first volley (its admitted answer may free a place before the
+    # first 429 is read) and the probe: far from the 15 of before.
+    assert 1 <= a["rate_limited"] <= 6, a["per_second"]
     assert result.stats["justproxies/retries/rate_limited"] == a["rate_limited"]
     assert result.stats["justproxies/retries/slot_held"] >= 1
     retried = [t for t in seconds_with(a, "admitted") if t > 0]
