@@ -225,11 +225,10 @@ class JustProxiesRateLimitMiddleware:
             maximum=self.throttle.retry_after_max,
         )
         key = request.meta.get("download_slot", "")
-        closed = self._closed_for(key, retry_after, request.meta)
         if self.throttle.retry_after_mode == "slot":
             # Hold the whole slot: nothing more goes to the site until then.
             self.guard.pause(key, delay)
-        elif closed is not None:
+        elif (closed := self._closed_for(key, retry_after, request.meta)) is not None:
             # The site is closed to every request until a known instant (a
             # fixed window's count is spent): new requests sent meanwhile
             # would each draw the same 429. Hold the slot until then; it
