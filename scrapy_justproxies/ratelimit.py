@@ -43,7 +43,16 @@ from .config import Concurrency, Config, JustProxiesConfigError, ThrottleConfig
 from .failures import gateway_failure, proxy_generated
 from .health import Failure, GatewayHealth, Verdict
 from .middleware import META_ROUTED, enabled_middlewares, site_of
-from .retry import RETRIES_META, ewma, get_429_retry_request, parse_retry_after
+from .retry import (
+    RETRIES_META,
+    Refusal,
+    closed_until,
+    disproves_closed,
+    ewma,
+    get_429_retry_request,
+    parse_retry_after,
+    probe_delay,
+)
 from .retry import retry_delay as compute_retry_delay
 from .slots import SlotGuard, call_later
 
@@ -103,6 +112,14 @@ class JustProxiesRateLimitMiddleware:
         # Per download slot: how long the site takes to answer (EWMA of the
         # non-429 answers' download_latency), what a 429 holds its place for.
         self.latency: dict[str, float] = {}
+        # Per download slot: its last 429 with a Retry-After (when, and the
+        # instant it named), to tell a site closed until a known instant.
+        self.refusals: dict[str, Refusal] = {}
+        # Slots held for a long Retry-After: when the refused request was
+        # sent, and the instant the site named. A request sent in between and
+        # admitted disproves the claim: the slot is then never held again.
+        self.holds: dict[str, tuple[float, float]] = {}
+        self.distrusted: dict[str, None] = {}
         self.waiting: dict[Request, Any] = {}  # -> its IDelayedCall
         self.woke_while_closing: list[Request] = []
 
@@ -134,6 +151,8 @@ class JustProxiesRateLimitMiddleware:
         status = response.status
         if status < 400:
             self._learn_latency(meta)
+            if self.holds:
+                self._check_hold(meta)
             return response
         if proxy_generated(response.headers):
             # The gateway's own 502/503/429 says nothing about the page: keep
@@ -144,6 +163,8 @@ class JustProxiesRateLimitMiddleware:
             return response
         if status != 429:
             self._learn_latency(meta)
+            if self.holds and status < 400:
+                self._check_hold(meta)
             return response
         if meta.get("dont_retry"):
             meta["dont_cache"] = True
@@ -195,8 +216,11 @@ class JustProxiesRateLimitMiddleware:
             # retry may be looked up in (and its answer stored to) the cache.
             retry.meta.pop("dont_cache", None)
         self._inc("justproxies/retries/rate_limited")
+        retry_after = parse_retry_after(
+            response.headers.get(b"Retry-After"), time.time()
+        )
         delay = compute_retry_delay(
-            parse_retry_after(response.headers.get(b"Retry-After"), time.time()),
+            retry_after,
             attempt=retry.meta[RETRIES_META],
             maximum=self.throttle.retry_after_max,
         )
@@ -204,6 +228,13 @@ class JustProxiesRateLimitMiddleware:
         if self.throttle.retry_after_mode == "slot":
             # Hold the whole slot: nothing more goes to the site until then.
             self.guard.pause(key, delay)
+        elif (closed := self._closed_for(key, retry_after, request.meta)) is not None:
+            # The site is closed to every request until a known instant (a
+            # fixed window's count is spent): new requests sent meanwhile
+            # would each draw the same 429. Hold the slot until then; it
+            # resumes at its limit, which the throttle keeps adjusting.
+            self.guard.pause(key, closed)
+            self._inc("justproxies/retries/slot_held")
         else:
             # A rate limiter answers 429 at once; a place freed at once would
             # send the next request straight into the next 429 before the
@@ -313,6 +344,69 @@ class JustProxiesRateLimitMiddleware:
         )  # fmt: skip
 
     # -- helpers -------------------------------------------------------------
+
+    def _closed_for(
+        self, key: str, retry_after: float | None, meta: dict[str, Any]
+    ) -> float | None:
+        """Seconds for which slot ``key`` should send nothing new after a 429
+        that said ``retry_after`` (:func:`~scrapy_justproxies.retry.closed_until`),
+        or None. Remembers the 429 for the next one's evidence, and the hold
+        for the check of the admitted answers (:meth:`_check_hold`)."""
+        if retry_after is None or key in self.distrusted:
+            return None
+        retry_after = min(retry_after, self.throttle.retry_after_max)
+        now = time.monotonic()
+        until = closed_until(
+            now, retry_after, self.latency.get(key), self.refusals.pop(key, None)
+        )
+        self.refusals[key] = Refusal(now, now + retry_after)
+        if len(self.refusals) > LATENCY_KEYS:
+            del self.refusals[next(iter(self.refusals))]  # least recently used
+        if until is None:
+            return None
+        took = meta.get("download_latency")
+        sent = now - (took if isinstance(took, float) else 0.0)
+        hold = self.holds.get(key)
+        if hold is None or hold[1] <= now:
+            self.holds[key] = (sent, until)
+            probe = probe_delay(until - now)
+            if probe is not None:
+                call_later(probe, self.guard.probe, key)
+        else:
+            self.holds[key] = (hold[0], max(hold[1], until))
+        return until - now
+
+    def _check_hold(self, meta: dict[str, Any]) -> None:
+        """An admitted answer: if its request went out while its slot was
+        held for a 429's Retry-After (the probe, or one sent before the 429
+        came back), clearly after the refused one and before the named
+        instant, the site was not closed: resume the slot and never hold it
+        again in this crawl (a token bucket that sends a fixed, long
+        Retry-After)."""
+        key = meta.get("download_slot", "")
+        hold = self.holds.get(key)
+        if hold is None:
+            return
+        now = time.monotonic()
+        if hold[1] <= now:
+            del self.holds[key]
+            return
+        took = meta.get("download_latency")
+        sent = now - (took if isinstance(took, float) else 0.0)
+        if not disproves_closed(hold[0], hold[1], sent):
+            return
+        del self.holds[key]
+        self.distrusted[key] = None
+        if len(self.distrusted) > LATENCY_KEYS:
+            del self.distrusted[next(iter(self.distrusted))]
+        self.guard.resume(key)
+        self._inc("justproxies/retries/slot_hold_disproved")
+        logger.info(
+            "JustProxies: %s admitted a request sent while its Retry-After said "
+            "it was closed: from now on only its 429'd requests wait for "
+            "Retry-After, the slot is no longer held.",
+            key,
+        )
 
     def _learn_latency(self, meta: dict[str, Any]) -> None:
         latency = meta.get("download_latency")

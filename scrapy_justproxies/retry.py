@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Final
@@ -71,6 +72,99 @@ def retry_delay(
     if retry_after is not None:
         backoff = max(retry_after, backoff)
     return min(backoff, maximum)
+
+
+# When a 429's Retry-After says the site is closed to every request (a fixed
+# window whose count is spent), not only that this one came too early (a
+# token bucket): see closed_until.
+CLOSED_MIN_SECONDS: Final = 2.0
+"""A Retry-After at least this long (and CLOSED_ANSWER_TIMES answer times)
+holds the whole slot. A token bucket's Retry-After is the time to its next
+token, rounded up to whole seconds: 1 s on any site faster than 1 req/s."""
+CLOSED_ANSWER_TIMES: Final = 4.0
+"""... and at least this many of the site's usual answer times: a wait that
+long is not a request that merely came a little too early."""
+RETRY_AFTER_RESOLUTION: Final = 1.0
+"""Retry-After counts whole seconds (an HTTP-date too): two 429s at least
+this far apart whose resume instants are closer than this name one instant."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A 429 with a ``Retry-After``: when it came and when it said to resume
+    (both on the same monotonic clock)."""
+
+    at: float
+    resume: float
+
+
+def closed_until(
+    now: float,
+    retry_after: float | None,
+    answer_time: float | None,
+    previous: Refusal | None = None,
+) -> float | None:
+    """The instant until which a slot should send nothing new, from a 429
+    answered at ``now`` with ``retry_after`` seconds; None when the 429 only
+    says that one request came too early.
+
+    The site is taken at its word when the evidence says it is closed to
+    everyone until a known instant, as a fixed window is once its count is
+    spent (every 429 names the window's end):
+
+    - the wait is long: at least :data:`CLOSED_MIN_SECONDS` and
+      :data:`CLOSED_ANSWER_TIMES` times the slot's usual ``answer_time``
+      (1 s when not known yet); or
+    - two 429s at least :data:`RETRY_AFTER_RESOLUTION` apart name the same
+      resume instant (to within that resolution): the instant stands still
+      while time passes, which a token bucket's next token never does.
+
+    A token bucket's ``Retry-After: 1`` holds nothing beyond the request:
+    pausing a whole slot on it cost a steady crawl a sixth of its rate.
+    """
+    if retry_after is None or retry_after <= 0:
+        return None
+    resume = now + retry_after
+    usual = answer_time if answer_time is not None and answer_time > 0 else 1.0
+    if retry_after >= max(CLOSED_MIN_SECONDS, CLOSED_ANSWER_TIMES * usual):
+        return resume
+    if (
+        previous is not None
+        and now - previous.at >= RETRY_AFTER_RESOLUTION
+        and abs(resume - previous.resume) < RETRY_AFTER_RESOLUTION
+    ):
+        return max(resume, previous.resume)
+    return None
+
+
+PROBE_AFTER_SECONDS: Final = 1.0
+"""While a slot is held for a long Retry-After, one request goes out this
+long after the 429 to check the claim (see :func:`probe_delay`)."""
+
+
+def probe_delay(hold_seconds: float) -> float | None:
+    """When to send one request into a slot held for ``hold_seconds``, to
+    check that the site is really closed; None when the hold is too short
+    for the check to tell (its answer must come back before the resume
+    instant, less Retry-After's resolution)."""
+    if hold_seconds < PROBE_AFTER_SECONDS + 2 * RETRY_AFTER_RESOLUTION:
+        return None
+    return PROBE_AFTER_SECONDS
+
+
+def disproves_closed(refused_sent_at: float, resume: float, sent_at: float) -> bool:
+    """Whether a request sent at ``sent_at`` and admitted shows that the site
+    was not closed until ``resume``, as the 429 to a request sent at
+    ``refused_sent_at`` said: sent clearly after the refused one (half a
+    second: two requests may overtake each other on the way) and clearly
+    before the named instant (Retry-After counts whole seconds). A token
+    bucket that sends a fixed, long Retry-After admits such a request once a
+    token is back; a fixed window whose count is spent never does."""
+    return (
+        refused_sent_at + RETRY_AFTER_RESOLUTION / 2
+        <= sent_at
+        < resume - RETRY_AFTER_RESOLUTION
+    )
 
 
 def get_429_retry_request(request: Request, *, max_retries: int) -> Request | None:

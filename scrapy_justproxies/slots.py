@@ -163,6 +163,7 @@ class SlotGuard:
         self._overrides: dict[str, Any] = crawler.settings.getdict("DOWNLOAD_SLOTS")
         self._process_queue: Callable[[Any], None] | None = None
         self._paused: dict[str, tuple[float, int]] = {}  # key: (until, limit)
+        self._probing: set[str] = set()  # paused slots letting one request out
         self._places: dict[str, int] = {}  # key: places held for 429s
         # Requests the scheduler's queue handed out, until they leave the
         # downloader: each holds one unit of CONCURRENT_REQUESTS meanwhile.
@@ -243,6 +244,25 @@ class SlotGuard:
         if self.crawler.stats is not None:
             self.crawler.stats.inc_value("justproxies/slots/paused")
 
+    def probe(self, key: str) -> None:
+        """Let one request out of a paused slot (to check that the site is
+        still closed); the slot stays paused."""
+        slot = self.slot(key)
+        if slot is None or key not in self._paused:
+            return
+        self._probing.add(key)
+        slot.concurrency = len(slot.transferring) + 1
+        if slot.queue:
+            self.kick(slot)
+        self._roomy(key)
+
+    def resume(self, key: str) -> None:
+        """End a pause early (the site admitted a request meanwhile)."""
+        paused = self._paused.pop(key, None)
+        self._probing.discard(key)
+        if paused is not None:
+            self.set_concurrency(key, paused[1])
+
     def hold_place(self, key: str, seconds: float) -> None:
         """Keep one of slot ``key``'s transfer places (which its concurrency
         counts) taken for ``seconds``, for a 429 answered at once. Nothing
@@ -269,6 +289,7 @@ class SlotGuard:
         if paused is None or paused[0] != until:
             return  # a later pause superseded this one
         del self._paused[key]
+        self._probing.discard(key)
         self.set_concurrency(key, paused[1])
 
     def kick(self, slot: Any) -> None:
@@ -476,6 +497,11 @@ class SlotGuard:
         setattr(slot, name, 0.0 if name == "jitter" else False)
 
     def _claimed(self, key: str, request: Request, in_flight: int) -> None:
+        if key in self._probing:  # the probe is out: closed again
+            self._probing.discard(key)
+            slot = self.slot(key)
+            if slot is not None and key in self._paused:
+                slot.concurrency = 0
         if self.throttle is not None:
             self.throttle.sent(key, request, in_flight)
         for listener in self.listeners:

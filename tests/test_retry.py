@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from email.utils import formatdate
 
@@ -20,9 +21,13 @@ from scrapy_justproxies.failures import (
 from scrapy_justproxies.retry import (
     FALLBACK_MAX_SECONDS,
     RETRIES_META,
+    Refusal,
+    closed_until,
+    disproves_closed,
     ewma,
     get_429_retry_request,
     parse_retry_after,
+    probe_delay,
     retry_delay,
 )
 
@@ -178,3 +183,112 @@ def test_ewma_starts_at_the_first_sample_then_moves_a_fifth_of_the_way() -> None
     assert ewma(None, 0.4) == 0.4
     assert ewma(0.4, 0.9) == pytest.approx(0.5)
     assert ewma(0.5, 0.5) == 0.5
+
+
+# -- a long Retry-After: the site closed until a known instant ------------------
+
+
+def _ceil_seconds(wait: float) -> float:
+    """Retry-After as sites send it: whole seconds, rounded up, at least 1."""
+    return float(max(1, math.ceil(wait - 1e-9)))
+
+
+def _closures(refusals: list[tuple[float, float]], answer_time: float) -> list[float]:
+    """Feed ``(answered_at, retry_after)`` 429s to closed_until as the
+    middleware does (each with the slot's previous one); the holds named."""
+    holds: list[float] = []
+    previous: Refusal | None = None
+    for now, retry_after in refusals:
+        until = closed_until(now, retry_after, answer_time, previous)
+        previous = Refusal(now, now + retry_after)
+        if until is not None:
+            holds.append(until)
+    return holds
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("rate", [1.0, 5.0, 50.0, 200.0])
+def test_a_token_bucket_or_gcra_429_never_holds_the_slot(
+    seed: int, rate: float
+) -> None:
+    """Seeded: 20 s of sends at twice the rate, at random instants, to a
+    token bucket (burst 10) and to a GCRA; every 429 says the time to the
+    next token in whole seconds (1 s at any rate >= 1 req/s). None of them
+    says the site is closed: the steady scenario keeps its rate."""
+    rng = random.Random(seed)
+    sends = sorted(rng.uniform(0, 20) for _ in range(int(40 * rate)))
+    tokens, last, burst = 10.0, 0.0, 10.0
+    bucket: list[tuple[float, float]] = []
+    for t in sends:
+        tokens, last = min(burst, tokens + (t - last) * rate), t
+        if tokens >= 1:
+            tokens -= 1
+        else:
+            bucket.append((t + 0.1, _ceil_seconds((1 - tokens) / rate)))
+    interval, tat = 1 / rate, 0.0
+    gcra: list[tuple[float, float]] = []
+    for t in sends:
+        early = max(tat, t) - t - (burst - 1) * interval
+        if early > 1e-9:
+            gcra.append((t + 0.1, _ceil_seconds(early)))
+        else:
+            tat = max(tat, t) + interval
+    assert bucket and gcra
+    assert _closures(bucket, answer_time=0.3) == []
+    assert _closures(gcra, answer_time=0.3) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_spent_fixed_window_holds_the_slot_until_its_end(seed: int) -> None:
+    """Seeded: 1,000 per 20 s, sends at random instants at 200/s for 40 s.
+    Every 429 names the window's end (rounded up to whole seconds): it holds
+    the slot until that instant, never earlier and at most the rounding and
+    the answer's way back later,
+    except 429s in a window's last second with no earlier one to agree with."""
+    rng = random.Random(seed)
+    window, allowance = 20.0, 1000
+    count, index = 0, 0
+    refusals: list[tuple[float, float]] = []
+    for t in sorted(rng.uniform(0, 40) for _ in range(8000)):
+        if int(t // window) != index:
+            index, count = int(t // window), 0
+        if count < allowance:
+            count += 1
+        else:
+            refusals.append((t + 0.1, _ceil_seconds((index + 1) * window - t)))
+    holds = _closures(refusals, answer_time=0.3)
+    ends = [window, 2 * window]
+    # Named on the site's clock, answered 0.1 s later: up to 1.1 s late.
+    assert all(any(end <= h < end + 1.1 for end in ends) for h in holds), holds
+    # Only 429s answered in a window's last second (Retry-After: 1), before
+    # any 429 a second earlier could agree, fail to hold.
+    assert len(holds) >= len(refusals) - sum(
+        1 for now, retry_after in refusals if retry_after < 2
+    )
+
+
+def test_closed_until_scales_with_the_answer_time_and_needs_a_retry_after() -> None:
+    assert closed_until(10.0, None, 0.3) is None
+    assert closed_until(10.0, 0.0, 0.3) is None
+    assert closed_until(10.0, 1.0, 0.3) is None  # a token bucket's "1"
+    assert closed_until(10.0, 2.0, 0.3) == 12.0
+    assert closed_until(10.0, 2.0, 0.6) is None  # < 4 answer times
+    assert closed_until(10.0, 3.0, 0.6) == 13.0
+    assert closed_until(10.0, 3.0, None) is None  # 1 s while not known
+    assert closed_until(10.0, 4.0, None) == 14.0
+    # Two 429s a second apart naming one instant: closed, however short.
+    first = Refusal(10.0, 13.0)
+    assert closed_until(11.5, 2.0, 1.0, first) == 13.5
+    assert closed_until(10.5, 2.0, 1.0, first) is None  # too close together
+    assert closed_until(11.5, 3.0, 1.0, first) is None  # the instant moved
+
+
+def test_a_probe_checks_only_a_hold_it_can_disprove() -> None:
+    assert probe_delay(2.0) is None
+    assert probe_delay(3.0) == 1.0
+    assert probe_delay(16.0) == 1.0
+    # The refused request went out at 10, the site named 20.
+    assert disproves_closed(10.0, 20.0, 11.0)  # admitted meanwhile
+    assert not disproves_closed(10.0, 20.0, 10.2)  # may have overtaken it
+    assert not disproves_closed(10.0, 20.0, 19.5)  # within the rounding
+    assert not disproves_closed(10.0, 20.0, 20.0)  # after the instant

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from scrapy import Request
 from scrapy.utils.test import get_crawler
 
+from scrapy_justproxies import slots as slots_module
 from scrapy_justproxies.slots import ClaimingQueue, SlotGuard
 
 
@@ -56,3 +60,44 @@ def test_a_pace_is_forgotten_when_scrapy_dropped_the_slot() -> None:
     del slots["a.test"]  # Scrapy's slot garbage collection
     guard.pace("a.test", None)
     assert "a.test" not in guard._unpaced
+
+
+class _LiveSlot:
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.transferring: set[object] = set()
+        self.queue: list[object] = []
+
+
+def test_a_probe_lets_one_request_out_of_a_paused_slot_and_resume_ends_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slot held for a site's Retry-After: the probe opens one place
+    above what is in flight, the claim of one request closes it again, and
+    ``resume`` (the probe was admitted) restores the limit at once; the
+    pause's own timer then finds nothing to do."""
+    timers: list[tuple[float, Any, tuple[Any, ...]]] = []
+    monkeypatch.setattr(
+        slots_module, "call_later", lambda s, f, *a: timers.append((s, f, a))
+    )
+    guard = SlotGuard(get_crawler(), None)
+    slots = {"a.test": _LiveSlot(40)}
+    guard.slot = slots.get  # type: ignore[method-assign]
+    slot = slots["a.test"]
+    slot.transferring.update({object(), object()})  # still in flight
+    guard.pause("a.test", 16.0)
+    assert slot.concurrency == 0
+    guard.probe("a.test")
+    assert slot.concurrency == 3  # the two in flight and one more
+    guard._claimed("a.test", Request("http://a.test/1"), 3)
+    assert slot.concurrency == 0  # closed again; still paused
+    guard.set_concurrency("a.test", 30)  # the throttle moved meanwhile
+    assert slot.concurrency == 0
+    guard.resume("a.test")
+    assert slot.concurrency == 30
+    [(seconds, resume, args)] = timers
+    assert seconds == 16.0
+    resume(*args)  # the pause's timer: superseded, nothing changes
+    assert slot.concurrency == 30
+    guard.probe("a.test")  # not paused: no probe
+    assert slot.concurrency == 30
