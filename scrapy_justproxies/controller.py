@@ -591,6 +591,10 @@ _IGNORED_SEEN = 200
 _BURST_SHARE = 0.85
 """At most this share of the admitted rate measured at a paced climb is
 taken for a burst spent just before it."""
+_BURST_SECONDS = 2.0
+"""A slow-start climb within this many seconds of the first clean answer
+measured its rate while a token bucket's burst was being spent
+(``slow_start_pace_share`` applies)."""
 _MIN_PACE_RATE = 0.1
 """Slowest pace (sends per second): a site that refuses nearly everything
 is still asked now and then."""
@@ -1169,7 +1173,15 @@ class DomainController:
             # what was in flight at the first 429) over the answer time; the
             # next climb, at saturation, measures the rate.
             guess = max(estimate, 1) / answer_time
-            if self._phase is Phase.SLOW_START:
+            first = ev.first_answer
+            if (
+                self._phase is Phase.SLOW_START
+                and first is not None
+                and now - first < _BURST_SECONDS
+            ):
+                # Measured while a token bucket's burst was being spent:
+                # the burst inflates the rate (a later climb has it
+                # spread over a longer span).
                 guess *= s.slow_start_pace_share
             self._enter_paced(now, guess)
             return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)

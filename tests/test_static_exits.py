@@ -556,3 +556,19 @@ def test_three_exits_with_their_own_limits(
     by_exit = site(sandbox, "three.test")["exits"]
     assert sum(counts["admitted"] for counts in by_exit.values()) == 420
     assert_no_secret(result, sandbox)
+
+
+def test_a_rate_measured_after_the_burst_is_not_halved() -> None:
+    """An exit allowed 20 req/s with a burst of 3: slow start climbs seconds
+    after the first answer, its rate is not inflated by the burst, and the
+    first pace starts at it (halved, it took some 15 s of probes to come
+    back: 60% of the rate)."""
+    goodput = [
+        simulate(
+            TokenBucket.steady(20, 3),
+            ControllerSettings(start=20, maximum=50, slow_start_pace_share=0.5),
+            seed=seed, duration=30.0, hop=0.09, site_429_latency=False,
+        ).goodput(3, 30)
+        for seed in range(6)
+    ]  # fmt: skip
+    assert sum(goodput) / len(goodput) >= 0.85 * 20
