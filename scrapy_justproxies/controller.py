@@ -215,6 +215,12 @@ class ControllerSettings:
     site that admits a few requests per second (a static exit's IP). Below
     1, the first pace starts under the estimate and is probed up in full
     steps until a climb measures the rate."""
+    capped_min_inflight: int = 0
+    """Paced, a 429 counts as sent with the concurrency binding (evidence of
+    an in-flight cap) only with at least this many in flight, besides the
+    limit less one. A paced limit of a few (a rate of a few per second) is
+    reached by the answer time's jitter alone, whatever binds: a static
+    exit's pair, whose per-IP budget is a rate, sets 6."""
     pace_headroom: float = 1.25
     """Paced, the concurrency is this much above what the paced rate keeps
     in flight (Little's law), so the pace, not the concurrency, decides."""
@@ -284,6 +290,11 @@ class ControllerSettings:
             0 < self.slow_start_pace_share <= 1,
             "slow_start_pace_share",
             f"must be in (0, 1], got {self.slow_start_pace_share}",
+        )
+        _check(
+            self.capped_min_inflight >= 0,
+            "capped_min_inflight",
+            f"must be at least 0, got {self.capped_min_inflight}",
         )
         _check(
             self.pace_headroom >= 1,
@@ -579,10 +590,6 @@ rate dropped."""
 _INFLIGHT_429S = 3
 """429s at a pace well below a rate the site admitted that make it an
 in-flight cap."""
-_CAPPED_MIN = 6
-"""Fewest requests in flight at which a 429 can count as sent with the
-concurrency binding: a paced limit of a few (a rate of a few per second)
-is reached by the answer time's jitter alone, whatever binds."""
 _MAX_PACE_STEP = 0.1
 """Largest step of a paced rate's probe: a token bucket's burst hides an
 overload for a while, and the steps go on meanwhile."""
@@ -992,7 +999,8 @@ class DomainController:
         if (
             outcome is Outcome.RATE_LIMITED
             and self._phase is Phase.PACED
-            and ticket.inflight >= max(self._limit - 1, _CAPPED_MIN)
+            and ticket.inflight
+            >= max(self._limit - 1, self._settings.capped_min_inflight)
             and ticket.epoch == self._evidence.epoch
             and ticket.sent_at >= self._evidence.evidence_from
         ):

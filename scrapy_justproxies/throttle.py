@@ -71,6 +71,11 @@ SAVE_INTERVAL: Final = 10.0
 """Seconds between saves of the state file while limits change (and at the
 end of the crawl): a killed crawl loses at most this much learning."""
 
+EXIT_CAPPED_MIN_INFLIGHT: Final = 6
+"""A static exit's pair takes a 429 for evidence of an in-flight cap only
+with at least this many in flight (``ControllerSettings.capped_min_inflight``):
+its per-IP budget is a rate, a few per second, whose paced limit of 3 or 4
+the answer time's jitter reaches alone."""
 EXIT_SLOW_START_PACE_SHARE: Final = 0.5
 """A static exit's (exit, site) pair starts pacing at this share of slow
 start's estimate (``ControllerSettings.slow_start_pace_share``): a per-IP
@@ -144,6 +149,9 @@ class JustProxiesThrottle:
             controller_settings,
             slow_start_pace_share=min(
                 controller_settings.slow_start_pace_share, EXIT_SLOW_START_PACE_SHARE
+            ),
+            capped_min_inflight=max(
+                controller_settings.capped_min_inflight, EXIT_CAPPED_MIN_INFLIGHT
             ),
         )
         self.clock = clock

@@ -442,7 +442,9 @@ SLOW_IP = 5.0
 def slow_exit_run(seed: int, learned: Learned | None = None) -> Any:
     return simulate(
         TokenBucket.steady(SLOW_IP, 10),
-        ControllerSettings(start=20, maximum=50, slow_start_pace_share=0.5),
+        ControllerSettings(
+            start=20, maximum=50, slow_start_pace_share=0.5, capped_min_inflight=6
+        ),
         seed=seed,
         duration=30.0,
         hop=0.09,
@@ -502,9 +504,11 @@ def test_static_exit_pairs_start_pacing_lower() -> None:
     guard = SlotGuard.of(crawler)
     guard.spread_over_exits(["a", "b"])
     throttle = JustProxiesThrottle.from_crawler(crawler)
-    assert throttle._settings_for("a|shop.test").slow_start_pace_share == 0.5
-    assert throttle._settings_for("shop.test").slow_start_pace_share == 1.0
-    assert throttle._settings_for("c|shop.test").slow_start_pace_share == 1.0
+    pair = throttle._settings_for("a|shop.test")
+    assert (pair.slow_start_pace_share, pair.capped_min_inflight) == (0.5, 6)
+    for key in ("shop.test", "c|shop.test"):  # not an exit's pair
+        plain = throttle._settings_for(key)
+        assert (plain.slow_start_pace_share, plain.capped_min_inflight) == (1.0, 0)
 
 
 # -- a real crawl: three exits allowed 20, 10 and 5 req/s ----------------------
