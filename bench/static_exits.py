@@ -79,6 +79,7 @@ def run_variant(
     workdir: Path,
     python: str,
     burst: float,
+    trace: Path | None = None,
 ) -> dict[str, Any]:
     timeout = round(3 * urls / TOTAL_RATE)  # the one-controller variant is slow
     settings: dict[str, Any] = {
@@ -87,6 +88,9 @@ def run_variant(
         "JUSTPROXIES_STATE_FILE": None,
         "CLOSESPIDER_TIMEOUT": timeout,
     }
+    if trace is not None:
+        trace.mkdir(parents=True, exist_ok=True)
+        settings["JUSTPROXIES_TRACE"] = str(trace / f"{variant}.jsonl")
     names = list(EXITS)
     requests = [
         {"url": sandbox.site_url(HOST, f"/item/{i}")} for i in range(1, urls + 1)
@@ -194,17 +198,21 @@ def run(
     quick: bool = False,
     python: str = sys.executable,
     burst: float = BURST,
+    variants: tuple[str, ...] = VARIANTS,
+    trace: bool = False,
 ) -> dict[str, Any]:
-    """Every variant in one sandbox; writes static-exits.json and .md."""
+    """The variants in one sandbox; writes static-exits.json and .md (and,
+    with ``trace``, each crawl's JUSTPROXIES_TRACE under ``out/trace``)."""
     urls = 350 if quick else 1050  # 10 s or 30 s at the exits' 35 req/s
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     with run_sandbox_process(None) as sandbox:
-        for variant in VARIANTS:
+        for variant in variants:
             log(f"{NAME} [{variant}] ...")
             results[variant] = run_variant(
-                sandbox, variant, urls, out / "raw" / NAME, python, burst
-            )
+                sandbox, variant, urls, out / "raw" / NAME, python, burst,
+                out / "trace" if trace else None,
+            )  # fmt: skip
             record = results[variant]
             log(
                 "  429 by exit "
@@ -228,8 +236,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--burst", type=float, default=BURST, help="per exit IP (default %(default)g)"
     )
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated, of %(default)s",
+    )
+    parser.add_argument(
+        "--trace", action="store_true", help="write each crawl's JUSTPROXIES_TRACE"
+    )
     args = parser.parse_args(argv)
-    run(args.out, quick=args.quick, python=args.python, burst=args.burst)
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    run(
+        args.out, quick=args.quick, python=args.python, burst=args.burst,
+        variants=variants, trace=args.trace,
+    )  # fmt: skip
     return 0
 
 

@@ -208,6 +208,19 @@ class ControllerSettings:
     """First step of the paced rate's probe upwards (each clean step after
     it is ``increase_factor`` times larger): small, because a token bucket
     shows an overload only once its burst is spent."""
+    slow_start_pace_share: float = 1.0
+    """Share of slow start's estimate the first pace starts at. Slow start
+    measures the rate while a token bucket spends its burst, which inflates
+    it by the burst over the first second: several times the rate of a
+    site that admits a few requests per second (a static exit's IP). Below
+    1, the first pace starts under the estimate and is probed up in full
+    steps until a climb measures the rate."""
+    capped_min_inflight: int = 0
+    """Paced, a 429 counts as sent with the concurrency binding (evidence of
+    an in-flight cap) only with at least this many in flight, besides the
+    limit less one. A paced limit of a few (a rate of a few per second) is
+    reached by the answer time's jitter alone, whatever binds: a static
+    exit's pair, whose per-IP budget is a rate, sets 6."""
     pace_headroom: float = 1.25
     """Paced, the concurrency is this much above what the paced rate keeps
     in flight (Little's law), so the pace, not the concurrency, decides."""
@@ -272,6 +285,16 @@ class ControllerSettings:
             self.pace_step > 0,
             "pace_step",
             f"must be above 0, got {self.pace_step}",
+        )
+        _check(
+            0 < self.slow_start_pace_share <= 1,
+            "slow_start_pace_share",
+            f"must be in (0, 1], got {self.slow_start_pace_share}",
+        )
+        _check(
+            self.capped_min_inflight >= 0,
+            "capped_min_inflight",
+            f"must be at least 0, got {self.capped_min_inflight}",
         )
         _check(
             self.pace_headroom >= 1,
@@ -575,6 +598,10 @@ _IGNORED_SEEN = 200
 _BURST_SHARE = 0.85
 """At most this share of the admitted rate measured at a paced climb is
 taken for a burst spent just before it."""
+_BURST_SECONDS = 2.0
+"""A slow-start climb within this many seconds of the first clean answer
+measured its rate while a token bucket's burst was being spent
+(``slow_start_pace_share`` applies)."""
 _MIN_PACE_RATE = 0.1
 """Slowest pace (sends per second): a site that refuses nearly everything
 is still asked now and then."""
@@ -972,7 +999,8 @@ class DomainController:
         if (
             outcome is Outcome.RATE_LIMITED
             and self._phase is Phase.PACED
-            and ticket.inflight >= self._limit - 1
+            and ticket.inflight
+            >= max(self._limit - 1, self._settings.capped_min_inflight)
             and ticket.epoch == self._evidence.epoch
             and ticket.sent_at >= self._evidence.evidence_from
         ):
@@ -1152,7 +1180,18 @@ class DomainController:
             # The level estimated (Little's law, in slow start halfway to
             # what was in flight at the first 429) over the answer time; the
             # next climb, at saturation, measures the rate.
-            self._enter_paced(now, max(estimate, 1) / answer_time)
+            guess = max(estimate, 1) / answer_time
+            first = ev.first_answer
+            if (
+                self._phase is Phase.SLOW_START
+                and first is not None
+                and now - first < _BURST_SECONDS
+            ):
+                # Measured while a token bucket's burst was being spent:
+                # the burst inflates the rate (a later climb has it
+                # spread over a longer span).
+                guess *= s.slow_start_pace_share
+            self._enter_paced(now, guess)
             return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
         self._enter(Phase.SETTLED)
         return self._apply(now, target, Reason.BACKOFF)
@@ -1258,9 +1297,17 @@ class DomainController:
         # cap refuses a few now and then), and what it admits now is the
         # climb's share (the last seconds' rate is mostly the old one).
         dropped = ok_share < _DROPPED
+        measured = False
         if dropped:
-            # A short climb's share is noisy: at most halve per climb.
-            rate = pace * max(ok_share, s.decrease_factor)
+            # A short climb's share is noisy: at most halve per climb, unless
+            # the rate admitted since the pace began says less (a pace that
+            # slow start guessed from a token bucket's burst, several times
+            # the site's rate: halving would take two more climbs). Never
+            # below what the climb's share of clean answers says.
+            halved = pace * max(ok_share, s.decrease_factor)
+            floor = max(pace * ok_share, rate)
+            measured = floor < halved
+            rate = min(halved, floor)
         else:
             # Not below what the burst can explain: a short climb's share
             # is noisy.
@@ -1271,8 +1318,10 @@ class DomainController:
         self._rate = rate
         # The highest rate the site admitted; after a drop, a guess from a
         # short climb: probed up in full steps until a climb measures it.
-        if dropped:
+        if dropped and not measured:
             self._paced_measure = None
+        elif dropped:
+            self._paced_measure = rate
         else:
             self._paced_measure = max(self._paced_measure or 0.0, rate)
         self._derived_at = answer_time

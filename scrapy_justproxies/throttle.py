@@ -23,7 +23,7 @@ import os
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -70,6 +70,17 @@ REMEMBERED_DOMAINS: Final = 10_000
 SAVE_INTERVAL: Final = 10.0
 """Seconds between saves of the state file while limits change (and at the
 end of the crawl): a killed crawl loses at most this much learning."""
+
+EXIT_CAPPED_MIN_INFLIGHT: Final = 6
+"""A static exit's pair takes a 429 for evidence of an in-flight cap only
+with at least this many in flight (``ControllerSettings.capped_min_inflight``):
+its per-IP budget is a rate, a few per second, whose paced limit of 3 or 4
+the answer time's jitter reaches alone."""
+EXIT_SLOW_START_PACE_SHARE: Final = 0.5
+"""A static exit's (exit, site) pair starts pacing at this share of slow
+start's estimate (``ControllerSettings.slow_start_pace_share``): a per-IP
+limit is a few requests per second, and a token bucket's burst spent in the
+first second inflates slow start's measure several times over."""
 
 # Crawl-wide stats; per-domain ones are written at close for the top domains.
 ANSWERS_TOTAL: Final = "justproxies/answers/total"
@@ -133,6 +144,16 @@ class JustProxiesThrottle:
         self.crawler = crawler
         self.throttle = throttle
         self.controller_settings = controller_settings
+        # JUSTPROXIES_STATIC_EXITS: the (exit, site) pairs' controllers.
+        self.exit_settings = replace(
+            controller_settings,
+            slow_start_pace_share=min(
+                controller_settings.slow_start_pace_share, EXIT_SLOW_START_PACE_SHARE
+            ),
+            capped_min_inflight=max(
+                controller_settings.capped_min_inflight, EXIT_CAPPED_MIN_INFLIGHT
+            ),
+        )
         self.clock = clock
         self.stats = crawler.stats
         self.domains: dict[str, _Domain] = {}
@@ -293,7 +314,7 @@ class JustProxiesThrottle:
         now = self.clock()
         start = Learned(limit, None, LimitKind.UNKNOWN, None, now, 0)
         self._domain(key, now).controller = DomainController(
-            self.controller_settings, now, learned=start
+            self._settings_for(key), now, learned=start
         )
 
     def _effective(self, key: str, limit: int) -> int:
@@ -335,7 +356,14 @@ class JustProxiesThrottle:
         learned = self._learned.pop(key, None) or self._warm.pop(key, None)
         if learned is not None:
             self._inc_stat("justproxies/domains/warm_started")
-        return DomainController(self.controller_settings, now, learned=learned)
+        return DomainController(self._settings_for(key), now, learned=learned)
+
+    def _settings_for(self, key: str) -> ControllerSettings:
+        """A static exit's pair (``<label>|<site>``) paces its first rate
+        lower; any other slot has the crawl's settings."""
+        if self.guard.site_key(key) != key:
+            return self.exit_settings
+        return self.controller_settings
 
     def _keep_counts(self, key: str, counts: _Counts) -> None:
         """An evicted domain's counts stay while it may be among the top

@@ -23,6 +23,12 @@ from scrapy_justproxies.config import (
     effective_settings,
     in_force,
 )
+from scrapy_justproxies.controller import (
+    ControllerSettings,
+    Learned,
+    LimitKind,
+    Reason,
+)
 from scrapy_justproxies.middleware import (
     META_EXIT,
     JustProxiesMiddleware,
@@ -30,8 +36,12 @@ from scrapy_justproxies.middleware import (
     pick_exit,
     site_of,
 )
+from scrapy_justproxies.report import read_trace
 from scrapy_justproxies.sandbox import run_sandbox_process
 from scrapy_justproxies.sandbox.config import ConfigError, SandboxConfig
+from scrapy_justproxies.slots import SlotGuard
+from scrapy_justproxies.throttle import JustProxiesThrottle
+from tests.sim_site import TokenBucket, simulate
 from tests.test_crawl import (
     ADDON,
     SCRAPY_214,
@@ -418,3 +428,151 @@ def test_a_retry_picks_its_exit_again_for_the_same_site() -> None:
     assert crawler.stats is not None
     assert crawler.stats.get_value("justproxies/requests/exit/a") == 1
     assert crawler.stats.get_value("justproxies/requests/exit/b") == 1
+
+
+# -- the slow exit's pace (pure: the controller against a simulated IP) -------
+
+# An exit IP allowed 5 req/s (token bucket, burst 10) behind the static
+# pool's 90 ms hop: about 1.5 requests in flight, below slow start's first
+# volley. Slow start measures its rate while the burst is spent, several
+# times too high.
+SLOW_IP = 5.0
+
+
+def slow_exit_run(seed: int, learned: Learned | None = None) -> Any:
+    return simulate(
+        TokenBucket.steady(SLOW_IP, 10),
+        ControllerSettings(
+            start=20, maximum=50, slow_start_pace_share=0.5, capped_min_inflight=6
+        ),
+        seed=seed,
+        duration=30.0,
+        hop=0.09,
+        site_429_latency=False,
+        learned=learned,
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_slow_exit_is_paced_near_its_rate_within_two_climbs(seed: int) -> None:
+    """The first pace starts at half slow start's estimate, and a paced
+    climb that refused most sends goes to the rate admitted since the pace
+    began, not to half the pace: before, the pace went 21 -> 10.5 -> 5.2
+    req/s, three climbs of 429s (about 19% of the slow exit's answers)."""
+    run = slow_exit_run(seed)
+    paced = [d.pace_rate for d in run.changes() if d.reason is Reason.BACKOFF]
+    assert paced, "never paced"
+    second = next((p for p in paced[1:2] if p is not None), paced[0])
+    assert second is not None
+    assert second <= 1.4 * SLOW_IP
+    assert run.share_429() <= 0.16  # before: 0.17-0.27
+    assert run.goodput(5, 30) >= 0.85 * SLOW_IP
+
+
+def test_a_slow_exits_429s_fall_by_a_third_on_average() -> None:
+    shares = [slow_exit_run(seed).share_429() for seed in range(8)]
+    assert sum(shares) / len(shares) <= 0.13  # before: 0.19
+
+
+def test_a_paced_climb_goes_to_the_rate_admitted_since_the_pace_began() -> None:
+    """Warm-started at 20 req/s on an IP that now admits 5: the climbs
+    refuse most sends; within two the pace is at about what the IP admitted
+    (at most 1.5 x its rate), not at a quarter of the old pace."""
+    learned = Learned(
+        concurrency=8, rate=20.0, kind=LimitKind.RATE, answer_time=0.3, at=0.0,
+        samples=500,
+    )  # fmt: skip
+    run = slow_exit_run(0, learned=learned)
+    paces = [d.pace_rate for d in run.changes() if d.reason is Reason.BACKOFF]
+    assert paces[1] is not None
+    assert paces[1] <= 1.5 * SLOW_IP
+
+
+def test_a_low_paced_limit_does_not_count_as_an_in_flight_cap() -> None:
+    """Paced at a few requests per second the limit is 3 or 4, reached by
+    the answer time's jitter alone: a stray 429 there is not an in-flight
+    cap, and the slow exit stays paced (before, it fell to 1 in flight,
+    unpaced, at about 3.3 of its 5 req/s)."""
+    still_paced = [slow_exit_run(seed).pace_at(29.9) is not None for seed in range(6)]
+    assert sum(still_paced) >= 5
+
+
+def test_static_exit_pairs_start_pacing_lower() -> None:
+    crawler = get_crawler(
+        settings_dict={**BASE, **ADDON, "JUSTPROXIES_STATIC_EXITS": ["a", "b"]}
+    )
+    guard = SlotGuard.of(crawler)
+    guard.spread_over_exits(["a", "b"])
+    throttle = JustProxiesThrottle.from_crawler(crawler)
+    pair = throttle._settings_for("a|shop.test")
+    assert (pair.slow_start_pace_share, pair.capped_min_inflight) == (0.5, 6)
+    for key in ("shop.test", "c|shop.test"):  # not an exit's pair
+        plain = throttle._settings_for(key)
+        assert (plain.slow_start_pace_share, plain.capped_min_inflight) == (1.0, 0)
+
+
+# -- a real crawl: three exits allowed 20, 10 and 5 req/s ----------------------
+
+THREE = {"exit20": 11, "exit10": 12, "exit5": 13}
+
+
+def test_three_exits_with_their_own_limits(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The bench's site (bench/static_exits.py), shorter: each exit's pace
+    comes near its own rate within two climbs, no URL is lost, and the
+    crawl gets most of the 35 req/s the exits allow together."""
+    configure(
+        sandbox,
+        {
+            "three.test": {
+                "limit_key": "exit_ip",
+                "burst": 10,
+                "exit_rates": {"127.0.1.11": 20, "127.0.1.12": 10, "127.0.1.13": 5},
+                **LATENCY,
+            }
+        },
+        static_sessions=THREE,
+    )
+    trace = tmp_path / "trace.jsonl"
+    result = crawl(
+        sandbox, gateway_env, tmp_path, urls(sandbox, "three.test", 420),
+        JUSTPROXIES_STATIC_EXITS=list(THREE), JUSTPROXIES_TRACE=str(trace),
+        **STATIC,
+    )  # fmt: skip
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.statuses == {200: 420}
+    records = read_trace(trace)
+    rates = {"exit20": 20, "exit10": 10, "exit5": 5}
+    for label, rate in rates.items():
+        decisions = [
+            r
+            for r in records
+            if r["type"] == "decision" and r["domain"] == f"{label}|three.test"
+        ]
+        paced = [r["pace"] for r in decisions if r["pace"] is not None]
+        assert paced, label
+        if label == "exit5":
+            # Paced at a few per second, a stray 429 is no in-flight cap:
+            # it stays paced (before, it fell to 1 in flight, unpaced).
+            assert decisions[-1]["pace"] is not None, decisions[-3:]
+            assert 0.5 * rate <= decisions[-1]["pace"] <= 1.6 * rate
+    by_exit = site(sandbox, "three.test")["exits"]
+    assert sum(counts["admitted"] for counts in by_exit.values()) == 420
+    assert_no_secret(result, sandbox)
+
+
+def test_a_rate_measured_after_the_burst_is_not_halved() -> None:
+    """An exit allowed 20 req/s with a burst of 3: slow start climbs seconds
+    after the first answer, its rate is not inflated by the burst, and the
+    first pace starts at it (halved, it took some 15 s of probes to come
+    back: 60% of the rate)."""
+    goodput = [
+        simulate(
+            TokenBucket.steady(20, 3),
+            ControllerSettings(start=20, maximum=50, slow_start_pace_share=0.5),
+            seed=seed, duration=30.0, hop=0.09, site_429_latency=False,
+        ).goodput(3, 30)
+        for seed in range(6)
+    ]  # fmt: skip
+    assert sum(goodput) / len(goodput) >= 0.85 * 20
