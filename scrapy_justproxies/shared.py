@@ -73,6 +73,8 @@ __all__ = [
     "SharedPolicy",
     "Snapshot",
     "next_budget",
+    "parse_site",
+    "part_of_rate",
     "pooled",
     "share_of",
     "shares",
@@ -111,6 +113,17 @@ class SharedPolicy:
     rotate_seconds: float = 5.0
     """The remainder of an uneven split moves on to the next process this
     often, so processes with the same work finish together."""
+    pace_margin: float = 0.02
+    """Once the site's rate is measured (at a pooled climb), the processes
+    together send this share below it, each its part (its share of the
+    total): a token bucket sent less than its rate refuses nothing."""
+    rate_probe_seconds: float = 4.0
+    """Paced, clean and held back by the pace this long: the site's rate is
+    probed one ``rate_step`` up (a climb measures it again)."""
+    rate_step: float = 0.03
+    pace_headroom: float = 1.25
+    """Paced, a process's concurrency is its share times this, plus one:
+    the pace, not the concurrency, holds the sends back."""
 
     @property
     def lease_seconds(self) -> float:
@@ -222,6 +235,16 @@ class Budget:
             )
         except (KeyError, ValueError):
             return None
+
+
+def part_of_rate(budget: Budget, share: int, policy: SharedPolicy) -> float | None:
+    """This process's paced sends per second: its share of the total, of the
+    site's measured rate less the margin; None before the rate is measured
+    (at the first pooled climb)."""
+    if budget.rate is None:
+        return None
+    part = min(1.0, share / max(1, budget.total))
+    return max(budget.rate * (1 - policy.pace_margin) * part, 0.1)
 
 
 def _optional(kind: Callable[[str], Any], text: str | None) -> Any:
@@ -338,6 +361,15 @@ def next_budget(  # noqa: PLR0911 - one return per rule
     ):
         step = max(1, (current.overload - current.total) // 2)
         return replace(current, total=current.total + step, changed_at=now)
+    if current.rate is not None and waited >= policy.rate_probe_seconds:
+        # Paced at the rate measured: held back by the pace (the pooled
+        # answers came at about that rate) and clean, probe it a step up.
+        _, span = pooled(buckets, current.changed_at + policy.settle_seconds, end)
+        paced = current.rate * (1 - policy.pace_margin)
+        if span and clean.answers / span >= 0.9 * paced:
+            return replace(
+                current, rate=current.rate * (1 + policy.rate_step), changed_at=now
+            )
     if waited >= policy.probe_interval:
         return replace(
             current, total=current.total + 1, changed_at=now, last_good=current.total
@@ -434,46 +466,68 @@ def _cut(  # noqa: PLR0917 - the evidence, spelled out
 
 # -- Redis (thin I/O) ---------------------------------------------------------
 
-# KEYS: leases (zset), reports (hash), buckets (hash), budget (hash)
-# ARGV: process, lease ms, report, counts, keep seconds, expire seconds
+# One hash per site holds everything, so a heartbeat is one read and one
+# write: the budget's fields (``total``, ``version``, ...), a field per live
+# process (``p:<process>`` = ``<lease end, Redis ms>,<report>``) and a field
+# per second of pooled answers (``s:<Redis second>`` = ``<counts>``).
+# Redis counts every command a script runs (INFO commandstats): a beat is
+# EVALSHA, TIME, HGETALL and one HSET; one process in five seconds also
+# prunes (one HDEL) and refreshes the expiry (one EXPIRE), and a new hash
+# gets its expiry once.
+#
+# KEYS: the site's hash. ARGV: process, lease ms, report, counts, keep
+# seconds, expire seconds (no budget yet), expire seconds (with a budget).
+# Returns Redis time (ms) and the hash's fields as HGETALL gives them, with
+# this beat's own writes appended (later fields win).
 _BEAT = """
 local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local sec = tonumber(t[1])
-local me = ARGV[1]
-redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), me)
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms)
-if #dead > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
-  redis.call('HDEL', KEYS[2], unpack(dead))
-end
-redis.call('HSET', KEYS[2], me, ARGV[3])
+local now_ms = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local bucket = 's:' .. sec
+local oldest = sec - tonumber(ARGV[5])
 local a, l, o, ms = string.match(ARGV[4], '^(%d+),(%d+),(%d+),(%d+)$')
 a, l, o, ms = tonumber(a), tonumber(l), tonumber(o), tonumber(ms)
-if a > 0 then
-  local old = redis.call('HGET', KEYS[3], tostring(sec))
-  if old then
-    local a2, l2, o2, ms2 = string.match(old, '^(%d+),(%d+),(%d+),(%d+)$')
-    a, l, o, ms = a + a2, l + l2, o + o2, ms + ms2
-  end
-  redis.call('HSET', KEYS[3], tostring(sec), a .. ',' .. l .. ',' .. o .. ',' .. ms)
-end
--- Housekeeping every 5th second only (keys live a minute past the last beat).
-if sec % 5 == 0 then
-  local keep = tonumber(ARGV[5])
-  if redis.call('HLEN', KEYS[3]) > keep + 5 then
-    for _, f in ipairs(redis.call('HKEYS', KEYS[3])) do
-      if tonumber(f) < sec - keep then redis.call('HDEL', KEYS[3], f) end
+local stale = {}
+local budget = false
+for i = 1, #all, 2 do
+  local f, v = all[i], all[i + 1]
+  local kind = string.sub(f, 1, 2)
+  if f == bucket then
+    if a > 0 then
+      local a2, l2, o2, ms2 = string.match(v, '^(%d+),(%d+),(%d+),(%d+)$')
+      if a2 then a, l, o, ms = a + a2, l + l2, o + o2, ms + ms2 end
     end
+  elseif kind == 's:' then
+    if (tonumber(string.sub(f, 3)) or 0) < oldest then stale[#stale + 1] = f end
+  elseif kind == 'p:' then
+    local ends = tonumber(string.match(v, '^(%d+),') or '0')
+    if ends <= now_ms then stale[#stale + 1] = f end
+  elseif f == 'total' then
+    budget = true
   end
-  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
 end
-local live = redis.call('ZRANGE', KEYS[1], 0, -1)
-return {tostring(now_ms), live, redis.call('HMGET', KEYS[2], unpack(live)),
-        redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}
+local set = {'p:' .. ARGV[1], (now_ms + tonumber(ARGV[2])) .. ',' .. ARGV[3]}
+if a > 0 then
+  set[3] = bucket
+  set[4] = a .. ',' .. l .. ',' .. o .. ',' .. ms
+end
+redis.call('HSET', KEYS[1], unpack(set))
+local ttl = budget and ARGV[7] or ARGV[6]
+if #all == 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+elseif sec % 5 == 0 and #stale > 0 then
+  -- One process in five seconds prunes (whoever beats first then) and
+  -- keeps the hash from expiring while the site is crawled.
+  redis.call('HDEL', KEYS[1], unpack(stale))
+  redis.call('EXPIRE', KEYS[1], ttl)
+end
+for i = 1, #set do all[#all + 1] = set[i] end
+return {tostring(now_ms), all}
 """
 
-# KEYS: budget (hash). ARGV: expected version, expire seconds, field, value...
+# KEYS: the site's hash. ARGV: expected version, expire seconds, field,
+# value... (the budget's own fields only: the leases and buckets stay).
 _WRITE = """
 local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if v ~= tonumber(ARGV[1]) then return -1 end
@@ -483,6 +537,9 @@ redis.call('HSET', KEYS[1], 'version', v + 1, unpack(kv))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return v + 1
 """
+
+_PROCESS = "p:"
+_SECOND = "s:"
 
 
 @dataclass(frozen=True)
@@ -497,9 +554,37 @@ class Snapshot:
     budget: Budget | None
 
 
+def parse_site(fields: Mapping[str, str], now_ms: int) -> Snapshot:
+    """A site's hash as :data:`_BEAT` returns it: the live processes' reports
+    (leases not yet ended), the pooled seconds, the budget. Unreadable
+    entries are skipped (a process of another version, a damaged field)."""
+    reports: dict[str, Report] = {}
+    buckets: dict[int, Counts] = {}
+    budget: dict[str, str] = {}
+    for name, value in fields.items():
+        try:
+            if name.startswith(_PROCESS):
+                ends, _, report = value.partition(",")
+                if int(ends) > now_ms:
+                    reports[name[len(_PROCESS) :]] = Report.decode(report)
+            elif name.startswith(_SECOND):
+                buckets[int(name[len(_SECOND) :])] = Counts.decode(value)
+            else:
+                budget[name] = value
+        except ValueError:
+            continue
+    return Snapshot(
+        now=now_ms / 1000,
+        reports=reports,
+        buckets=buckets,
+        budget=Budget.decode(budget) if budget else None,
+    )
+
+
 class RedisStore:
-    """The Redis side: one client, three scripts. Every method blocks (call
-    it from a thread) and raises ``redis.RedisError`` / ``OSError``."""
+    """The Redis side: one client, two scripts, one hash per site. Every
+    method blocks (call it from a thread) and raises ``redis.RedisError`` /
+    ``OSError``."""
 
     def __init__(self, config: SharedStateConfig, policy: SharedPolicy) -> None:
         try:
@@ -535,10 +620,9 @@ class RedisStore:
     def __repr__(self) -> str:
         return f"RedisStore({self.config.url})"
 
-    def _keys(self, site: str) -> list[str]:
-        # One hash tag per site: a Redis Cluster keeps a site's keys together.
-        base = f"{self.config.prefix}:{{{site}}}"
-        return [f"{base}:leases", f"{base}:reports", f"{base}:buckets", base]
+    def key(self, site: str) -> str:
+        """The site's hash (its name is its own hash tag: Redis Cluster)."""
+        return f"{self.config.prefix}:{{{site}}}"
 
     def ping(self) -> None:
         self.client.ping()
@@ -552,8 +636,8 @@ class RedisStore:
         budget_ttl: float,
     ) -> Snapshot:
         lease_ms = int(self.policy.lease_seconds * 1000)
-        reply = self._beat(
-            keys=self._keys(site),
+        now_ms, flat = self._beat(
+            keys=[self.key(site)],
             args=[
                 process,
                 lease_ms,
@@ -561,42 +645,24 @@ class RedisStore:
                 counts.encode(),
                 self.policy.keep_seconds,
                 max(60, int(self.policy.keep_seconds * 2)),
+                max(60, int(budget_ttl)),
             ],
         )
-        now_ms, live, raw_reports, raw_buckets, raw_budget = reply
-        reports = {
-            name: Report.decode(text)
-            for name, text in zip(live, raw_reports, strict=True)
-            if text
-        }
-        buckets = {
-            int(raw_buckets[i]): Counts.decode(raw_buckets[i + 1])
-            for i in range(0, len(raw_buckets), 2)
-        }
-        fields = dict(zip(raw_budget[::2], raw_budget[1::2], strict=True))
-        return Snapshot(
-            now=int(now_ms) / 1000,
-            reports=reports,
-            buckets=buckets,
-            budget=Budget.decode(fields) if fields else None,
-        )
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        return parse_site(fields, int(now_ms))
 
     def write(self, site: str, budget: Budget, expected: int, ttl: float) -> int:
         """The new version, or -1 if another process wrote first."""
         flat = [item for pair in budget.encode().items() for item in pair]
         return int(
             self._write(
-                keys=[self._keys(site)[3]],
+                keys=[self.key(site)],
                 args=[expected, max(60, int(ttl)), *flat],
             )
         )
 
     def leave(self, site: str, process: str) -> None:
-        leases, reports, _, _ = self._keys(site)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zrem(leases, process)
-        pipe.hdel(reports, process)
-        pipe.execute()
+        self.client.hdel(self.key(site), _PROCESS + process)
 
     def close(self) -> None:
         self.client.close()
@@ -613,6 +679,9 @@ class _Site:
     """Answers since the last heartbeat."""
     share: int | None = None
     total: int | None = None
+    pace: float | None = None
+    """This process's part of the site's paced rate, sends per second."""
+    answer_time: float | None = None
     processes: int = 0
     idle_beats: int = 0
     leased: bool = False
@@ -625,6 +694,8 @@ class _BeatResult:
     site: str
     share: int | None = None
     total: int | None = None
+    pace: float | None = None
+    answer_time: float | None = None
     processes: int = 0
     wrote: Budget | None = None
     old_total: int | None = None
@@ -646,9 +717,12 @@ class SharedBudgets:
     """The slot's own controller's limit (the throttle's)."""
     budget_ttl: float
     policy: SharedPolicy = field(default_factory=SharedPolicy)
-    take_over: Callable[[str, int], None] = lambda key, limit: None
+    take_over: Callable[[str, int, float | None, float | None], None] = (
+        lambda key, limit, rate, answer_time: None
+    )
     """Called when Redis goes away, per site with a share: the slot's own
-    controller restarts from that share (the throttle's)."""
+    controller restarts from that share, paced at this process's part of the
+    site's rate if it was paced (the throttle's)."""
     process: str = field(
         default_factory=lambda: (
             f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -670,7 +744,7 @@ class SharedBudgets:
         *,
         tolerated_share: float,
         budget_ttl: float,
-        take_over: Callable[[str, int], None] | None = None,
+        take_over: Callable[[str, int, float | None, float | None], None] | None = None,
     ) -> SharedBudgets:
         from scrapy import signals  # noqa: PLC0415
 
@@ -721,7 +795,28 @@ class SharedBudgets:
         site = self.sites.get(key)
         if site is None or site.share is None:
             return local
-        return site.share if self.reachable else min(site.share, local)
+        if not self.reachable:
+            return min(site.share, local)
+        if site.pace is not None:
+            # Paced: the pace holds the sends back; the share of in-flight
+            # requests only has to leave it room when answers slow down.
+            headroom = math.ceil(site.share * self.policy.pace_headroom) + 1
+            return max(site.share, headroom)
+        return site.share
+
+    def pace(self, key: str) -> float | None:
+        """Seconds between this process's sends to the site while the shared
+        budget governs it and the site's rate is known, else None."""
+        site = self.sites.get(key)
+        if not self.governs(key) or site is None or not site.pace:
+            return None
+        return 1.0 / site.pace
+
+    def governs(self, key: str) -> bool:
+        """The slot's limit is its share of the site's budget (Redis is
+        reachable and the site has one): its own controller's pace is off."""
+        site = self.sites.get(key)
+        return self.reachable and site is not None and site.share is not None
 
     def record(self, key: str, rate_limited: bool, ok: bool, seconds: float) -> None:
         """One answer (not an ignored failure) on slot ``key``."""
@@ -835,6 +930,8 @@ class SharedBudgets:
                 # rotate_seconds (Redis time: the same turn for everybody).
                 turn = int(snap.now // self.policy.rotate_seconds)
                 result.share = share_of(budget.total, demands, self.process, turn)
+                result.pace = part_of_rate(budget, result.share, self.policy)
+                result.answer_time = budget.answer_time
             return result
         except self.store.errors as exc:
             return _BeatResult(key, error=self._scrub(exc))
@@ -855,7 +952,7 @@ class SharedBudgets:
                 self._inc("justproxies/shared/unreachable")
                 for name, known in self.sites.items():
                     if known.share is not None:
-                        self.take_over(name, known.share)
+                        self.take_over(name, known.share, known.pace, known.answer_time)
                 logger.warning(
                     "JustProxies: the shared state at %s is unreachable (%s); each "
                     "process keeps its last share and its own controller, and "
@@ -886,10 +983,12 @@ class SharedBudgets:
             return
         old = self.effective(key, self.local_limit(key))
         site.share, site.total = result.share, result.total
+        site.pace, site.answer_time = result.pace, result.answer_time
         self._set("justproxies/shared/share/" + key, result.share)
         self._set("justproxies/shared/site_limit/" + key, result.total)
-        if result.share != old:
-            self.guard.set_concurrency(key, result.share)
+        new = self.effective(key, self.local_limit(key))
+        if new != old:
+            self.guard.set_concurrency(key, new)
 
     # -- close ---------------------------------------------------------------------
 

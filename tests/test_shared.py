@@ -31,6 +31,8 @@ from scrapy_justproxies.shared import (
     SharedBudgets,
     SharedPolicy,
     next_budget,
+    parse_site,
+    part_of_rate,
     pooled,
     share_of,
     shares,
@@ -147,7 +149,8 @@ def test_a_redis_that_came_back_empty_is_seeded_from_the_known_budget() -> None:
 
 
 def test_clean_and_used_the_total_is_probed_and_a_failed_probe_goes_back() -> None:
-    current = Budget(total=10, changed_at=80.0, rate=50.0, answer_time=0.2)
+    # (A settled in-flight budget: no rate measured, so no pace to probe.)
+    current = Budget(total=10, changed_at=80.0, overload=11)
     reports = [Report(4, 4, 16), Report(3, 3, 16), Report(3, 3, 16)]
     clean = _steady(81, 100, ok=50, limited=0, ms=200)
     assert next_budget(current, clean, reports, 85.5, POLICY) is None  # too soon
@@ -158,6 +161,41 @@ def test_clean_and_used_the_total_is_probed_and_a_failed_probe_goes_back() -> No
     after = {**clean, **_steady(101, 104, ok=50, limited=6, ms=200)}
     cut = next_budget(probed, after, reports, 104.2, POLICY)
     assert cut is not None and cut.total == 10
+
+
+def test_each_process_is_paced_at_its_part_of_the_measured_rate() -> None:
+    """Issue 11: each process's own controller paced it at a rate learned
+    from its third of the answers, each its own: one held back, the site
+    under-used and the processes finishing apart. The pooled climb measures
+    the site's rate; each process sends its share's part of it."""
+    budget = Budget(total=16, changed_at=1.0, rate=50.0, answer_time=0.3)
+    parts = [
+        part_of_rate(budget, share, POLICY)
+        for share in shares(16, {"a": 99, "b": 99, "c": 99}).values()
+    ]
+    assert sum(p for p in parts if p) == pytest.approx(50 * (1 - POLICY.pace_margin))
+    # Alone on the site (the others finished): the whole rate at once.
+    assert part_of_rate(budget, 16, POLICY) == pytest.approx(49.0)
+    # Not measured yet (no pooled climb): not paced.
+    assert part_of_rate(Budget(total=16, changed_at=1.0), 16, POLICY) is None
+
+
+def test_paced_clean_and_held_by_the_pace_the_rate_is_probed_up() -> None:
+    current = Budget(total=16, changed_at=80.0, rate=45.0, answer_time=0.3)
+    reports = [Report(6, 6, 99), Report(5, 5, 99), Report(5, 5, 99)]
+    held = _steady(81, 90, ok=44, limited=0, ms=300)
+    assert next_budget(current, held, reports, 82.5, POLICY) is None  # too soon
+    probed = next_budget(current, held, reports, 85.5, POLICY)
+    assert probed is not None
+    assert probed.rate == pytest.approx(45.0 * (1 + POLICY.rate_step))
+    assert probed.total == 16
+    # Answers well below the pace (something else holds them): no probe.
+    slow = _steady(81, 90, ok=20, limited=0, ms=300)
+    assert next_budget(current, slow, reports, 85.5, POLICY) is None
+    # The probe draws 429s: the climb measures the rate again.
+    after = {**held, **_steady(86, 90, ok=50, limited=8, ms=300)}
+    cut = next_budget(probed, after, reports, 90.2, POLICY)
+    assert cut is not None and cut.rate == pytest.approx(50.0)
 
 
 def test_an_unused_total_is_never_probed() -> None:
@@ -314,6 +352,63 @@ def test_store_writes_the_budget_with_compare_and_set(
     assert snap.budget == Budget(10, 1.0, version=1)
 
 
+def commands(db: Any) -> dict[str, int]:
+    """Calls per command so far, as INFO commandstats counts them (the
+    commands a script runs included)."""
+    return {
+        name.removeprefix("cmdstat_"): int(value["calls"])
+        for name, value in db.info("commandstats").items()
+    }
+
+
+def test_a_heartbeat_costs_redis_four_commands_at_most_on_average(
+    redis_server: RedisServer,
+) -> None:
+    """Issue 11: at most 5 commands per second per process per active site,
+    counting those a script runs. A beat is EVALSHA, TIME, HGETALL and HSET;
+    pruning and the expiry come once in five seconds for everybody."""
+    store = store_for(redis_server)
+    db = client(redis_server)
+    store.write("s.test", Budget(10, 1.0), expected=0, ttl=600)
+    store.beat("s.test", "a", Report(4, 0, 9), Counts(5, 1, 4, 800), 600)
+    before = commands(db)
+    beats = 0
+    deadline = time.monotonic() + 6.2  # every second of a five-second cycle
+    while time.monotonic() < deadline:
+        for process in ("a", "b", "c"):
+            store.beat("s.test", process, Report(4, 3, 9), Counts(5, 0, 5, 900), 600)
+            beats += 1
+        time.sleep(0.25)
+    spent = {k: v - before.get(k, 0) for k, v in commands(db).items() if k != "info"}
+    assert spent["evalsha"] == beats
+    # Pruning and refreshing the expiry: once per five seconds, not per beat.
+    assert spent.get("hdel", 0) <= 2
+    assert spent.get("expire", 0) <= 2
+    assert sum(spent.values()) <= 4 * beats + 4
+    # The whole state of a site is one key, and it expires.
+    assert db.keys("justproxies:*") == ["justproxies:{s.test}"]
+    assert 0 < db.ttl("justproxies:{s.test}") <= 600
+
+
+def test_stale_leases_and_seconds_are_pruned(redis_server: RedisServer) -> None:
+    policy = SharedPolicy(beat_seconds=0.1, lease_beats=3, keep_seconds=1)
+    store = store_for(redis_server, policy)
+    db = client(redis_server)
+    store.beat("s.test", "gone", Report(1, 0, 1), Counts(1, 0, 1, 100), 600)
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        store.beat("s.test", "a", Report(1, 0, 1), Counts(1, 0, 1, 100), 600)
+        fields = db.hkeys("justproxies:{s.test}")
+        if "p:gone" not in fields and len(fields) <= 4:
+            break
+        time.sleep(0.2)
+    fields = db.hkeys("justproxies:{s.test}")
+    assert "p:gone" not in fields
+    # This process's lease and the few seconds kept (keep_seconds plus the
+    # ones since the last prune).
+    assert len([f for f in fields if f.startswith("s:")]) <= 7
+
+
 # -- real crawl processes through the sandbox gateway -----------------------------
 
 HOST = "shared.test"
@@ -327,9 +422,9 @@ SITE = {
 }
 
 
-def keys(prefix: str = "justproxies") -> tuple[str, str, str]:
-    base = f"{prefix}:{{{HOST}}}"
-    return f"{base}:leases", f"{base}:reports", base
+def site_key(prefix: str = "justproxies") -> str:
+    """The site's one hash: budget, leases and reports, pooled seconds."""
+    return f"{prefix}:{{{HOST}}}"
 
 
 def client(server: RedisServer) -> Any:
@@ -390,13 +485,10 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 def live_state(db: Any) -> tuple[dict[str, int], int | None]:
     """Each live process's reported share, and the site's budget."""
-    leases, reports, budget = keys()
-    now_ms = int(db.time()[0]) * 1000 + int(db.time()[1]) // 1000
-    live = db.zrangebyscore(leases, now_ms, "+inf")
-    raw = db.hmget(reports, live) if live else []
-    share = {p: Report.decode(r).share for p, r in zip(live, raw, strict=True) if r}
-    total = db.hget(budget, "total")
-    return share, int(total) if total else None
+    seconds, micros = db.time()
+    snap = parse_site(db.hgetall(site_key()), int(seconds) * 1000 + int(micros) // 1000)
+    share = {p: r.share for p, r in snap.reports.items()}
+    return share, snap.budget.total if snap.budget else None
 
 
 def finish(crawls: list[RunningCrawl]) -> list[CrawlResult]:
@@ -456,7 +548,7 @@ def test_three_processes_share_one_budget(
         assert_no_secret(result, sandbox)
     assert_no_redis_secret(results, redis_server)
     # Every process gave its lease back when it closed.
-    assert db.zcard(keys()[0]) == 0
+    assert not [f for f in db.hkeys(site_key()) if f.startswith("p:")]
     assert site(sandbox, HOST)["admitted"] == 450
 
 
