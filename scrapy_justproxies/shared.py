@@ -117,10 +117,12 @@ class SharedPolicy:
     """Once the site's rate is measured (at a pooled climb), the processes
     together send this share below it, each its part (its share of the
     total): a token bucket sent less than its rate refuses nothing."""
-    rate_probe_seconds: float = 4.0
-    """Paced, clean and held back by the pace this long: the site's rate is
-    probed one ``rate_step`` up (a climb measures it again)."""
-    rate_step: float = 0.03
+    rate_probe_seconds: float = 3.0
+    """Paced at a rate measured unpaced (the first climb), clean and held
+    back by the pace this long: the rate is probed two ``rate_step`` up (a
+    climb, paced, measures it again). Measured paced: one step after
+    ``probe_interval``."""
+    rate_step: float = 0.02
     pace_headroom: float = 1.25
     """Paced, a process's concurrency is its share times this, plus one:
     the pace, not the concurrency, holds the sends back."""
@@ -205,6 +207,10 @@ class Budget:
     """The clean total a probe was made from (a climb goes back to it)."""
     overload: int | None = None
     """The total that drew 429s; regrown towards after a cut."""
+    measured_paced: bool = False
+    """The rate was measured at a climb while the processes were paced (then
+    it is the site's rate; measured unpaced, at the first climb, it may
+    count seconds of the ramp, and it is probed up in bigger steps)."""
     version: int = 0
     """Bumped by every write (compare-and-set)."""
 
@@ -218,6 +224,7 @@ class Budget:
             else repr(round(self.answer_time, 4)),
             "last_good": "" if self.last_good is None else str(self.last_good),
             "overload": "" if self.overload is None else str(self.overload),
+            "measured_paced": "1" if self.measured_paced else "",
         }
 
     @classmethod
@@ -231,6 +238,7 @@ class Budget:
                 answer_time=_optional(float, fields.get("answer_time")),
                 last_good=_optional(int, fields.get("last_good")),
                 overload=_optional(int, fields.get("overload")),
+                measured_paced=bool(fields.get("measured_paced")),
                 version=int(fields.get("version", "0")),
             )
         except (KeyError, ValueError):
@@ -361,15 +369,19 @@ def next_budget(  # noqa: PLR0911 - one return per rule
     ):
         step = max(1, (current.overload - current.total) // 2)
         return replace(current, total=current.total + step, changed_at=now)
-    if current.rate is not None and waited >= policy.rate_probe_seconds:
+    if current.rate is not None:
         # Paced at the rate measured: held back by the pace (the pooled
         # answers came at about that rate) and clean, probe it a step up.
+        # Measured while paced, it is the site's rate: one small step now
+        # and then. Measured at the first climb (unpaced, the ramp's seconds
+        # may count), bigger steps soon, up to the next climb that measures.
+        wait, step = policy.probe_interval, policy.rate_step
+        if not current.measured_paced:
+            wait, step = policy.rate_probe_seconds, 2 * policy.rate_step
         _, span = pooled(buckets, current.changed_at + policy.settle_seconds, end)
         paced = current.rate * (1 - policy.pace_margin)
-        if span and clean.answers / span >= 0.9 * paced:
-            return replace(
-                current, rate=current.rate * (1 + policy.rate_step), changed_at=now
-            )
+        if waited >= wait and span and clean.answers / span >= 0.9 * paced:
+            return replace(current, rate=current.rate * (1 + step), changed_at=now)
     if waited >= policy.probe_interval:
         return replace(
             current, total=current.total + 1, changed_at=now, last_good=current.total
@@ -460,6 +472,7 @@ def _cut(  # noqa: PLR0917 - the evidence, spelled out
         answer_time=answer_time,
         last_good=None,
         overload=drew,
+        measured_paced=current is not None and current.rate is not None,
         version=current.version if current is not None else 0,
     )
 
@@ -972,10 +985,12 @@ class SharedBudgets:
             return
         if result.wrote is not None:
             self._inc("justproxies/shared/budget_changes")
+            rate = result.wrote.rate
             logger.info(
-                "JustProxies: %s shared budget %s -> %d (%d processes)",
+                "JustProxies: %s shared budget %s -> %d (%d processes)%s",
                 key, result.old_total if result.old_total is not None else "none",
                 result.wrote.total, result.processes,
+                "" if rate is None else f", site rate {rate:.1f}/s",
             )  # fmt: skip
         site.processes = result.processes
         self._max("justproxies/shared/processes_max/" + key, result.processes)

@@ -16,7 +16,17 @@ import pytest
 from scrapy.settings import Settings
 from scrapy.utils.test import get_crawler
 
-from scrapy_justproxies.config import JustProxiesConfigError, SharedStateConfig
+from scrapy_justproxies.config import (
+    JustProxiesConfigError,
+    SharedStateConfig,
+    ThrottleConfig,
+)
+from scrapy_justproxies.controller import (
+    ControllerSettings,
+    DomainController,
+    Learned,
+    LimitKind,
+)
 from scrapy_justproxies.sandbox.crawl import CrawlResult, RunningCrawl, start_crawl
 from scrapy_justproxies.sandbox.redis_server import (
     RedisServer,
@@ -30,6 +40,7 @@ from scrapy_justproxies.shared import (
     Report,
     SharedBudgets,
     SharedPolicy,
+    _Site,
     next_budget,
     parse_site,
     part_of_rate,
@@ -37,7 +48,7 @@ from scrapy_justproxies.shared import (
     share_of,
     shares,
 )
-from scrapy_justproxies.throttle import IDLE_SECONDS
+from scrapy_justproxies.throttle import IDLE_SECONDS, JustProxiesThrottle
 from tests.test_crawl import ADDON, assert_no_secret, configure, site, urls
 
 redis = pytest.importorskip("redis")
@@ -187,7 +198,8 @@ def test_paced_clean_and_held_by_the_pace_the_rate_is_probed_up() -> None:
     assert next_budget(current, held, reports, 82.5, POLICY) is None  # too soon
     probed = next_budget(current, held, reports, 85.5, POLICY)
     assert probed is not None
-    assert probed.rate == pytest.approx(45.0 * (1 + POLICY.rate_step))
+    # Measured at the first climb, unpaced: two steps at once.
+    assert probed.rate == pytest.approx(45.0 * (1 + 2 * POLICY.rate_step))
     assert probed.total == 16
     # Answers well below the pace (something else holds them): no probe.
     slow = _steady(81, 90, ok=20, limited=0, ms=300)
@@ -196,6 +208,13 @@ def test_paced_clean_and_held_by_the_pace_the_rate_is_probed_up() -> None:
     after = {**held, **_steady(86, 90, ok=50, limited=8, ms=300)}
     cut = next_budget(probed, after, reports, 90.2, POLICY)
     assert cut is not None and cut.rate == pytest.approx(50.0)
+    assert cut.measured_paced
+    # Measured paced: the site's rate; one small step, after a while.
+    later = _steady(91, 110, ok=49, limited=0, ms=300)
+    assert next_budget(cut, later, reports, 96.5, POLICY) is None
+    again = next_budget(cut, later, reports, 100.5, POLICY)
+    assert again is not None
+    assert again.rate == pytest.approx(50.0 * (1 + POLICY.rate_step))
 
 
 def test_an_unused_total_is_never_probed() -> None:
@@ -257,8 +276,50 @@ def test_a_site_idle_since_it_left_is_forgotten() -> None:
     assert list(shared.sites) == ["s1.test"]  # back: it rejoins
 
 
+def test_a_governed_slot_is_paced_at_its_part_not_by_its_own_controller() -> None:
+    """Issue 11: with a shared budget, each process's own controller paced
+    its slot at a rate learned from its part of the answers (each its own:
+    measured, 79% of the site's rate admitted, one process 14 s behind).
+    While the budget governs, the slot takes its part of the pooled rate,
+    with room in flight; without Redis, its own controller again."""
+    crawler = get_crawler()
+    throttle = JustProxiesThrottle(
+        crawler,
+        ThrottleConfig(),
+        ControllerSettings(start=4, maximum=50),
+    )
+    shared = throttle.shared = SharedBudgets(
+        crawler,
+        SharedStateConfig(),
+        None,  # type: ignore[arg-type]
+        _NoSlots(),  # type: ignore[arg-type]
+        lambda key: 4,
+        60.0,
+    )
+    key = "s.test"
+    now = throttle.clock()
+    # Its own controller paces it at 10/s (a rate it learned alone).
+    learned = Learned(4, 10.0, LimitKind.RATE, 0.3, now, 0)
+    throttle._domain(key, now).controller = DomainController(
+        throttle.controller_settings, now, learned=learned
+    )
+    assert throttle.pace_for(key) == pytest.approx(1 / (10.0 * 0.98))
+    shared.sites[key] = _Site(share=6, total=16, pace=18.4, answer_time=0.3)
+    assert throttle.pace_for(key) == pytest.approx(1 / 18.4)
+    assert throttle.limit_for(key) == math.ceil(6 * POLICY.pace_headroom) + 1
+    # Before the site's rate is measured: the share alone, unpaced.
+    shared.sites[key] = _Site(share=6, total=16)
+    assert throttle.pace_for(key) is None
+    assert throttle.limit_for(key) == 6
+    # Redis away: its own controller again, capped by the share.
+    shared.sites[key] = _Site(share=6, total=16, pace=18.4, answer_time=0.3)
+    shared.reachable = False
+    assert throttle.pace_for(key) == pytest.approx(1 / (10.0 * 0.98))
+    assert throttle.limit_for(key) <= 6
+
+
 def test_budget_and_report_round_trip() -> None:
-    budget = Budget(10, 123.5, 49.7, 0.21, 9, 12, version=3)
+    budget = Budget(10, 123.5, 49.7, 0.21, 9, 12, measured_paced=True, version=3)
     assert Budget.decode({**budget.encode(), "version": "3"}) == budget
     assert Budget.decode({"total": "x"}) is None
     assert Report.decode(Report(5, 4, 16, 12).encode()) == Report(5, 4, 16, 12)
