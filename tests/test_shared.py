@@ -157,6 +157,16 @@ def test_a_redis_that_came_back_empty_is_seeded_from_the_known_budget() -> None:
     budget = next_budget(None, {}, reports, 100.0, POLICY)
     assert budget is not None
     assert (budget.total, budget.overload) == (11, 12)  # settled, not growing
+    assert budget.rate is None
+
+
+def test_a_redis_that_came_back_empty_is_seeded_paced_at_the_known_rate() -> None:
+    """Without the rate, the processes would go unpaced until a climb
+    measured it again."""
+    reports = [Report(4, 4, 16, total=11, rate_mhz=49_500)]
+    budget = next_budget(None, {}, reports, 100.0, POLICY)
+    assert budget is not None
+    assert (budget.total, budget.rate, budget.measured_paced) == (11, 49.5, True)
 
 
 def test_clean_and_used_the_total_is_probed_and_a_failed_probe_goes_back() -> None:
@@ -195,11 +205,11 @@ def test_paced_clean_and_held_by_the_pace_the_rate_is_probed_up() -> None:
     current = Budget(total=16, changed_at=80.0, rate=45.0, answer_time=0.3)
     reports = [Report(6, 6, 99), Report(5, 5, 99), Report(5, 5, 99)]
     held = _steady(81, 90, ok=44, limited=0, ms=300)
-    assert next_budget(current, held, reports, 82.5, POLICY) is None  # too soon
+    assert next_budget(current, held, reports, 81.5, POLICY) is None  # too soon
     probed = next_budget(current, held, reports, 85.5, POLICY)
     assert probed is not None
-    # Measured at the first climb, unpaced: two steps at once.
-    assert probed.rate == pytest.approx(45.0 * (1 + 2 * POLICY.rate_step))
+    # Measured at the first climb, unpaced: a big step, soon.
+    assert probed.rate == pytest.approx(45.0 * (1 + POLICY.first_rate_step))
     assert probed.total == 16
     # Answers well below the pace (something else holds them): no probe.
     slow = _steady(81, 90, ok=20, limited=0, ms=300)
@@ -322,7 +332,8 @@ def test_budget_and_report_round_trip() -> None:
     budget = Budget(10, 123.5, 49.7, 0.21, 9, 12, measured_paced=True, version=3)
     assert Budget.decode({**budget.encode(), "version": "3"}) == budget
     assert Budget.decode({"total": "x"}) is None
-    assert Report.decode(Report(5, 4, 16, 12).encode()) == Report(5, 4, 16, 12)
+    assert Report.decode(Report(5, 4, 16, 12, 1).encode()) == Report(5, 4, 16, 12, 1)
+    assert Report.decode("5,4,16,12") == Report(5, 4, 16, 12)  # the version before
 
 
 # -- settings --------------------------------------------------------------------
