@@ -122,7 +122,7 @@ class SharedPolicy:
     """Paced at a rate measured while paced, clean and held back by the pace
     for ``probe_interval``: the rate is probed this much up (a climb
     measures it again)."""
-    first_rate_step: float = 0.1
+    first_rate_step: float = 0.04
     """The same for a rate measured unpaced (at the first climb, where the
     ramp's seconds may count): this much up every ``regrow_seconds``, up to
     the next climb, which measures it paced."""
