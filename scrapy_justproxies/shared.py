@@ -890,9 +890,9 @@ class SharedBudgets:
         self._schedule()
 
     def _schedule(self) -> None:
-        from twisted.internet import reactor  # noqa: PLC0415
+        from .slots import call_later  # noqa: PLC0415
 
-        self._loop = reactor.callLater(self._next_beat_in(), self._tick)  # type: ignore[attr-defined]
+        self._loop = call_later(self._next_beat_in(), self._tick)
 
     def _next_beat_in(self) -> float:
         """Seconds to the next heartbeat: the middle of the next Redis second
