@@ -4,6 +4,7 @@ redis-server, and real crawl processes through the sandbox gateway."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
@@ -45,6 +46,7 @@ from scrapy_justproxies.shared import (
     parse_site,
     part_of_rate,
     pooled,
+    saturated_rate,
     share_of,
     shares,
 )
@@ -114,6 +116,20 @@ def test_a_climb_during_the_ramp_cuts_to_the_saturated_seconds_rate() -> None:
     assert budget is not None
     assert budget.rate == pytest.approx(50)
     assert budget.total == 10
+
+
+def test_a_second_a_beat_short_is_scaled_to_one_beat_per_process() -> None:
+    """A beat that lands a second late leaves its second a process short:
+    its clean answers are two thirds of the site's rate (measured: 45 on a
+    50 req/s site, and the processes paced below it for the rest of the
+    crawl). Scaled by the time the beats cover, per process."""
+    short = Counts(40, 7, 33, 33 * 200, span_ms=2000)  # two beats of three
+    long = Counts(67, 0, 67, 67 * 200, span_ms=4000)  # and four
+    buckets = {100: short, 101: long}
+    assert saturated_rate(buckets, 99.5, 102) == pytest.approx(33)  # unscaled
+    assert saturated_rate(buckets, 99.5, 102, processes=3) == pytest.approx(49.5)
+    assert Counts.decode(short.encode()) == short
+    assert Counts.decode("5,1,4,800") == Counts(5, 1, 4, 800)  # the version before
 
 
 def test_a_cold_site_starts_as_one_process_and_grows_as_one() -> None:
@@ -210,6 +226,16 @@ def test_paced_clean_and_held_by_the_pace_the_rate_is_probed_up() -> None:
     assert probed is not None
     # Measured at the first climb, unpaced: a big step, soon.
     assert probed.rate == pytest.approx(45.0 * (1 + POLICY.first_rate_step))
+    # Each step doubles, up to four times the first.
+    steps = [probed]
+    for at in (88.5, 91.5, 94.5):
+        more = {s: Counts(80, 0, 80, 80 * 300) for s in range(81, int(at))}
+        step = next_budget(steps[-1], more, reports, at, POLICY)
+        assert step is not None
+        steps.append(step)
+    gains = [b.rate / a.rate - 1 for a, b in itertools.pairwise(steps)]  # type: ignore[operator]
+    first = POLICY.first_rate_step
+    assert gains == pytest.approx([2 * first, 4 * first, 4 * first])
     assert probed.total == 16
     # Answers well below the pace (something else holds them): no probe.
     slow = _steady(81, 90, ok=20, limited=0, ms=300)
