@@ -226,8 +226,9 @@ class Budget:
     it is the site's rate; measured unpaced, at the first climb, it may
     count seconds of the ramp, and it is probed up in bigger steps)."""
     probes: int = 0
-    """Rate probes since the last climb: each step doubles, up to four
-    times the first (a rate measured low is found again in a few steps)."""
+    """Rate probes since the last climb: each step of a rate measured
+    unpaced doubles, up to four times the first (a rate measured low is
+    found again in a few steps)."""
     version: int = 0
     """Bumped by every write (compare-and-set)."""
 
@@ -368,6 +369,7 @@ def next_budget(  # noqa: PLR0911 - one return per rule
             span,
             reports,
             now,
+            policy,
         )
     if current is None:
         return _seed(recent, span, reports, now, policy)
@@ -425,6 +427,8 @@ def _probed_rate(  # noqa: PLR0917 - the evidence, spelled out
         wait, step = policy.regrow_seconds, policy.first_rate_step
     paced = rate * (1 - policy.pace_margin)
     if waited >= wait and span > 0 and clean.answers / span >= 0.9 * paced:
+        if current.measured_paced:
+            return rate * (1 + step)  # near the site's rate: small steps
         return rate * (1 + step * (1 << min(current.probes, 2)))
     return rate
 
@@ -504,9 +508,16 @@ def _cut(  # noqa: PLR0917 - the evidence, spelled out
     span: int,
     reports: list[Report],
     now: float,
+    policy: SharedPolicy,
 ) -> Budget:
     """The 429s climbed: go to what the site admitted, in one step."""
     rate = saturated if saturated is not None else (recent.ok / span if span else None)
+    if current is not None and current.rate is not None and recent.answers:
+        # Paced: the processes sent at the pace, and the site admitted the
+        # climb's share of clean answers of it. A ratio, so no second short
+        # of a beat (or long of one) moves it: never more than that.
+        admitted = current.rate * (1 - policy.pace_margin) * recent.ok / recent.answers
+        rate = admitted if rate is None else min(rate, admitted)
     answer_time = recent.ok_ms / recent.ok / 1000 if recent.ok else None
     drew = current.total if current is not None else sum(r.limit for r in reports) or 1
     if rate is not None and answer_time is not None:
