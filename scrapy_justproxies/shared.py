@@ -120,8 +120,9 @@ class SharedPolicy:
     total): a token bucket sent less than its rate refuses nothing."""
     rate_step: float = 0.02
     """Paced at a rate measured while paced, clean and held back by the pace
-    for ``probe_interval``: the rate is probed this much up (a climb
+    for ``rate_probe_seconds``: the rate is probed this much up (a climb
     measures it again)."""
+    rate_probe_seconds: float = 5.0
     first_rate_step: float = 0.04
     """The same for a rate measured unpaced (at the first climb, where the
     ramp's seconds may count): this much up every ``regrow_seconds``, up to
@@ -422,7 +423,7 @@ def _probed_rate(  # noqa: PLR0917 - the evidence, spelled out
     step up. Measured while paced, it is the site's rate: one small step now
     and then. Measured at the first climb (unpaced: the ramp's seconds may
     count), bigger steps soon, up to the next climb, which measures it."""
-    wait, step = policy.probe_interval, policy.rate_step
+    wait, step = policy.rate_probe_seconds, policy.rate_step
     if not current.measured_paced:
         wait, step = policy.regrow_seconds, policy.first_rate_step
     paced = rate * (1 - policy.pace_margin)

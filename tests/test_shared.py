@@ -256,8 +256,8 @@ def test_paced_clean_and_held_by_the_pace_the_rate_is_probed_up() -> None:
     # Measured paced: the site's rate; one small step, after a while.
     later = _steady(91, 110, ok=44, limited=0, ms=300)
     settled = dataclasses.replace(cut, overload=None)  # (no total to regrow)
-    assert next_budget(settled, later, reports, 96.5, POLICY) is None
-    again = next_budget(settled, later, reports, 100.5, POLICY)
+    assert next_budget(settled, later, reports, 94.5, POLICY) is None
+    again = next_budget(settled, later, reports, 95.5, POLICY)
     assert again is not None
     assert again.rate == pytest.approx(cut.rate * (1 + POLICY.rate_step))
 
