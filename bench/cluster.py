@@ -59,6 +59,7 @@ def run_one(
     variant: str,
     workdir: Path,
     python: str,
+    trace: bool = False,
 ) -> dict[str, Any]:
     spec = variant_spec(
         "plugin",
@@ -89,12 +90,17 @@ def run_one(
             sandbox.site_url(host, f"/item/{index * scenario.urls_per_process + i}")
             for i in range(1, scenario.urls_per_process + 1)
         ]
+        crawl_dir = workdir / f"{scenario.name}-{variant}-p{index}"
+        crawl_settings = dict(settings)
+        if trace:  # per second: each process's limit, in flight, answers
+            crawl_dir.mkdir(parents=True, exist_ok=True)
+            crawl_settings["JUSTPROXIES_TRACE"] = str(crawl_dir / "trace.jsonl")
         crawls.append(
             start_crawl(
-                workdir / f"{scenario.name}-{variant}-p{index}",
+                crawl_dir,
                 reactor="asyncio",
                 requests=[{"url": u} for u in urls],
-                settings=settings,
+                settings=crawl_settings,
                 env=spec.env,
                 python=python,
                 log_level="INFO",
@@ -176,7 +182,9 @@ def run_one(
         record["rejoined"] = ["reachable again" in r.log for r in results]
     if variant == SHARED and outage is None:  # a restart resets the counters
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-        seconds = sum(walls) or 1.0
+        # Every process's time, the killed one's up to its kill: its
+        # heartbeats are in the counters too.
+        seconds = sum(walls_by_index) or 1.0
         record["redis_round_trips_per_process_s"] = round(
             delta.get("evalsha", 0) / seconds, 2
         )
@@ -221,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--scenarios", help="comma list (default: all)")
+    parser.add_argument("--variants", help="comma list: local,shared (default: both)")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="each process writes a JUSTPROXIES_TRACE in its raw/ folder",
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args(argv)
@@ -233,10 +247,21 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
     with run_sandbox_process(None) as sandbox, run_redis() as redis:
         for scenario in chosen:
+            wanted = (
+                {v.strip() for v in args.variants.split(",")} if args.variants else None
+            )
             for variant in scenario.variants:
+                if wanted is not None and variant not in wanted:
+                    continue
                 log(f"{scenario.name} [{variant}] ...")
                 record = run_one(
-                    sandbox, redis, scenario, variant, args.out / "raw", args.python
+                    sandbox,
+                    redis,
+                    scenario,
+                    variant,
+                    args.out / "raw",
+                    args.python,
+                    trace=args.trace,
                 )
                 results.setdefault(scenario.name, {})[variant] = record
                 lines.append(summary(scenario.name, record))

@@ -4,6 +4,8 @@ redis-server, and real crawl processes through the sandbox gateway."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import os
 import signal
@@ -16,7 +18,17 @@ import pytest
 from scrapy.settings import Settings
 from scrapy.utils.test import get_crawler
 
-from scrapy_justproxies.config import JustProxiesConfigError, SharedStateConfig
+from scrapy_justproxies.config import (
+    JustProxiesConfigError,
+    SharedStateConfig,
+    ThrottleConfig,
+)
+from scrapy_justproxies.controller import (
+    ControllerSettings,
+    DomainController,
+    Learned,
+    LimitKind,
+)
 from scrapy_justproxies.sandbox.crawl import CrawlResult, RunningCrawl, start_crawl
 from scrapy_justproxies.sandbox.redis_server import (
     RedisServer,
@@ -29,12 +41,16 @@ from scrapy_justproxies.shared import (
     Report,
     SharedBudgets,
     SharedPolicy,
+    _Site,
     next_budget,
+    parse_site,
+    part_of_rate,
     pooled,
+    saturated_rate,
     share_of,
     shares,
 )
-from scrapy_justproxies.throttle import IDLE_SECONDS
+from scrapy_justproxies.throttle import IDLE_SECONDS, JustProxiesThrottle
 from tests.test_crawl import ADDON, assert_no_secret, configure, site, urls
 
 redis = pytest.importorskip("redis")
@@ -102,6 +118,20 @@ def test_a_climb_during_the_ramp_cuts_to_the_saturated_seconds_rate() -> None:
     assert budget.total == 10
 
 
+def test_a_second_a_beat_short_is_scaled_to_one_beat_per_process() -> None:
+    """A beat that lands a second late leaves its second a process short:
+    its clean answers are two thirds of the site's rate (measured: 45 on a
+    50 req/s site, and the processes paced below it for the rest of the
+    crawl). Scaled by the time the beats cover, per process."""
+    short = Counts(40, 7, 33, 33 * 200, span_ms=2000)  # two beats of three
+    long = Counts(67, 0, 67, 67 * 200, span_ms=4000)  # and four
+    buckets = {100: short, 101: long}
+    assert saturated_rate(buckets, 99.5, 102) == pytest.approx(33)  # unscaled
+    assert saturated_rate(buckets, 99.5, 102, processes=3) == pytest.approx(49.5)
+    assert Counts.decode(short.encode()) == short
+    assert Counts.decode("5,1,4,800") == Counts(5, 1, 4, 800)  # the version before
+
+
 def test_a_cold_site_starts_as_one_process_and_grows_as_one() -> None:
     """Three processes in slow start: the budget starts where one of them is,
     not at the sum (three slow starts at once overshoot three times)."""
@@ -143,10 +173,21 @@ def test_a_redis_that_came_back_empty_is_seeded_from_the_known_budget() -> None:
     budget = next_budget(None, {}, reports, 100.0, POLICY)
     assert budget is not None
     assert (budget.total, budget.overload) == (11, 12)  # settled, not growing
+    assert budget.rate is None
+
+
+def test_a_redis_that_came_back_empty_is_seeded_paced_at_the_known_rate() -> None:
+    """Without the rate, the processes would go unpaced until a climb
+    measured it again."""
+    reports = [Report(4, 4, 16, total=11, rate_mhz=49_500)]
+    budget = next_budget(None, {}, reports, 100.0, POLICY)
+    assert budget is not None
+    assert (budget.total, budget.rate, budget.measured_paced) == (11, 49.5, True)
 
 
 def test_clean_and_used_the_total_is_probed_and_a_failed_probe_goes_back() -> None:
-    current = Budget(total=10, changed_at=80.0, rate=50.0, answer_time=0.2)
+    # (A settled in-flight budget: no rate measured, so no pace to probe.)
+    current = Budget(total=10, changed_at=80.0, overload=11)
     reports = [Report(4, 4, 16), Report(3, 3, 16), Report(3, 3, 16)]
     clean = _steady(81, 100, ok=50, limited=0, ms=200)
     assert next_budget(current, clean, reports, 85.5, POLICY) is None  # too soon
@@ -157,6 +198,67 @@ def test_clean_and_used_the_total_is_probed_and_a_failed_probe_goes_back() -> No
     after = {**clean, **_steady(101, 104, ok=50, limited=6, ms=200)}
     cut = next_budget(probed, after, reports, 104.2, POLICY)
     assert cut is not None and cut.total == 10
+
+
+def test_each_process_is_paced_at_its_part_of_the_measured_rate() -> None:
+    """Issue 11: each process's own controller paced it at a rate learned
+    from its third of the answers, each its own: one held back, the site
+    under-used and the processes finishing apart. The pooled climb measures
+    the site's rate; each process sends its share's part of it."""
+    budget = Budget(total=16, changed_at=1.0, rate=50.0, answer_time=0.3)
+    parts = [
+        part_of_rate(budget, share, POLICY)
+        for share in shares(16, {"a": 99, "b": 99, "c": 99}).values()
+    ]
+    assert sum(p for p in parts if p) == pytest.approx(50 * (1 - POLICY.pace_margin))
+    # Alone on the site (the others finished): the whole rate at once.
+    assert part_of_rate(budget, 16, POLICY) == pytest.approx(49.0)
+    # Not measured yet (no pooled climb): not paced.
+    assert part_of_rate(Budget(total=16, changed_at=1.0), 16, POLICY) is None
+
+
+def test_paced_clean_and_held_by_the_pace_the_rate_is_probed_up() -> None:
+    current = Budget(total=16, changed_at=80.0, rate=45.0, answer_time=0.3)
+    reports = [Report(6, 6, 99), Report(5, 5, 99), Report(5, 5, 99)]
+    held = _steady(81, 90, ok=44, limited=0, ms=300)
+    assert next_budget(current, held, reports, 81.5, POLICY) is None  # too soon
+    probed = next_budget(current, held, reports, 85.5, POLICY)
+    assert probed is not None
+    # Measured at the first climb, unpaced: a big step, soon.
+    assert probed.rate == pytest.approx(45.0 * (1 + POLICY.first_rate_step))
+    # Each step doubles, up to four times the first.
+    steps = [probed]
+    for at in (88.5, 91.5, 94.5):
+        more = {s: Counts(80, 0, 80, 80 * 300) for s in range(81, int(at))}
+        step = next_budget(steps[-1], more, reports, at, POLICY)
+        assert step is not None
+        steps.append(step)
+    gains = [b.rate / a.rate - 1 for a, b in itertools.pairwise(steps)]  # type: ignore[operator]
+    first = POLICY.first_rate_step
+    assert gains == pytest.approx([2 * first, 4 * first, 4 * first])
+    assert probed.total == 16
+    # Answers well below the pace (something else holds them): no probe.
+    slow = _steady(81, 90, ok=20, limited=0, ms=300)
+    assert next_budget(current, slow, reports, 85.5, POLICY) is None
+    # The probe draws 429s: the climb measures the rate again.
+    # Paced at 45.9/s, the site admits 44 of 46 answers a second: the
+    # pace times the share of clean answers, a ratio that a second holding
+    # an extra beat (four processes' answers in it) does not move.
+    assert probed.rate is not None
+    pace = probed.rate * (1 - POLICY.pace_margin)
+    after = {**held, **_steady(86, 90, ok=44, limited=2, ms=300)}
+    after[88] = Counts(61, 3, 58, 58 * 300)
+    cut = next_budget(probed, after, reports, 90.2, POLICY)
+    assert cut is not None and cut.rate is not None
+    assert cut.rate == pytest.approx(pace * (44 + 44 + 58) / (46 + 46 + 61))
+    assert cut.measured_paced
+    # Measured paced: the site's rate; one small step, after a while.
+    later = _steady(91, 110, ok=44, limited=0, ms=300)
+    settled = dataclasses.replace(cut, overload=None)  # (no total to regrow)
+    assert next_budget(settled, later, reports, 94.5, POLICY) is None
+    again = next_budget(settled, later, reports, 95.5, POLICY)
+    assert again is not None
+    assert again.rate == pytest.approx(cut.rate * (1 + POLICY.rate_step))
 
 
 def test_an_unused_total_is_never_probed() -> None:
@@ -218,11 +320,54 @@ def test_a_site_idle_since_it_left_is_forgotten() -> None:
     assert list(shared.sites) == ["s1.test"]  # back: it rejoins
 
 
+def test_a_governed_slot_is_paced_at_its_part_not_by_its_own_controller() -> None:
+    """Issue 11: with a shared budget, each process's own controller paced
+    its slot at a rate learned from its part of the answers (each its own:
+    measured, 79% of the site's rate admitted, one process 14 s behind).
+    While the budget governs, the slot takes its part of the pooled rate,
+    with room in flight; without Redis, its own controller again."""
+    crawler = get_crawler()
+    throttle = JustProxiesThrottle(
+        crawler,
+        ThrottleConfig(),
+        ControllerSettings(start=4, maximum=50),
+    )
+    shared = throttle.shared = SharedBudgets(
+        crawler,
+        SharedStateConfig(),
+        None,  # type: ignore[arg-type]
+        _NoSlots(),  # type: ignore[arg-type]
+        lambda key: 4,
+        60.0,
+    )
+    key = "s.test"
+    now = throttle.clock()
+    # Its own controller paces it at 10/s (a rate it learned alone).
+    learned = Learned(4, 10.0, LimitKind.RATE, 0.3, now, 0)
+    throttle._domain(key, now).controller = DomainController(
+        throttle.controller_settings, now, learned=learned
+    )
+    assert throttle.pace_for(key) == pytest.approx(1 / (10.0 * 0.98))
+    shared.sites[key] = _Site(share=6, total=16, pace=18.4, answer_time=0.3)
+    assert throttle.pace_for(key) == pytest.approx(1 / 18.4)
+    assert throttle.limit_for(key) == math.ceil(6 * POLICY.pace_headroom) + 1
+    # Before the site's rate is measured: the share alone, unpaced.
+    shared.sites[key] = _Site(share=6, total=16)
+    assert throttle.pace_for(key) is None
+    assert throttle.limit_for(key) == 6
+    # Redis away: its own controller again, capped by the share.
+    shared.sites[key] = _Site(share=6, total=16, pace=18.4, answer_time=0.3)
+    shared.reachable = False
+    assert throttle.pace_for(key) == pytest.approx(1 / (10.0 * 0.98))
+    assert throttle.limit_for(key) <= 6
+
+
 def test_budget_and_report_round_trip() -> None:
-    budget = Budget(10, 123.5, 49.7, 0.21, 9, 12, version=3)
+    budget = Budget(10, 123.5, 49.7, 0.21, 9, 12, measured_paced=True, version=3)
     assert Budget.decode({**budget.encode(), "version": "3"}) == budget
     assert Budget.decode({"total": "x"}) is None
-    assert Report.decode(Report(5, 4, 16, 12).encode()) == Report(5, 4, 16, 12)
+    assert Report.decode(Report(5, 4, 16, 12, 1).encode()) == Report(5, 4, 16, 12, 1)
+    assert Report.decode("5,4,16,12") == Report(5, 4, 16, 12)  # the version before
 
 
 # -- settings --------------------------------------------------------------------
@@ -305,6 +450,63 @@ def test_store_writes_the_budget_with_compare_and_set(
     assert snap.budget == Budget(10, 1.0, version=1)
 
 
+def commands(db: Any) -> dict[str, int]:
+    """Calls per command so far, as INFO commandstats counts them (the
+    commands a script runs included)."""
+    return {
+        name.removeprefix("cmdstat_"): int(value["calls"])
+        for name, value in db.info("commandstats").items()
+    }
+
+
+def test_a_heartbeat_costs_redis_four_commands_at_most_on_average(
+    redis_server: RedisServer,
+) -> None:
+    """Issue 11: at most 5 commands per second per process per active site,
+    counting those a script runs. A beat is EVALSHA, TIME, HGETALL and HSET;
+    pruning and the expiry come once in five seconds for everybody."""
+    store = store_for(redis_server)
+    db = client(redis_server)
+    store.write("s.test", Budget(10, 1.0), expected=0, ttl=600)
+    store.beat("s.test", "a", Report(4, 0, 9), Counts(5, 1, 4, 800), 600)
+    before = commands(db)
+    beats = 0
+    deadline = time.monotonic() + 6.2  # every second of a five-second cycle
+    while time.monotonic() < deadline:
+        for process in ("a", "b", "c"):
+            store.beat("s.test", process, Report(4, 3, 9), Counts(5, 0, 5, 900), 600)
+            beats += 1
+        time.sleep(0.25)
+    spent = {k: v - before.get(k, 0) for k, v in commands(db).items() if k != "info"}
+    assert spent["evalsha"] == beats
+    # Pruning and refreshing the expiry: once per five seconds, not per beat.
+    assert spent.get("hdel", 0) <= 2
+    assert spent.get("expire", 0) <= 2
+    assert sum(spent.values()) <= 4 * beats + 4
+    # The whole state of a site is one key, and it expires.
+    assert db.keys("justproxies:*") == ["justproxies:{s.test}"]
+    assert 0 < db.ttl("justproxies:{s.test}") <= 600
+
+
+def test_stale_leases_and_seconds_are_pruned(redis_server: RedisServer) -> None:
+    policy = SharedPolicy(beat_seconds=0.1, lease_beats=3, keep_seconds=1)
+    store = store_for(redis_server, policy)
+    db = client(redis_server)
+    store.beat("s.test", "gone", Report(1, 0, 1), Counts(1, 0, 1, 100), 600)
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        store.beat("s.test", "a", Report(1, 0, 1), Counts(1, 0, 1, 100), 600)
+        fields = db.hkeys("justproxies:{s.test}")
+        if "p:gone" not in fields and len(fields) <= 4:
+            break
+        time.sleep(0.2)
+    fields = db.hkeys("justproxies:{s.test}")
+    assert "p:gone" not in fields
+    # This process's lease and the few seconds kept (keep_seconds plus the
+    # ones since the last prune).
+    assert len([f for f in fields if f.startswith("s:")]) <= 7
+
+
 # -- real crawl processes through the sandbox gateway -----------------------------
 
 HOST = "shared.test"
@@ -318,9 +520,9 @@ SITE = {
 }
 
 
-def keys(prefix: str = "justproxies") -> tuple[str, str, str]:
-    base = f"{prefix}:{{{HOST}}}"
-    return f"{base}:leases", f"{base}:reports", base
+def site_key(prefix: str = "justproxies") -> str:
+    """The site's one hash: budget, leases and reports, pooled seconds."""
+    return f"{prefix}:{{{HOST}}}"
 
 
 def client(server: RedisServer) -> Any:
@@ -381,13 +583,10 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 def live_state(db: Any) -> tuple[dict[str, int], int | None]:
     """Each live process's reported share, and the site's budget."""
-    leases, reports, budget = keys()
-    now_ms = int(db.time()[0]) * 1000 + int(db.time()[1]) // 1000
-    live = db.zrangebyscore(leases, now_ms, "+inf")
-    raw = db.hmget(reports, live) if live else []
-    share = {p: Report.decode(r).share for p, r in zip(live, raw, strict=True) if r}
-    total = db.hget(budget, "total")
-    return share, int(total) if total else None
+    seconds, micros = db.time()
+    snap = parse_site(db.hgetall(site_key()), int(seconds) * 1000 + int(micros) // 1000)
+    share = {p: r.share for p, r in snap.reports.items()}
+    return share, snap.budget.total if snap.budget else None
 
 
 def finish(crawls: list[RunningCrawl]) -> list[CrawlResult]:
@@ -447,7 +646,7 @@ def test_three_processes_share_one_budget(
         assert_no_secret(result, sandbox)
     assert_no_redis_secret(results, redis_server)
     # Every process gave its lease back when it closed.
-    assert db.zcard(keys()[0]) == 0
+    assert not [f for f in db.hkeys(site_key()) if f.startswith("p:")]
     assert site(sandbox, HOST)["admitted"] == 450
 
 
