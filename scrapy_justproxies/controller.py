@@ -875,6 +875,11 @@ class DomainController:
         self._clean_pace: float | None = None
         # The rate measured at the last climb while paced (or learned).
         self._paced_measure: float | None = None
+        # Paced answers and 429s since the pace last changed: a pace a
+        # little above the site's rate draws one 429 a window, too few for a
+        # window to tell, but not for several.
+        self._pace_samples = 0
+        self._pace_429s = 0
         # (admitted rate, answer time) of the last measured climbs.
         self._climbs: list[tuple[float, float]] = []
         if learned is not None:
@@ -1198,7 +1203,11 @@ class DomainController:
 
     # -- paced: a rate limit ---------------------------------------------------
 
+    def _pace_count_reset(self) -> None:
+        self._pace_samples = self._pace_429s = 0
+
     def _enter_paced(self, now: float, pace_rate: float) -> None:
+        self._pace_count_reset()
         self._pace_rate = max(pace_rate, _MIN_PACE_RATE)
         self._pace_step = self._settings.pace_step
         self._paced_since = now
@@ -1234,13 +1243,25 @@ class DomainController:
         answer_time = ev.answer_time()
         if self._in_flight_evidence() and rate and answer_time:
             return self._leave_pacing(now, rate, answer_time)
-        if w.rate_limited >= _PACED_429S:
-            # 429s below the climb's trigger, but more than a stray one: a
-            # pace a little above the site's rate, which admits the rest.
-            admitted = self._pace_rate * (1 - w.rate_limited / w.samples)
-            self._pace_rate = admitted * (1 - s.pace_margin)
+        self._pace_samples += w.samples
+        self._pace_429s += w.rate_limited
+        leaking = (
+            self._pace_429s >= _PACED_429S
+            and self._pace_429s > s.tolerated_share * self._pace_samples
+        )
+        if w.rate_limited >= _PACED_429S or leaking:
+            # 429s below the climb's trigger, but more than a stray one (in
+            # this window, or above the tolerated share over the windows
+            # since the pace last changed): a pace a little above the site's
+            # rate, which admits the rest.
+            if w.rate_limited >= _PACED_429S:
+                share = w.rate_limited / w.samples
+            else:
+                share = self._pace_429s / self._pace_samples
+            self._pace_rate = self._pace_rate * (1 - share) * (1 - s.pace_margin)
             self._paced_since = now
             self._pace_step = s.pace_step
+            self._pace_count_reset()
             return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
         reason = Reason.REDERIVE
         clean = w.rate_limited <= s.tolerated_share * w.samples
@@ -1262,6 +1283,7 @@ class DomainController:
             near = known is not None and self._pace_rate < known * _NEAR
             step = s.pace_step if near else self._pace_step
             self._pace_rate *= 1 + (_MAX_PACE_STEP if known is None else step)
+            self._pace_count_reset()
             if not near:
                 self._pace_step = min(self._pace_step * 2, _MAX_PACE_STEP)
             reason = Reason.PROBE
@@ -1286,6 +1308,7 @@ class DomainController:
         # admitted rate also counts a burst spent just before).
         ok_share = ev.ok_share_of_climb()
         ev.reset_climb()
+        self._pace_count_reset()
         self._paced_since = now
         self._pace_step = s.pace_step
         if rate is None or answer_time is None:
