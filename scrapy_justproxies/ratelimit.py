@@ -31,7 +31,7 @@ import os
 import pickle
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from scrapy import signals
 from scrapy.exceptions import DontCloseSpider, IgnoreRequest, NotConfigured
@@ -163,8 +163,6 @@ class JustProxiesRateLimitMiddleware:
             return response
         if status != 429:
             self._learn_latency(meta)
-            if self.holds and status < 400:
-                self._check_hold(meta)
             return response
         if meta.get("dont_retry"):
             meta["dont_cache"] = True
@@ -357,18 +355,14 @@ class JustProxiesRateLimitMiddleware:
         retry_after = min(retry_after, self.throttle.retry_after_max)
         now = time.monotonic()
         until = closed_until(
-            now, retry_after, self.latency.get(key), self.refusals.pop(key, None)
+            now, retry_after, self.latency.get(key), self.refusals.get(key)
         )
-        self.refusals[key] = Refusal(now, now + retry_after)
-        if len(self.refusals) > LATENCY_KEYS:
-            del self.refusals[next(iter(self.refusals))]  # least recently used
+        _keep_recent(self.refusals, key, Refusal(now, now + retry_after))
         if until is None:
             return None
-        took = meta.get("download_latency")
-        sent = now - (took if isinstance(took, float) else 0.0)
         hold = self.holds.get(key)
         if hold is None or hold[1] <= now:
-            self.holds[key] = (sent, until)
+            self.holds[key] = (_sent_at(meta, now), until)
             probe = probe_delay(until - now)
             if probe is not None:
                 call_later(probe, self.guard.probe, key)
@@ -391,14 +385,10 @@ class JustProxiesRateLimitMiddleware:
         if hold[1] <= now:
             del self.holds[key]
             return
-        took = meta.get("download_latency")
-        sent = now - (took if isinstance(took, float) else 0.0)
-        if not disproves_closed(hold[0], hold[1], sent):
+        if not disproves_closed(hold[0], hold[1], _sent_at(meta, now)):
             return
         del self.holds[key]
-        self.distrusted[key] = None
-        if len(self.distrusted) > LATENCY_KEYS:
-            del self.distrusted[next(iter(self.distrusted))]
+        _keep_recent(self.distrusted, key, None)
         self.guard.resume(key)
         self._inc("justproxies/retries/slot_hold_disproved")
         logger.info(
@@ -412,10 +402,7 @@ class JustProxiesRateLimitMiddleware:
         latency = meta.get("download_latency")
         if isinstance(latency, float):
             key = meta.get("download_slot", "")
-            known = self.latency.pop(key, None)
-            self.latency[key] = ewma(known, latency)
-            if known is None and len(self.latency) > LATENCY_KEYS:
-                del self.latency[next(iter(self.latency))]  # least recently used
+            _keep_recent(self.latency, key, ewma(self.latency.get(key), latency))
 
     def _inc(self, key: str, count: int = 1) -> None:
         if self.stats is not None:
@@ -483,3 +470,21 @@ def check_rate_limit_order(settings: BaseSettings) -> None:
             f"HttpCacheMiddleware's {cache}, so the cache would store 429s and "
             f"answer every retry from there; use {RATE_LIMIT_PRIORITY}."
         )
+
+
+_V = TypeVar("_V")
+
+
+def _keep_recent(items: dict[str, _V], key: str, value: _V) -> None:
+    """Set ``items[key]`` as the most recently used of at most
+    :data:`LATENCY_KEYS` (per-slot memory stays bounded on broad crawls)."""
+    items.pop(key, None)
+    items[key] = value
+    if len(items) > LATENCY_KEYS:
+        del items[next(iter(items))]  # least recently used
+
+
+def _sent_at(meta: dict[str, Any], now: float) -> float:
+    """When the request of an answer that came ``now`` was sent."""
+    took = meta.get("download_latency")
+    return now - (took if isinstance(took, float) else 0.0)
