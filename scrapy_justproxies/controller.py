@@ -605,6 +605,9 @@ measured its rate while a token bucket's burst was being spent
 _MIN_PACE_RATE = 0.1
 """Slowest pace (sends per second): a site that refuses nearly everything
 is still asked now and then."""
+_SHORTEST_ANSWER = 0.001
+"""Seconds an answer is taken to have taken at least: a coarse clock (15 ms
+on Windows) or a cache can make it 0, and the rate's level divides by it."""
 _CLIMBS_KEPT = 6
 """Measured climbs kept to tell the kind of limit."""
 _DISTINCT_TIMES = 0.4
@@ -706,7 +709,7 @@ class Evidence:
             self.ok_times.append(now)
             _keep_last(
                 self.answer_times,
-                max(0.0, now - ticket.sent_at),
+                max(_SHORTEST_ANSWER, now - ticket.sent_at),
                 self.ANSWER_TIME_SAMPLES,
             )
             self.ok_since_step += 1
@@ -938,6 +941,20 @@ class DomainController:
     def rate(self) -> float | None:
         """Admitted answers per second when the 429s last climbed."""
         return self._rate
+
+    @property
+    def untouched(self) -> bool:
+        """Nothing learned that a fresh controller would not start with: no
+        limit, rate or kind found, not paced, not warm-started (the limit
+        may have grown from the start, as a fresh one's would)."""
+        return (
+            self._phase in (Phase.SLOW_START, Phase.GROW)
+            and self._overload_level is None
+            and self._rate is None
+            and self._kind is LimitKind.UNKNOWN
+            and self._pace_rate is None
+            and self._learned_at is None
+        )
 
     @property
     def epoch(self) -> int:

@@ -943,3 +943,22 @@ def test_nothing_learned_before_enough_answers() -> None:
     ctl = DomainController(MOBILE_SLOW, now=0.0)
     assert ctl.phase is Phase.SLOW_START
     assert ctl.learned(0.0) is None
+
+
+@pytest.mark.parametrize("slow_start", [0, 2])
+def test_answers_that_take_no_time_are_judged(slow_start: int) -> None:
+    """A coarse clock (15 ms on Windows) or a cache makes answers take 0 s:
+    the controller still judges the 429s (it once divided by the answer
+    time and raised ZeroDivisionError)."""
+    settings = replace(LOW_START, slow_start=slow_start)
+    controller = DomainController(settings, 0.0)
+    now = 0.0
+    changes = []
+    for i in range(400):
+        now += 0.01
+        ticket = controller.on_sent(now, controller.limit)
+        controller.record(ticket, Outcome.RATE_LIMITED if i % 3 else Outcome.OK, now)
+        decision = controller.decide(now)
+        if decision is not None and decision.changed:
+            changes.append(decision)
+    assert changes and controller.limit < max(settings.start, changes[0].old_limit)

@@ -14,6 +14,7 @@ from scrapy_justproxies.config import ThrottleConfig
 from scrapy_justproxies.controller import ControllerSettings
 from scrapy_justproxies.throttle import (
     IDLE_SECONDS,
+    QUIET_SECONDS,
     REMEMBERED_DOMAINS,
     SWEEP_SECONDS,
     JustProxiesThrottle,
@@ -97,3 +98,59 @@ def test_a_live_domain_costs_little_memory() -> None:
         tracemalloc.stop()
     assert len(throttle.domains) == len(keys) + 1
     assert grown / len(keys) < 2_000, f"{grown / len(keys):.0f} bytes per domain"
+
+
+def test_a_quiet_domain_that_learned_nothing_keeps_only_its_counts() -> None:
+    """Quiet for QUIET_SECONDS with no 429, no limit found: the controller
+    goes, the counts stay and go on adding up when the domain is back, which
+    starts afresh (where a new domain starts)."""
+    clock = Clock()
+    throttle = make_throttle(clock)
+    fresh = make_throttle(Clock()).limit_for("fresh.test")
+    for _ in range(20):
+        clock.now += 0.05
+        answer(throttle, "easy.test")
+    assert throttle.domains["easy.test"].controller is not None
+    clock.now += QUIET_SECONDS + SWEEP_SECONDS
+    answer(throttle, "other.test")  # a sample triggers the sweep
+    easy = throttle.domains["easy.test"]
+    assert easy.controller is None
+    assert easy.counts.answers == 20
+    assert throttle.crawler.stats.get_value("justproxies/domains/quiet") == 1
+    answer(throttle, "easy.test")
+    assert easy.controller is not None
+    assert easy.counts.answers == 21
+    assert throttle.limit_for("easy.test") == fresh
+
+
+def test_a_quiet_domain_that_learned_its_limit_keeps_it() -> None:
+    """A domain that drew 429s learned a limit: quiet, it keeps its
+    controller until IDLE_SECONDS, then its limit is remembered."""
+    clock = Clock()
+    throttle = make_throttle(clock)
+    for i in range(300):
+        clock.now += 0.02
+        answer(throttle, "strict.test", 429 if i % 3 == 0 else 200)
+    learned = throttle.limit_for("strict.test")
+    assert throttle.domains["strict.test"].counts.rate_limited > 0
+    clock.now += QUIET_SECONDS + SWEEP_SECONDS
+    answer(throttle, "other.test")
+    assert throttle.domains["strict.test"].controller is not None
+    assert throttle.limit_for("strict.test") == learned
+
+
+def test_a_broad_crawl_keeps_controllers_only_for_the_recent_domains() -> None:
+    """20,000 sites visited in turn at 250 requests/s (each seen every 80 s,
+    as in the soak benchmark), none rate-limited: the controllers kept are
+    those of the last QUIET_SECONDS (+ a sweep), not of every site seen in
+    the last IDLE_SECONDS, and the answers are all counted."""
+    clock = Clock()
+    throttle = make_throttle(clock)
+    sites = 20_000
+    for n in range(3 * sites):
+        clock.now += 1 / 250
+        answer(throttle, f"s{n % sites}.test")
+    live = sum(1 for d in throttle.domains.values() if d.controller is not None)
+    assert live <= (QUIET_SECONDS + SWEEP_SECONDS) * 250 + 1
+    assert len(throttle.domains) == sites
+    assert sum(d.counts.answers for d in throttle.domains.values()) == 3 * sites
