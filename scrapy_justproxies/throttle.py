@@ -82,6 +82,17 @@ start's estimate (``ControllerSettings.slow_start_pace_share``): a per-IP
 limit is a few requests per second, and a token bucket's burst spent in the
 first second inflates slow start's measure several times over."""
 
+EXIT_SLOW_START_RATE: Final = 8.0
+"""A static exit's (exit, site) pair slow-starts rate-first
+(``ControllerSettings.slow_start_rate``): its first sends are paced at this
+many per second (slow start's first volley of 4, over half a second), the
+pace grows with each clean answer, and each 429 to a request sent after the
+last cut cuts it at once. A per-IP budget is a rate, often a few requests
+per second with a burst that hides an overload for seconds: slow start's
+volleys, doubling every answer time, were several times the rate when the
+burst ran out (a 5 req/s exit: 12% of its answers were 429, most in the
+first two seconds)."""
+
 # Crawl-wide stats; per-domain ones are written at close for the top domains.
 ANSWERS_TOTAL: Final = "justproxies/answers/total"
 RATE_LIMITED_TOTAL: Final = "justproxies/rate_limited/total"
@@ -153,6 +164,7 @@ class JustProxiesThrottle:
             capped_min_inflight=max(
                 controller_settings.capped_min_inflight, EXIT_CAPPED_MIN_INFLIGHT
             ),
+            slow_start_rate=controller_settings.slow_start_rate or EXIT_SLOW_START_RATE,
         )
         self.clock = clock
         self.stats = crawler.stats
