@@ -224,6 +224,10 @@ class ControllerSettings:
     pace_headroom: float = 1.25
     """Paced, the concurrency is this much above what the paced rate keeps
     in flight (Little's law), so the pace, not the concurrency, decides."""
+    paced_trim_samples: int = 0
+    """Paced, a window with two 429s is judged (the pace trimmed by their
+    share) as soon as it has this many answers, not when it is full
+    (``window_seconds`` and ``min_samples``); 0: only when full."""
     slow_start_rate: float = 0.0
     """Above 0, slow start is rate-first: its sends are paced, from this
     many per second, and each clean answer raises the pace by
@@ -303,6 +307,11 @@ class ControllerSettings:
             self.capped_min_inflight >= 0,
             "capped_min_inflight",
             f"must be at least 0, got {self.capped_min_inflight}",
+        )
+        _check(
+            self.paced_trim_samples >= 0,
+            "paced_trim_samples",
+            f"must be at least 0, got {self.paced_trim_samples}",
         )
         _check(
             self.slow_start_rate >= 0,
@@ -1083,6 +1092,15 @@ class DomainController:
         if self._phase is Phase.SLOW_START:
             return self._slow_start_step(now)
         w = ev.window
+        if (
+            self._phase is Phase.PACED
+            and s.paced_trim_samples
+            and w.rate_limited >= _PACED_429S
+            and w.samples >= s.paced_trim_samples
+        ):
+            # A few 429s at a pace: judged now, not when the window is full
+            # (at a few answers per second, a full window takes seconds).
+            return self._paced_window(now)
         if now - w.start < s.window_seconds or w.samples < s.min_samples:
             return None
         if self._phase is Phase.PACED:

@@ -92,6 +92,11 @@ per second with a burst that hides an overload for seconds: slow start's
 volleys, doubling every answer time, were several times the rate when the
 burst ran out (a 5 req/s exit: 12% of its answers were 429, most in the
 first two seconds)."""
+EXIT_PACED_TRIM_SAMPLES: Final = 5
+"""A static exit's pair, paced, trims its pace as soon as two of a window's
+first 5 or more answers are 429s (``ControllerSettings.paced_trim_samples``):
+at a few requests per second a full window (20 answers) takes seconds, and
+each of them more 429s."""
 
 # Crawl-wide stats; per-domain ones are written at close for the top domains.
 ANSWERS_TOTAL: Final = "justproxies/answers/total"
@@ -165,6 +170,8 @@ class JustProxiesThrottle:
                 controller_settings.capped_min_inflight, EXIT_CAPPED_MIN_INFLIGHT
             ),
             slow_start_rate=controller_settings.slow_start_rate or EXIT_SLOW_START_RATE,
+            paced_trim_samples=controller_settings.paced_trim_samples
+            or EXIT_PACED_TRIM_SAMPLES,
         )
         self.clock = clock
         self.stats = crawler.stats

@@ -46,7 +46,11 @@ from scrapy_justproxies.report import read_trace
 from scrapy_justproxies.sandbox import run_sandbox_process
 from scrapy_justproxies.sandbox.config import ConfigError, SandboxConfig
 from scrapy_justproxies.slots import SlotGuard
-from scrapy_justproxies.throttle import EXIT_SLOW_START_RATE, JustProxiesThrottle
+from scrapy_justproxies.throttle import (
+    EXIT_PACED_TRIM_SAMPLES,
+    EXIT_SLOW_START_RATE,
+    JustProxiesThrottle,
+)
 from tests.sim_site import TokenBucket, simulate
 from tests.test_crawl import (
     ADDON,
@@ -521,10 +525,11 @@ def test_static_exit_pairs_start_pacing_lower() -> None:
     pair = throttle._settings_for("a|shop.test")
     assert (pair.slow_start_pace_share, pair.capped_min_inflight) == (0.5, 6)
     assert pair.slow_start_rate == EXIT_SLOW_START_RATE
+    assert pair.paced_trim_samples == EXIT_PACED_TRIM_SAMPLES
     for key in ("shop.test", "c|shop.test"):  # not an exit's pair
         plain = throttle._settings_for(key)
         assert (plain.slow_start_pace_share, plain.capped_min_inflight) == (1.0, 0)
-        assert plain.slow_start_rate == 0
+        assert (plain.slow_start_rate, plain.paced_trim_samples) == (0, 0)
 
 
 def test_a_pair_slow_starts_rate_first() -> None:
@@ -576,6 +581,27 @@ def test_faster_exits_keep_their_rate(rate: float, burst: float) -> None:
     assert share <= sum(r.share_429() for r in before) / len(before)
     goodput = sum(r.goodput(0, 30) for r in runs) / len(runs)
     assert goodput >= 0.8 * rate
+
+
+def test_two_paced_429s_trim_the_pace_before_the_window_is_full() -> None:
+    """Paced at 6/s on an IP that admits 5: two 429s among the first
+    answers of a window trim the pace at once (a full window of 20 answers
+    takes 3 s there)."""
+    learned = Learned(2, 6.0 / 0.98, LimitKind.RATE, 0.3, 0.0, 200)
+    quick = DomainController(replace(EXIT_PAIR, paced_trim_samples=5), 0.0, learned)
+    slow = DomainController(replace(EXIT_PAIR, paced_trim_samples=0), 0.0, learned)
+    t = 1.0  # past the warm start's settling
+    trimmed = []
+    for i, outcome in enumerate([Outcome.OK] * 3 + [Outcome.RATE_LIMITED] * 2):
+        now = t + 0.2 * i
+        for ctl in (quick, slow):
+            ctl.record(ctl.on_sent(now - 0.3, 1), outcome, now)
+            decision = ctl.decide(now)
+            if decision is not None and decision.reason is Reason.BACKOFF:
+                trimmed.append(ctl)
+    assert trimmed == [quick]
+    assert quick.pace_rate is not None and quick.pace_rate < 6.0 * 0.7
+    assert slow.pace_rate == pytest.approx(6.0)
 
 
 def test_a_very_strict_ip_is_not_flooded_at_the_start() -> None:
