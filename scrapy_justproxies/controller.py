@@ -530,7 +530,7 @@ class Decision:
     """The lowest level known to draw 429s, after this decision."""
     pace_rate: float | None = None
     """Sends per second the site is paced at after this decision (None:
-    unpaced)."""
+    unpaced), in ``PACED`` or in a rate-first slow start."""
 
     @property
     def changed(self) -> bool:
@@ -1638,7 +1638,9 @@ class DomainController:
             samples=w.samples,
             rate_limited=w.rate_limited,
             overload_level=self._overload_level,
-            pace_rate=self._pace_rate,
+            pace_rate=self._pace_rate
+            if self._ramp is None
+            else self._ramp.rate,  # rate-first slow start: its pace
         )
         if target != self._limit:
             if not keep_last_good:
