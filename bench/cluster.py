@@ -61,13 +61,18 @@ class ShareWatch:
             decode_responses=True, socket_timeout=1.0,
         )  # fmt: skip
         self.key = key
-        self.lease_ms = int(SharedPolicy().lease_seconds * 1000)
+        self.lease_ms = int(self.policy().lease_seconds * 1000)
         self.restarted_at = restarted_at
         self.seeded_at: float | None = None
         """The budget's ``changed_at`` when first seen after the restart."""
         self.beats: dict[str, float] = {}
         """Each process's first heartbeat (Redis time) that read the budget."""
         self.done_at: float | None = None
+
+    @staticmethod
+    def policy() -> SharedPolicy:
+        """The crawl processes' (the default): its lease length."""
+        return SharedPolicy()
 
     def poll(self, live: int) -> None:
         """One look, with ``live`` crawl processes still running."""
@@ -85,7 +90,7 @@ class ShareWatch:
                 continue
             beat = (int(value.partition(",")[0]) - self.lease_ms) / 1000
             if (
-                beat >= self.seeded_at - 0.001
+                beat >= self.seeded_at - 1e-6  # the same ms: the seeder
                 and beat * 1000 + self.lease_ms > now * 1000
             ):
                 self.beats[name] = beat
