@@ -6,6 +6,7 @@ the sandbox's gateway to a site that limits each exit IP on its own.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import replace
@@ -649,6 +650,39 @@ def test_a_fresh_429_cuts_the_rate_first_pace_at_once() -> None:
     assert ctl.phase is Phase.PACED
     assert decision.reason is Reason.BACKOFF
     assert ctl.pace_rate == pytest.approx(3.75)
+
+
+def test_probes_after_a_halved_ramp_stay_below_the_pace_it_refused() -> None:
+    """A rate-first slow start halved once (8 -> 4/s) and clean after: the
+    rate is unmeasured, so the pace is probed up in full steps, but never to
+    the pace a 429 cut (8/s), and then in small ones (a site that admits
+    more, as this one, is found by them). Answers take 0.3 s."""
+    ctl = DomainController(replace(EXIT_PAIR, slow_start_rate=8.0), 0.0)
+    ctl.record(ctl.on_sent(0.0, 1), Outcome.RATE_LIMITED, 0.1)
+    ctl.decide(0.1)
+    assert ctl.pace(0.1) == pytest.approx(1 / 4)
+    answers: list[tuple[float, Any]] = []
+    t, paces = 0.1 + 2 / 4, []
+    while t < 60:
+        while answers and answers[0][0] <= t:
+            at, ticket = answers.pop(0)
+            ctl.record(ticket, Outcome.OK, at)
+            ctl.decide(at)
+            if ctl.pace_rate is not None:
+                paces.append((at, ctl.pace_rate))
+        answers.append((t + 0.3, ctl.on_sent(t, len(answers) + 1)))
+        gap = ctl.pace(t)
+        assert gap is not None  # paced throughout
+        t += gap
+    rates = [p for _, p in paces]
+    assert rates[0] == pytest.approx(4.0)  # paced where the cut left it
+    cap = 8.0 * 0.98
+    reached = next(i for i, p in enumerate(rates) if p >= cap - 1e-9)
+    assert rates[reached] == pytest.approx(cap)  # full steps stop there
+    ups = [b / a for a, b in itertools.pairwise(rates) if b > a]
+    assert max(ups[: reached + 1]) <= 1.1 + 1e-9
+    after = [b / a for a, b in itertools.pairwise(rates[reached:]) if b > a]
+    assert after and after[0] <= 1.01 + 1e-9  # then small ones
 
 
 def test_pairs_warm_start_from_the_state_file(tmp_path: Path) -> None:
