@@ -46,12 +46,18 @@ TARGET_REESTABLISHED_S = 10.0
 class ShareWatch:
     """After Redis comes back (empty: no persistence): how soon every live
     process holds its share of the site's budget from Redis again, read from
-    Redis itself. A process has its share again at its first heartbeat that
-    read the site's budget back (the heartbeat script writes the process's
-    lease, ``p:<process>`` = ``<lease end, Redis ms>,<report>``, and returns
-    the hash in the same call): a heartbeat at or after the Redis time the
-    budget was re-seeded at (its ``changed_at``). Redis time (the machine's
-    clock), from ``restarted_at``: when ``redis-server`` was started again."""
+    Redis itself. A process has its share again once a heartbeat of its read
+    the site's budget back (the heartbeat script writes the process's lease,
+    ``p:<process>`` = ``<lease end, Redis ms>,<report>``, and returns the
+    hash in the same call). Counted: the heartbeat that re-seeded the budget
+    (the seeder's, at the budget's ``changed_at``), and any heartbeat after
+    a look that found the budget there. A heartbeat between the budget's
+    write and that look counts only at its next one, so the figure is at
+    most one heartbeat (1 s) late, never early (the processes beat in the
+    middle of the same Redis second: the others' first heartbeats after the
+    restart may come before the seeder's write, and read no budget). Redis
+    time (the machine's clock), from ``restarted_at``: when
+    ``redis-server`` was started again."""
 
     def __init__(self, redis: Any, key: str, restarted_at: float) -> None:
         import redis as redis_py  # noqa: PLC0415 - the plugin's redis extra
@@ -65,6 +71,8 @@ class ShareWatch:
         self.restarted_at = restarted_at
         self.seeded_at: float | None = None
         """The budget's ``changed_at`` when first seen after the restart."""
+        self.seen_at: float | None = None
+        """Redis time just after the first look that found the budget."""
         self.beats: dict[str, float] = {}
         """Each process's first heartbeat (Redis time) that read the budget."""
         self.done_at: float | None = None
@@ -78,20 +86,22 @@ class ShareWatch:
         """One look, with ``live`` crawl processes still running."""
         if self.done_at is not None:
             return
-        seconds, micros = self.client.time()
-        now = seconds + micros / 1e6
         fields = {str(k): str(v) for k, v in self.client.hgetall(self.key).items()}
+        seconds, micros = self.client.time()  # after: the budget was there
+        now = seconds + micros / 1e6
         if "changed_at" in fields and self.seeded_at is None:
             self.seeded_at = float(fields["changed_at"])
-        if self.seeded_at is None:
+            self.seen_at = now
+            return  # a heartbeat seen now may have come before the write
+        if self.seeded_at is None or self.seen_at is None:
             return
         for name, value in fields.items():
             if not name.startswith("p:") or name in self.beats:
                 continue
             beat = (int(value.partition(",")[0]) - self.lease_ms) / 1000
-            if (
-                beat >= self.seeded_at - 1e-6  # the same ms: the seeder
-                and beat * 1000 + self.lease_ms > now * 1000
+            seeder = abs(beat - self.seeded_at) < 1e-6
+            if (seeder or beat > self.seen_at) and beat * 1000 + self.lease_ms > (
+                now * 1000
             ):
                 self.beats[name] = beat
         # Processes that finished meanwhile left the hash: count those here.
