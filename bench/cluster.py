@@ -36,8 +36,93 @@ from scrapy_justproxies.presets import PRESETS
 from scrapy_justproxies.sandbox import SandboxProcess, run_sandbox_process
 from scrapy_justproxies.sandbox.crawl import start_crawl
 from scrapy_justproxies.sandbox.redis_server import run_redis
+from scrapy_justproxies.shared import SharedPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
+TARGET_SHARE_429_IN_OUTAGE = 0.05
+TARGET_REESTABLISHED_S = 10.0
+
+
+class ShareWatch:
+    """After Redis comes back (empty: no persistence): how soon every live
+    process holds its share of the site's budget from Redis again, read from
+    Redis itself. A process has its share again once a heartbeat of its read
+    the site's budget back (the heartbeat script writes the process's lease,
+    ``p:<process>`` = ``<lease end, Redis ms>,<report>``, and returns the
+    hash in the same call). Counted: the heartbeat that re-seeded the budget
+    (the seeder's, at the budget's ``changed_at``), and any heartbeat after
+    a look that found the budget there. A heartbeat between the budget's
+    write and that look counts only at its next one, so the figure is at
+    most one heartbeat (1 s) late, never early (the processes beat in the
+    middle of the same Redis second: the others' first heartbeats after the
+    restart may come before the seeder's write, and read no budget). Redis
+    time (the machine's clock), from ``restarted_at``: when
+    ``redis-server`` was started again."""
+
+    def __init__(self, redis: Any, key: str, restarted_at: float) -> None:
+        import redis as redis_py  # noqa: PLC0415 - the plugin's redis extra
+
+        self.client = redis_py.Redis(
+            host="127.0.0.1", port=redis.port, password=redis.password,
+            decode_responses=True, socket_timeout=1.0,
+        )  # fmt: skip
+        self.key = key
+        self.lease_ms = int(self.policy().lease_seconds * 1000)
+        self.restarted_at = restarted_at
+        self.seeded_at: float | None = None
+        """The budget's ``changed_at`` when first seen after the restart."""
+        self.seen_at: float | None = None
+        """Redis time just after the first look that found the budget."""
+        self.beats: dict[str, float] = {}
+        """Each process's first heartbeat (Redis time) that read the budget."""
+        self.done_at: float | None = None
+
+    @staticmethod
+    def policy() -> SharedPolicy:
+        """The crawl processes' (the default): its lease length."""
+        return SharedPolicy()
+
+    def poll(self, live: int) -> None:
+        """One look, with ``live`` crawl processes still running."""
+        if self.done_at is not None:
+            return
+        fields = {str(k): str(v) for k, v in self.client.hgetall(self.key).items()}
+        seconds, micros = self.client.time()  # after: the budget was there
+        now = seconds + micros / 1e6
+        if "changed_at" in fields and self.seeded_at is None:
+            self.seeded_at = float(fields["changed_at"])
+            self.seen_at = now
+            return  # a heartbeat seen now may have come before the write
+        if self.seeded_at is None or self.seen_at is None:
+            return
+        for name, value in fields.items():
+            if not name.startswith("p:") or name in self.beats:
+                continue
+            beat = (int(value.partition(",")[0]) - self.lease_ms) / 1000
+            seeder = abs(beat - self.seeded_at) < 1e-6
+            if (seeder or beat > self.seen_at) and beat * 1000 + self.lease_ms > (
+                now * 1000
+            ):
+                self.beats[name] = beat
+        # Processes that finished meanwhile left the hash: count those here.
+        holding = [self.beats[name] for name in self.beats if name in fields]
+        if live and len(holding) >= live:
+            self.done_at = max(holding)
+
+    def seconds(self) -> float | None:
+        """From the restart until the last live process had its share back;
+        None if that never happened."""
+        if self.done_at is None:
+            return None
+        return round(self.done_at - self.restarted_at, 2)
+
+    def each(self) -> list[float]:
+        """Each process's first heartbeat that read the budget, from the
+        restart."""
+        return sorted(round(b - self.restarted_at, 2) for b in self.beats.values())
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def log(message: str) -> None:
@@ -70,11 +155,12 @@ def run_one(
         password=sandbox.password,
     )
     settings = {**spec.settings, "JUSTPROXIES_STATE_FILE": None}
+    host = scenario.site.host
+    prefix = f"bench-{time.time_ns()}"
     if variant == SHARED:
         settings["JUSTPROXIES_SHARED_STATE"] = redis.url
         # Each run starts from nothing, like the local variant.
-        settings["JUSTPROXIES_SHARED_STATE_PREFIX"] = f"bench-{time.time_ns()}"
-    host = scenario.site.host
+        settings["JUSTPROXIES_SHARED_STATE_PREFIX"] = prefix
     sandbox.client.configure(
         {
             "gateway": {"users": {sandbox.user: sandbox.password}},
@@ -109,6 +195,7 @@ def run_one(
     started = time.monotonic()
     killed_at = outage = None
     killed = False
+    watch: ShareWatch | None = None
     finished: dict[int, float] = {}
     while any(c.process.poll() is None for c in crawls):
         elapsed = time.monotonic() - started
@@ -124,8 +211,12 @@ def run_one(
                 redis.stop()
                 outage = [sandbox.client.stats()["elapsed"], None]
             elif outage is not None and outage[1] is None and elapsed >= start + length:
+                restarted_at = time.time()  # Redis TIME is this clock too
                 redis.start()
+                watch = ShareWatch(redis, f"{prefix}:{{{host}}}", restarted_at)
                 outage[1] = sandbox.client.stats()["elapsed"]
+            if watch is not None:
+                watch.poll(sum(c.process.poll() is None for c in crawls))
         if elapsed > scenario.timeout + 90:
             break
         time.sleep(0.1)
@@ -180,6 +271,10 @@ def run_one(
             r.log.count("is unreachable") for r in results
         ]
         record["rejoined"] = ["reachable again" in r.log for r in results]
+        if watch is not None:
+            record["shares_reestablished_s"] = watch.seconds()
+            record["shares_reestablished_each_s"] = watch.each()
+            watch.close()
     if variant == SHARED and outage is None:  # a restart resets the counters
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         # Every process's time, the killed one's up to its kill: its
@@ -210,12 +305,19 @@ def summary(name: str, record: dict[str, Any]) -> str:
         "lost",
         "recovered_after_s",
         "share_429_in_outage",
+        "shares_reestablished_s",
         "redis_round_trips_per_process_s",
         "redis_commands_per_process_s",
         "secret_leaked",
     )
+    targets = {
+        "share_429_in_outage": f" (target <= {TARGET_SHARE_429_IN_OUTAGE:g})",
+        "shares_reestablished_s": f" (target <= {TARGET_REESTABLISHED_S:g} s "
+        "after Redis is back)",
+    }
     shown = ", ".join(
-        f"{k}={record[k]:.3f}" if isinstance(record[k], float) else f"{k}={record[k]}"
+        (f"{k}={record[k]:.3f}" if isinstance(record[k], float) else f"{k}={record[k]}")
+        + targets.get(k, "")
         for k in keys
         if k in record
     )

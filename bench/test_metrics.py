@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import time
 import xml.etree.ElementTree as ET
 
 import charts
@@ -14,9 +15,14 @@ import metrics as m
 import pytest
 import report
 import scenarios
+from cluster import ShareWatch
 from metrics import Second
+from scrapy.settings import Settings
 
+from scrapy_justproxies.config import SharedStateConfig
 from scrapy_justproxies.presets import PRESETS
+from scrapy_justproxies.sandbox.redis_server import run_redis, server_binary
+from scrapy_justproxies.shared import Budget, Counts, RedisStore, Report
 
 
 def buckets(*rows: tuple[int, int, int, int]) -> list[dict[str, int]]:
@@ -563,3 +569,43 @@ def test_spend_line_compares_the_plugin_for_the_same_pages() -> None:
     assert "AutoThrottle" not in line
     steady = scenarios.select(scenarios.build_scenarios(quick=True), "steady")[0]
     assert report.spend_line(steady, rows) == ""
+
+
+def test_share_watch_waits_for_each_live_process_to_read_the_budget() -> None:
+    """``bench/cluster.py``'s re-established shares, against Debian's
+    redis-server written by the plugin's own heartbeat script: the seeder
+    counts at its heartbeat; another process only at a heartbeat after a
+    look found the budget (one before the write read no budget; one between
+    the write and the look is counted at its next)."""
+    pytest.importorskip("redis")
+    if server_binary() is None:
+        pytest.skip("Debian's redis-server is not installed")
+    with run_redis() as server:
+        config = SharedStateConfig.from_settings(
+            Settings({"JUSTPROXIES_SHARED_STATE": server.url}), {}
+        )
+        store = RedisStore(config, ShareWatch.policy())
+        watch = ShareWatch(server, store.key("s.test"), restarted_at=0.0)
+
+        def beat(process: str) -> float:
+            time.sleep(0.005)  # heartbeats in distinct Redis milliseconds
+            report = Report(4, 4, 9, 12)
+            return store.beat("s.test", process, report, Counts(), 600).now
+
+        beat("b")  # before the budget: reads none
+        watch.poll(live=2)
+        assert watch.seeded_at is None
+        seeded = beat("a")
+        assert store.write("s.test", Budget(12, changed_at=seeded), 0, 600) == 1
+        beat("b")  # after the write, before the look: counted at its next
+        watch.poll(live=2)
+        assert watch.seeded_at == seeded
+        watch.poll(live=2)
+        assert list(watch.beats) == ["p:a"]
+        assert watch.seconds() is None
+        last = beat("b")
+        watch.poll(live=2)
+        assert watch.done_at == pytest.approx(last, abs=1e-6)
+        assert watch.seconds() == round(last, 2)  # from restarted_at 0
+        watch.close()
+        store.close()

@@ -224,6 +224,18 @@ class ControllerSettings:
     pace_headroom: float = 1.25
     """Paced, the concurrency is this much above what the paced rate keeps
     in flight (Little's law), so the pace, not the concurrency, decides."""
+    paced_trim_samples: int = 0
+    """Paced, a window with two 429s is judged (the pace trimmed by their
+    share) as soon as it has this many answers, not when it is full
+    (``window_seconds`` and ``min_samples``); 0: only when full."""
+    slow_start_rate: float = 0.0
+    """Above 0, slow start is rate-first: its sends are paced, from this
+    many per second, and each clean answer raises the pace by
+    ``slow_start_rate_gain`` (the concurrency follows the pace); the first
+    429 stops the growth. 0: slow start grows the concurrency only."""
+    slow_start_rate_gain: float = 0.5
+    """Rate-first slow start: sends per second added per clean answer (0.5
+    doubles the pace about every 1.4 s)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -295,6 +307,21 @@ class ControllerSettings:
             self.capped_min_inflight >= 0,
             "capped_min_inflight",
             f"must be at least 0, got {self.capped_min_inflight}",
+        )
+        _check(
+            self.paced_trim_samples >= 0,
+            "paced_trim_samples",
+            f"must be at least 0, got {self.paced_trim_samples}",
+        )
+        _check(
+            self.slow_start_rate >= 0,
+            "slow_start_rate",
+            f"must be at least 0, got {self.slow_start_rate}",
+        )
+        _check(
+            self.slow_start_rate_gain > 0,
+            "slow_start_rate_gain",
+            f"must be above 0, got {self.slow_start_rate_gain}",
         )
         _check(
             self.pace_headroom >= 1,
@@ -503,7 +530,7 @@ class Decision:
     """The lowest level known to draw 429s, after this decision."""
     pace_rate: float | None = None
     """Sends per second the site is paced at after this decision (None:
-    unpaced)."""
+    unpaced), in ``PACED`` or in a rate-first slow start."""
 
     @property
     def changed(self) -> bool:
@@ -608,6 +635,12 @@ is still asked now and then."""
 _SHORTEST_ANSWER = 0.001
 """Seconds an answer is taken to have taken at least: a coarse clock (15 ms
 on Windows) or a cache can make it 0, and the rate's level divides by it."""
+_RAMP_CLEAN = 8
+"""Clean answers, to requests sent after a rate-first slow start's last
+cut, after which the cut rate is paced (``PACED``)."""
+_RAMP_GAPS = 2.0
+"""Gaps of the cut pace after a rate-first slow start's cut before a 429
+cuts it again."""
 _CLIMBS_KEPT = 6
 """Measured climbs kept to tell the kind of limit."""
 _DISTINCT_TIMES = 0.4
@@ -632,6 +665,23 @@ class _Window:
     @property
     def samples(self) -> int:
         return self.ok + self.rate_limited
+
+
+@dataclass
+class _Ramp:
+    """A rate-first slow start (``slow_start_rate``)."""
+
+    rate: float
+    """Sends per second."""
+    cut_at: float | None = None
+    """When the last 429 cut it (a 429 to a request sent later cuts again)."""
+    clean: int = 0
+    """Clean answers to requests sent since the last cut."""
+    measured: bool = False
+    """The last cut kept the share of clean answers (the site's rate, about);
+    a halving only bounds it."""
+    refused: float = math.inf
+    """The lowest pace a 429 cut."""
 
 
 _T = TypeVar("_T")
@@ -885,6 +935,10 @@ class DomainController:
         self._pace_429s = 0
         # (admitted rate, answer time) of the last measured climbs.
         self._climbs: list[tuple[float, float]] = []
+        self._ramp: _Ramp | None = None
+        # PACED after a rate-first slow start that measured nothing: the
+        # lowest pace known to draw 429s (the probes stop below it).
+        self._pace_ceiling: float | None = None
         if learned is not None:
             self._limit = clamp(learned.concurrency, settings)
             self._rate = learned.rate
@@ -920,6 +974,8 @@ class DomainController:
         elif settings.slow_start and settings.slow_start < settings.start:
             self._limit = max(settings.floor, settings.slow_start)
             self._phase = Phase.SLOW_START
+            if settings.slow_start_rate > 0:
+                self._ramp = _Ramp(rate=settings.slow_start_rate)
 
     @property
     def settings(self) -> ControllerSettings:
@@ -999,6 +1055,8 @@ class DomainController:
         start, so its first volley does not go out at once."""
         if self._pace_rate is not None:
             return 1.0 / self._send_rate()
+        if self._ramp is not None:
+            return 1.0 / self._ramp.rate
         if self._pace is not None and now < self._pace_until:
             return self._pace
         return None
@@ -1018,6 +1076,8 @@ class DomainController:
         self._evidence.answered(
             ticket, outcome, now, any_epoch=self._phase is Phase.SLOW_START
         )
+        if self._ramp is not None:
+            self._ramp_answer(self._ramp, ticket, outcome, now)
         if (
             outcome is Outcome.RATE_LIMITED
             and self._phase is Phase.PACED
@@ -1040,6 +1100,8 @@ class DomainController:
         """
         s = self._settings
         ev = self._evidence
+        if self._ramp is not None:
+            return self._ramp_step(self._ramp, now)
         if ev.climbing:
             if self._phase is Phase.PACED:
                 return self._on_paced_climb(now)
@@ -1047,6 +1109,15 @@ class DomainController:
         if self._phase is Phase.SLOW_START:
             return self._slow_start_step(now)
         w = ev.window
+        if (
+            self._phase is Phase.PACED
+            and s.paced_trim_samples
+            and w.rate_limited >= _PACED_429S
+            and w.samples >= s.paced_trim_samples
+        ):
+            # A few 429s at a pace: judged now, not when the window is full
+            # (at a few answers per second, a full window takes seconds).
+            return self._paced_window(now)
         if now - w.start < s.window_seconds or w.samples < s.min_samples:
             return None
         if self._phase is Phase.PACED:
@@ -1084,6 +1155,75 @@ class DomainController:
         return self._apply(
             now, target, Reason.INCREASE, new_epoch=False, keep_last_good=True
         )
+
+    def _ramp_answer(
+        self, ramp: _Ramp, ticket: Ticket, outcome: Outcome, now: float
+    ) -> None:
+        """Rate-first slow start: a 429 to a request sent after the last cut
+        cuts the pace at once (the requests sent before the cut went out too
+        fast already, and say nothing about the cut pace)."""
+        since = ramp.cut_at
+        # Sent two gaps of the cut pace after the cut or later: a token
+        # bucket left empty has a token by the first gap only if its rate
+        # is above the pace, so the first send after a cut is refused even
+        # when the cut pace is a little below the site's rate.
+        fresh = since is None or ticket.sent_at >= since + _RAMP_GAPS / ramp.rate
+        if not fresh:
+            return
+        if outcome is Outcome.OK and since is not None:
+            ramp.clean += 1
+        elif outcome is Outcome.RATE_LIMITED:
+            # The first cut halves (the pace grew past the site's rate while
+            # a burst hid it); a later one keeps the share of the answers
+            # since the last cut that were clean (a site admits its rate of
+            # a pace above it), halving at most.
+            share = ramp.clean / (ramp.clean + 1)
+            ramp.refused = min(ramp.refused, ramp.rate)
+            ramp.measured = share > self._settings.decrease_factor
+            cut = max(self._settings.decrease_factor, share)
+            ramp.rate = max(ramp.rate * cut, _MIN_PACE_RATE)
+            ramp.cut_at = now
+            ramp.clean = 0
+
+    def _ramp_step(self, ramp: _Ramp, now: float) -> Decision | None:
+        """Rate-first slow start: until the first 429, each clean answer
+        raises the pace by ``slow_start_rate_gain`` and the concurrency is
+        what the pace keeps in flight, with headroom (the pace binds). Cut,
+        it is paced (``PACED``) at the cut pace once that answers clean."""
+        s = self._settings
+        ev = self._evidence
+        if ramp.cut_at is not None:
+            ev.ok_since_step = 0
+            return self._ramp_done(ramp, now) if ramp.clean >= _RAMP_CLEAN else None
+        if ev.cusum > 0 or ev.ok_since_step < 1:
+            ev.ok_since_step = 0
+            return None
+        ramp.rate += s.slow_start_rate_gain * ev.ok_since_step
+        ev.ok_since_step = 0
+        answer_time = ev.answer_time()
+        if answer_time is None:
+            return None
+        level = admitted_level(ramp.rate, answer_time)
+        target = max(clamp(math.ceil(level * s.pace_headroom) + 1, s), self._limit)
+        if target == self._limit:
+            return None
+        if target == s.maximum:
+            self._enter(Phase.GROW)  # no limit seen up to the maximum
+        self._last_good = None
+        return self._apply(
+            now, target, Reason.INCREASE, new_epoch=False, keep_last_good=True
+        )
+
+    def _ramp_done(self, ramp: _Ramp, now: float) -> Decision:
+        """Paced at the ramp's cut pace: measured, if its last cut kept the
+        clean share; else probed up in full steps, below the lowest pace a
+        429 cut."""
+        answer_time = self._evidence.answer_time()
+        self._enter_paced(now, ramp.rate)
+        self._paced_measure = ramp.rate if ramp.measured else None
+        self._pace_ceiling = None if ramp.measured else ramp.refused
+        self._evidence.reset_climb()
+        return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
 
     def _clean_window(self, now: float) -> Decision:
         """Where to go after a clean window in which the limit was used."""
@@ -1275,6 +1415,8 @@ class DomainController:
                 share = w.rate_limited / w.samples
             else:
                 share = self._pace_429s / self._pace_samples
+            if self._pace_ceiling is not None:
+                self._pace_ceiling = min(self._pace_ceiling, self._pace_rate)
             self._pace_rate = self._pace_rate * (1 - share) * (1 - s.pace_margin)
             self._paced_since = now
             self._pace_step = s.pace_step
@@ -1316,6 +1458,16 @@ class DomainController:
             near = known is not None and self._pace_rate < known * _NEAR
             step = s.pace_step if near else self._pace_step
             self._pace_rate *= 1 + (_MAX_PACE_STEP if known is None else step)
+            ceiling = self._pace_ceiling
+            if known is None and ceiling is not None:
+                top = ceiling * (1 - s.pace_margin)
+                if self._pace_rate >= top:
+                    # Below the lowest pace known to draw 429s: from here
+                    # on, probed in small steps, as a measured rate is.
+                    before = self._pace_rate / (1 + _MAX_PACE_STEP)
+                    self._pace_rate = max(top, before)
+                    self._paced_measure = ceiling
+                    self._pace_ceiling = None
             self._pace_count_reset()
             if not near:
                 self._pace_step = min(self._pace_step * 2, _MAX_PACE_STEP)
@@ -1342,6 +1494,7 @@ class DomainController:
         ok_share = ev.ok_share_of_climb()
         ev.reset_climb()
         self._pace_count_reset()
+        self._pace_ceiling = None
         self._paced_since = now
         self._pace_step = s.pace_step
         if rate is None or answer_time is None:
@@ -1473,6 +1626,8 @@ class DomainController:
 
     def _enter(self, phase: Phase) -> None:
         """The one place the phase changes."""
+        if phase is not Phase.SLOW_START:
+            self._ramp = None
         if phase is not Phase.PACED:
             self._pace_rate = None
         if phase is not Phase.PROBE:
@@ -1500,7 +1655,9 @@ class DomainController:
             samples=w.samples,
             rate_limited=w.rate_limited,
             overload_level=self._overload_level,
-            pace_rate=self._pace_rate,
+            pace_rate=self._pace_rate
+            if self._ramp is None
+            else self._ramp.rate,  # rate-first slow start: its pace
         )
         if target != self._limit:
             if not keep_last_good:

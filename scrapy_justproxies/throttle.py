@@ -90,6 +90,22 @@ start's estimate (``ControllerSettings.slow_start_pace_share``): a per-IP
 limit is a few requests per second, and a token bucket's burst spent in the
 first second inflates slow start's measure several times over."""
 
+EXIT_SLOW_START_RATE: Final = 8.0
+"""A static exit's (exit, site) pair slow-starts rate-first
+(``ControllerSettings.slow_start_rate``): its first sends are paced at this
+many per second (slow start's first volley of 4, over half a second), the
+pace grows with each clean answer, and each 429 to a request sent after the
+last cut cuts it at once. A per-IP budget is a rate, often a few requests
+per second with a burst that hides an overload for seconds: slow start's
+volleys, doubling every answer time, were several times the rate when the
+burst ran out (a 5 req/s exit: 12% of its answers were 429, most in the
+first two seconds)."""
+EXIT_PACED_TRIM_SAMPLES: Final = 5
+"""A static exit's pair, paced, trims its pace as soon as two of a window's
+first 5 or more answers are 429s (``ControllerSettings.paced_trim_samples``):
+at a few requests per second a full window (20 answers) takes seconds, and
+each of them more 429s."""
+
 # Crawl-wide stats; per-domain ones are written at close for the top domains.
 ANSWERS_TOTAL: Final = "justproxies/answers/total"
 RATE_LIMITED_TOTAL: Final = "justproxies/rate_limited/total"
@@ -177,6 +193,9 @@ class JustProxiesThrottle:
             capped_min_inflight=max(
                 controller_settings.capped_min_inflight, EXIT_CAPPED_MIN_INFLIGHT
             ),
+            slow_start_rate=controller_settings.slow_start_rate or EXIT_SLOW_START_RATE,
+            paced_trim_samples=controller_settings.paced_trim_samples
+            or EXIT_PACED_TRIM_SAMPLES,
         )
         self.clock = clock
         self.stats = crawler.stats
