@@ -50,6 +50,19 @@ AFTER_KILL = "plugin-after-kill"
 NO_SLOW_START = "plugin-no-slow-start"
 LEARNING_VARIANTS = (WARM, KILLED, AFTER_KILL, NO_SLOW_START)
 ALL_VARIANTS = (*VARIANTS, PAUSE_SLOT, START_HIGH, TRACE, PLAIN, *LEARNING_VARIANTS)
+# ``fixed-<C>`` (e.g. ``fixed-12``): the throttle off and the per-domain
+# concurrency fixed at C. Run on any scenario when named in --variants (never
+# by default): a sweep of them is the frontier of fixed-concurrency clients.
+FIXED_PREFIX = "fixed-"
+
+
+def fixed_concurrency(variant: str) -> int | None:
+    """C of a ``fixed-<C>`` variant (None: not one)."""
+    if variant.startswith(FIXED_PREFIX) and variant[len(FIXED_PREFIX) :].isdigit():
+        value = int(variant[len(FIXED_PREFIX) :])
+        return value if value >= 1 else None
+    return None
+
 
 # How each scenario kind turns into a "rate" for goodput.
 RATE = "rate"  # token bucket: the rate in force (schedule included)
@@ -485,6 +498,9 @@ def variant_spec(
         if variant == TRACE:
             trace = Path(tempfile.gettempdir()) / f"bench-trace-{os.getpid()}.jsonl"
             settings["JUSTPROXIES_TRACE"] = str(trace)
+    elif (fixed := fixed_concurrency(variant)) is not None:
+        settings["JUSTPROXIES_THROTTLE_ENABLED"] = False
+        settings["CONCURRENT_REQUESTS_PER_DOMAIN"] = fixed
     elif variant in ("fixed-low", "fixed-high"):
         settings["JUSTPROXIES_THROTTLE_ENABLED"] = False
         settings["CONCURRENT_REQUESTS_PER_DOMAIN"] = (
