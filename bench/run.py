@@ -48,12 +48,15 @@ from scenarios import (
     KILL_AFTER,
     KILLED,
     RATE,
+    TRACED,
     Scenario,
     build_scenarios,
+    extra_variant,
     fixed_concurrency,
     interleave,
     select,
     shift_metrics,
+    traced_file,
     variant_spec,
 )
 
@@ -201,6 +204,8 @@ def run_variant(
             record["error"] = "the crawl process did not exit in time"
             return record
         result = killed_result(workdir)
+    if variant == TRACED and traced_file().exists():
+        shutil.move(traced_file(), workdir / "trace.jsonl")
     if state_file is not None:
         record["state_file"] = state_file_summary(state_file)
     stats = sandbox.client.stats()
@@ -544,7 +549,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--variants",
         help=f"comma list (default: all): {', '.join(ALL_VARIANTS)}; and "
         "fixed-<C> (e.g. fixed-12: throttle off, per-domain concurrency C) on any "
-        "scenario, never by default: a sweep of them is the fixed-concurrency frontier",
+        "scenario, never by default: a sweep of them is the fixed-concurrency frontier; "
+        f"{TRACED} (the plugin writing a JUSTPROXIES_TRACE, trace.jsonl in its raw "
+        "directory) likewise",
     )
     parser.add_argument(
         "--max-rate",
@@ -626,17 +633,16 @@ def main(argv: list[str] | None = None) -> int:
         log(str(error))
         return 2
     wanted = [v.strip() for v in (args.variants or "").split(",") if v.strip()]
-    unknown = sorted(
-        v for v in set(wanted) - set(ALL_VARIANTS) if fixed_concurrency(v) is None
-    )
+    unknown = sorted(v for v in set(wanted) - set(ALL_VARIANTS) if not extra_variant(v))
     if unknown:
         log(
             f"unknown variants: {', '.join(unknown)} (known: {', '.join(ALL_VARIANTS)}, "
-            "and fixed-<C> for a fixed per-domain concurrency C)"
+            f"fixed-<C> for a fixed per-domain concurrency C, and {TRACED})"
         )
         return 2
-    # fixed-<C> runs on every scenario it is asked for, after its own variants.
-    sweep = [v for v in wanted if fixed_concurrency(v) is not None]
+    # fixed-<C> and plugin-traced run on every scenario they are asked for,
+    # after its own variants.
+    sweep = [v for v in wanted if extra_variant(v)]
     scenarios = [
         dataclasses.replace(s, variants=(*s.variants, *sweep)) if sweep else s
         for s in scenarios

@@ -54,6 +54,19 @@ ALL_VARIANTS = (*VARIANTS, PAUSE_SLOT, START_HIGH, TRACE, PLAIN, *LEARNING_VARIA
 # concurrency fixed at C. Run on any scenario when named in --variants (never
 # by default): a sweep of them is the frontier of fixed-concurrency clients.
 FIXED_PREFIX = "fixed-"
+# The plugin as ``plugin``, writing a JUSTPROXIES_TRACE (moved to the crawl's
+# work directory as trace.jsonl): its decisions, on any scenario when named.
+TRACED = "plugin-traced"
+
+
+def traced_file() -> Path:
+    """Where a ``plugin-traced`` crawl writes its trace."""
+    return Path(tempfile.gettempdir()) / f"bench-traced-{os.getpid()}.jsonl"
+
+
+def extra_variant(variant: str) -> bool:
+    """Run on any scenario when named in --variants, never by default."""
+    return variant == TRACED or fixed_concurrency(variant) is not None
 
 
 def fixed_concurrency(variant: str) -> int | None:
@@ -484,7 +497,9 @@ def variant_spec(
     }
     # Cold unless the scenario shares a state file between its runs.
     settings["JUSTPROXIES_STATE_FILE"] = state_file
-    if variant in ("plugin", *LEARNING_VARIANTS):
+    if variant in ("plugin", TRACED, *LEARNING_VARIANTS):
+        if variant == TRACED:
+            settings["JUSTPROXIES_TRACE"] = str(traced_file())
         if variant == NO_SLOW_START:
             settings["JUSTPROXIES_THROTTLE_SLOW_START"] = 0
     elif variant == PAUSE_SLOT:

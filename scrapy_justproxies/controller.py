@@ -996,10 +996,16 @@ class DomainController:
         if self._pace_rate is not None and rate is None:
             # Paced since slow start, no climb measured at a pace yet.
             rate = self._clean_pace
+        kind = self._kind
+        if self._pace_rate is not None and kind is LimitKind.INFLIGHT:
+            # An in-flight cap behind a hop, paced: a warm start paces it at
+            # the rate (unpaced, it would start at the paced concurrency,
+            # headroom included, which the cap refuses).
+            kind = LimitKind.UNKNOWN
         return Learned(
             concurrency=max(self._settings.floor, level),
             rate=rate,
-            kind=self._kind,
+            kind=kind,
             answer_time=self._derived_at or self._evidence.answer_time(),
             at=now,
             samples=samples,
