@@ -825,6 +825,15 @@ class Evidence:
             return None
         return sum(self.answer_times) / len(self.answer_times)
 
+    def answer_time_median(self) -> float | None:
+        """Median of the last ``_SHIFT_ANSWERS`` clean answers (None: fewer):
+        one may be the tail of the distribution, and the first answers at a
+        new answer time are its fastest (they overtake the rest)."""
+        last = sorted(self.answer_times[-_SHIFT_ANSWERS:])
+        if len(last) < _SHIFT_ANSWERS:
+            return None
+        return (last[(len(last) - 1) // 2] + last[len(last) // 2]) / 2
+
     def hop(self) -> float:
         """Seconds of an answer's time that are not the site's: the median
         time of the last 429s, when it is shorter than any of the last clean
@@ -1339,7 +1348,13 @@ class DomainController:
         )
         if clean and bound:
             self._clean_pace = self._pace_rate
-        if ev.answer_time_steady():
+        recent = ev.answer_time_median()
+        if (
+            self._derived_at is not None
+            and recent is not None
+            and abs(recent / self._derived_at - 1) < s.answer_time_shift
+        ):
+            # The pace while the answer time stands where it was derived.
             self._derived_pace = self._pace_rate
         if clean and bound and held:
             # Near the rate measured at the last climb, one small step at a
@@ -1491,20 +1506,15 @@ class DomainController:
         answer time over the site's part; with no hop, it stays)."""
         s = self._settings
         ev = self._evidence
-        last = ev.answer_times[-_SHIFT_ANSWERS:]
+        answer_time = ev.answer_time_median()
         if (
             self._kind is not LimitKind.INFLIGHT
             or self._derived_at is None
             or self._derived_site is None
             or self._phase not in (Phase.PACED, Phase.SETTLED, Phase.PROBE)
-            or len(last) < _SHIFT_ANSWERS
+            or answer_time is None
         ):
             return None
-        # The median of the last few answers: one may be the tail of the
-        # distribution (and the first answers at a new answer time are its
-        # fastest: they overtake the rest).
-        ordered = sorted(last)
-        answer_time = (ordered[(len(last) - 1) // 2] + ordered[len(last) // 2]) / 2
         site_factor = self._derived_site / ev.site_time(answer_time)
         # Slower only, and clearly: behind a hop the site's part is what is
         # left of the answer time, so its noise is larger, and a pace raised
