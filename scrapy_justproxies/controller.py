@@ -1498,12 +1498,12 @@ class DomainController:
         return self._apply(now, target, Reason.REDERIVE, keep_last_good=True)
 
     def _cap_shift(self, now: float) -> Decision | None:
-        """An in-flight cap behind a hop whose answer time moved: the same
-        sends now keep more (or fewer) of the site's places busy, so follow
-        at once, before the 429s climb. The site admits its places over its
-        part of the answer time: paced, the pace follows that; unpaced, the
-        concurrency (the client's in flight are the site's times the whole
-        answer time over the site's part; with no hop, it stays)."""
+        """A paced in-flight cap (behind a hop) whose answers got slower:
+        the same sends now keep more of the site's places busy, so cut the
+        pace at once, before the 429s climb, by the site's part of the
+        answer time (the site admits its places over that). Unpaced, an
+        in-flight cap's concurrency is left to the climbs: no simulated run
+        told the kind there."""
         s = self._settings
         ev = self._evidence
         answer_time = ev.answer_time_median()
@@ -1511,7 +1511,7 @@ class DomainController:
             self._kind is not LimitKind.INFLIGHT
             or self._derived_at is None
             or self._derived_site is None
-            or self._phase not in (Phase.PACED, Phase.SETTLED, Phase.PROBE)
+            or self._phase is not Phase.PACED
             or answer_time is None
         ):
             return None
@@ -1522,35 +1522,24 @@ class DomainController:
         # probes, see _paced_window).
         if site_factor > 1 / _CAP_SHIFT:
             return None
-        if self._phase is Phase.PACED:
-            assert self._pace_rate is not None
-            pace = self._pace_rate * site_factor
-            if self._derived_pace is not None:
-                # From the pace before a climb the slower answers caused.
-                pace = min(self._pace_rate, self._derived_pace * site_factor)
-            self._pace_rate = max(pace, _MIN_PACE_RATE)
-            if self._paced_measure is not None:
-                self._paced_measure *= site_factor
-            if self._rate is not None:
-                self._rate *= site_factor
-            self._paced_since = now
-            self._pace_count_reset()
-            self._derive_at(answer_time)
-            decision = self._apply(now, self._paced_limit(answer_time), Reason.REDERIVE)
-            # The site is still full of what was sent before: 429s to what
-            # is sent while it drains would blame the new pace.
-            ev.evidence_from = now + min(s.backoff_settle_seconds, 2 * answer_time)
-            return decision
-        factor = site_factor * answer_time / self._derived_at
+        assert self._pace_rate is not None
+        pace = self._pace_rate * site_factor
+        if self._derived_pace is not None:
+            # From the pace before a climb the slower answers caused.
+            pace = min(self._pace_rate, self._derived_pace * site_factor)
+        self._pace_rate = max(pace, _MIN_PACE_RATE)
+        if self._paced_measure is not None:
+            self._paced_measure *= site_factor
+        if self._rate is not None:
+            self._rate *= site_factor
+        self._paced_since = now
+        self._pace_count_reset()
         self._derive_at(answer_time)
-        if factor > 1 - s.answer_time_shift:
-            return None
-        target = clamp(math.floor(self._limit * factor), s)
-        if target == self._limit:
-            return None
-        self._overload_level = target + 1
-        self._enter(Phase.SETTLED)
-        return self._apply(now, target, Reason.REDERIVE)
+        decision = self._apply(now, self._paced_limit(answer_time), Reason.REDERIVE)
+        # The site is still full of what was sent before: 429s to what is
+        # sent while it drains would blame the new pace.
+        ev.evidence_from = now + min(s.backoff_settle_seconds, 2 * answer_time)
+        return decision
 
     def _learn_kind(self, rate: float, answer_time: float) -> None:
         """Saturated measurements at answer times that differ tell what the
