@@ -1314,6 +1314,7 @@ class DomainController:
                 # The pace the site began to refuse at: with another at a
                 # different answer time it tells the kind of limit.
                 self._learn_kind(self._pace_rate, ev.site_time(answer_time))
+                self._derive_at(answer_time)
             self._pace_rate = self._pace_rate * (1 - share) * (1 - s.pace_margin)
             self._paced_since = now
             self._pace_step = s.pace_step
