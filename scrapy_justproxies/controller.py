@@ -1529,8 +1529,10 @@ class DomainController:
             # From the pace before a climb the slower answers caused.
             pace = min(self._pace_rate, self._derived_pace * site_factor)
         self._pace_rate = max(pace, _MIN_PACE_RATE)
-        if self._paced_measure is not None:
-            self._paced_measure *= site_factor
+        # The rate measured before says nothing now: probe in full steps
+        # until a climb measures it again (the cut is from a pace that may
+        # have been well below the cap).
+        self._paced_measure = None
         if self._rate is not None:
             self._rate *= site_factor
         self._paced_since = now

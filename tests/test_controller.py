@@ -849,7 +849,7 @@ def test_slower_answers_on_an_inflight_cap_behind_a_hop() -> None:
     # whose pace drew no 429s before the first shift cannot know the kind
     # (seed 5). Measured before, over SEEDS: no cut, 167 429s in the 3 s
     # after the slow-down (23-42 a run), 1.7-5.4% from 5 s after; after: 4
-    # runs cut, 93 (17-23), 0-3.6%.
+    # runs cut, 85 (11-23), 0-4.0%.
     cut = limited = 0
     for seed in SEEDS:
         run = simulate(
