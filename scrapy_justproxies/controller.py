@@ -63,7 +63,10 @@ times that differ by ``answer_time_shift`` tell the kind of limit
 level requests in flight. When the answer time moves, a rate-limited site's
 level is derived again from its rate at once (``REDERIVE``); an in-flight
 cap's stays. An unknown kind is only re-derived upwards (a wrong guess costs
-one climb).
+one climb). Behind a hop (429s that come back faster than any clean answer:
+their time is the hop's), an in-flight cap counts the site's part of the
+answer time only, so the kind is told by that part, and a paced in-flight
+cap whose answers get slower has its pace cut at once by it.
 
 Known limit: 429s the site sends whatever the load (a share of exits
 blocked, say) look like a climbing share once above ``tolerated_share``
