@@ -9,6 +9,8 @@ site's per-second counters, the gateway's counters and the crawl's result.
     .venv/bin/python bench/run.py                  # everything (make bench)
     .venv/bin/python bench/run.py --quick          # fewer URLs, shorter runs
     .venv/bin/python bench/run.py --scenarios steady,drop --variants plugin,fixed-low
+    .venv/bin/python bench/run.py --scenarios inflight-cap --variants fixed-8,fixed-12
+        # fixed-<C>: throttle off, per-domain concurrency C, on any scenario
     .venv/bin/python bench/run.py --cluster --out /tmp/x   # several processes (cluster.py)
 
 Writes bench/results/latest.md (also printed), latest.json (raw numbers and
@@ -20,6 +22,7 @@ docs/benchmark.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -45,11 +48,15 @@ from scenarios import (
     KILL_AFTER,
     KILLED,
     RATE,
+    TRACED,
     Scenario,
     build_scenarios,
+    extra_variant,
+    fixed_concurrency,
     interleave,
     select,
     shift_metrics,
+    traced_file,
     variant_spec,
 )
 
@@ -197,6 +204,8 @@ def run_variant(
             record["error"] = "the crawl process did not exit in time"
             return record
         result = killed_result(workdir)
+    if variant == TRACED and traced_file().exists():
+        shutil.move(traced_file(), workdir / "trace.jsonl")
     if state_file is not None:
         record["state_file"] = state_file_summary(state_file)
     stats = sandbox.client.stats()
@@ -403,6 +412,11 @@ def measure_startup(
     preset = build_scenarios()[0].preset
     out: dict[str, float] = {}
     for variant in variants:
+        fixed = [v for v in out if fixed_concurrency(v) is not None]
+        if fixed_concurrency(variant) is not None and fixed:
+            # The same start-up whatever C is: measured once.
+            out[variant] = out[fixed[0]]
+            continue
         spec = variant_spec(
             variant,
             preset,
@@ -533,7 +547,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--variants",
-        help=f"comma list (default: all): {', '.join(ALL_VARIANTS)}",
+        help=f"comma list (default: all): {', '.join(ALL_VARIANTS)}; and "
+        "fixed-<C> (e.g. fixed-12: throttle off, per-domain concurrency C) on any "
+        "scenario, never by default: a sweep of them is the fixed-concurrency frontier; "
+        f"{TRACED} (the plugin writing a JUSTPROXIES_TRACE, trace.jsonl in its raw "
+        "directory) likewise",
     )
     parser.add_argument(
         "--max-rate",
@@ -615,12 +633,20 @@ def main(argv: list[str] | None = None) -> int:
         log(str(error))
         return 2
     wanted = [v.strip() for v in (args.variants or "").split(",") if v.strip()]
-    unknown = sorted(set(wanted) - set(ALL_VARIANTS))
+    unknown = sorted(v for v in set(wanted) - set(ALL_VARIANTS) if not extra_variant(v))
     if unknown:
         log(
-            f"unknown variants: {', '.join(unknown)} (known: {', '.join(ALL_VARIANTS)})"
+            f"unknown variants: {', '.join(unknown)} (known: {', '.join(ALL_VARIANTS)}, "
+            f"fixed-<C> for a fixed per-domain concurrency C, and {TRACED})"
         )
         return 2
+    # fixed-<C> and plugin-traced run on every scenario they are asked for,
+    # after its own variants.
+    sweep = [v for v in wanted if extra_variant(v)]
+    scenarios = [
+        dataclasses.replace(s, variants=(*s.variants, *sweep)) if sweep else s
+        for s in scenarios
+    ]
     plan = [
         (s, [v for v in s.variants if not wanted or v in wanted]) for s in scenarios
     ]
@@ -646,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"meta": {}, "scenarios": {}}
     progress = [0, total_runs]
     with run_sandbox_process(None) as sandbox:
-        used = [v for v in ALL_VARIANTS if any(v in vs for _, vs in plan)]
+        used = [v for v in (*ALL_VARIANTS, *sweep) if any(v in vs for _, vs in plan)]
         startup_cpu = measure_startup(sandbox, used, raw_dir, args.python)
         for scenario, variants in plan:
             if not variants:

@@ -50,6 +50,32 @@ AFTER_KILL = "plugin-after-kill"
 NO_SLOW_START = "plugin-no-slow-start"
 LEARNING_VARIANTS = (WARM, KILLED, AFTER_KILL, NO_SLOW_START)
 ALL_VARIANTS = (*VARIANTS, PAUSE_SLOT, START_HIGH, TRACE, PLAIN, *LEARNING_VARIANTS)
+# ``fixed-<C>`` (e.g. ``fixed-12``): the throttle off and the per-domain
+# concurrency fixed at C. Run on any scenario when named in --variants (never
+# by default): a sweep of them is the frontier of fixed-concurrency clients.
+FIXED_PREFIX = "fixed-"
+# The plugin as ``plugin``, writing a JUSTPROXIES_TRACE (moved to the crawl's
+# work directory as trace.jsonl): its decisions, on any scenario when named.
+TRACED = "plugin-traced"
+
+
+def traced_file() -> Path:
+    """Where a ``plugin-traced`` crawl writes its trace."""
+    return Path(tempfile.gettempdir()) / f"bench-traced-{os.getpid()}.jsonl"
+
+
+def extra_variant(variant: str) -> bool:
+    """Run on any scenario when named in --variants, never by default."""
+    return variant == TRACED or fixed_concurrency(variant) is not None
+
+
+def fixed_concurrency(variant: str) -> int | None:
+    """C of a ``fixed-<C>`` variant (None: not one)."""
+    if variant.startswith(FIXED_PREFIX) and variant[len(FIXED_PREFIX) :].isdigit():
+        value = int(variant[len(FIXED_PREFIX) :])
+        return value if value >= 1 else None
+    return None
+
 
 # How each scenario kind turns into a "rate" for goodput.
 RATE = "rate"  # token bucket: the rate in force (schedule included)
@@ -471,7 +497,9 @@ def variant_spec(
     }
     # Cold unless the scenario shares a state file between its runs.
     settings["JUSTPROXIES_STATE_FILE"] = state_file
-    if variant in ("plugin", *LEARNING_VARIANTS):
+    if variant in ("plugin", TRACED, *LEARNING_VARIANTS):
+        if variant == TRACED:
+            settings["JUSTPROXIES_TRACE"] = str(traced_file())
         if variant == NO_SLOW_START:
             settings["JUSTPROXIES_THROTTLE_SLOW_START"] = 0
     elif variant == PAUSE_SLOT:
@@ -485,6 +513,9 @@ def variant_spec(
         if variant == TRACE:
             trace = Path(tempfile.gettempdir()) / f"bench-trace-{os.getpid()}.jsonl"
             settings["JUSTPROXIES_TRACE"] = str(trace)
+    elif (fixed := fixed_concurrency(variant)) is not None:
+        settings["JUSTPROXIES_THROTTLE_ENABLED"] = False
+        settings["CONCURRENT_REQUESTS_PER_DOMAIN"] = fixed
     elif variant in ("fixed-low", "fixed-high"):
         settings["JUSTPROXIES_THROTTLE_ENABLED"] = False
         settings["CONCURRENT_REQUESTS_PER_DOMAIN"] = (

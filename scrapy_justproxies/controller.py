@@ -63,7 +63,10 @@ times that differ by ``answer_time_shift`` tell the kind of limit
 level requests in flight. When the answer time moves, a rate-limited site's
 level is derived again from its rate at once (``REDERIVE``); an in-flight
 cap's stays. An unknown kind is only re-derived upwards (a wrong guess costs
-one climb).
+one climb). Behind a hop (429s that come back faster than any clean answer:
+their time is the hop's), an in-flight cap counts the site's part of the
+answer time only, so the kind is told by that part, and a paced in-flight
+cap whose answers get slower has its pace cut at once by it.
 
 Known limit: 429s the site sends whatever the load (a share of exits
 blocked, say) look like a climbing share once above ``tolerated_share``
@@ -647,6 +650,15 @@ _DISTINCT_TIMES = 0.4
 """Answer times that differ this much make two climbs comparable."""
 _SAME = 0.15
 """Rates (or levels) this close count as the same."""
+_SHIFT_ANSWERS = 8
+"""Clean answers whose median beyond ``answer_time_shift`` moves an
+in-flight cap's pace (or level) behind a hop."""
+_CAP_SHIFT = 1.5
+"""A site's part of the answer time that moved by this factor moves an
+in-flight cap's pace (or level) behind a hop."""
+_REFUSALS_KEPT = 16
+"""429 answer times kept to tell the hop (the part of an answer's time that
+is not the site's)."""
 
 # -- evidence ---------------------------------------------------------------
 
@@ -733,6 +745,8 @@ class Evidence:
         self.total_samples = 0
         # In flight (besides it) when the first 429 since the last climb was sent.
         self.refused_inflight: int | None = None
+        # Answer times of the last 429s.
+        self.refusals: list[float] = []
 
     def sent(self, now: float, inflight: int) -> Ticket:
         if now >= self.evidence_from:
@@ -752,6 +766,8 @@ class Evidence:
         if limited and self.refused_inflight is None:
             # The others in flight when this one was refused were admitted.
             self.refused_inflight = max(0, ticket.inflight - 1)
+        if limited:
+            _keep_last(self.refusals, max(0.0, now - ticket.sent_at), _REFUSALS_KEPT)
         if not limited:
             # The site's side of things: counted whatever the epoch.
             if self.first_answer is None:
@@ -865,6 +881,32 @@ class Evidence:
             return None
         return sum(self.answer_times) / len(self.answer_times)
 
+    def answer_time_median(self) -> float | None:
+        """Median of the last ``_SHIFT_ANSWERS`` clean answers (None: fewer):
+        one may be the tail of the distribution, and the first answers at a
+        new answer time are its fastest (they overtake the rest)."""
+        last = sorted(self.answer_times[-_SHIFT_ANSWERS:])
+        if len(last) < _SHIFT_ANSWERS:
+            return None
+        return (last[(len(last) - 1) // 2] + last[len(last) // 2]) / 2
+
+    def hop(self) -> float:
+        """Seconds of an answer's time that are not the site's: the median
+        time of the last 429s, when it is shorter than any of the last clean
+        answers (a site that refuses at once, behind a hop that takes as
+        long for a 429 as for a 200); else 0 (a site whose 429s take as
+        long as its answers: their times overlap)."""
+        if not self.refusals or not self.answer_times:
+            return 0.0
+        hop = sorted(self.refusals)[len(self.refusals) // 2]
+        return hop if hop < min(self.answer_times) else 0.0
+
+    def site_time(self, answer_time: float) -> float:
+        """The site's part of ``answer_time`` (less the hop): what an
+        in-flight cap counts."""
+        hop = self.hop()
+        return answer_time - hop if hop < answer_time else answer_time
+
     def new_epoch(self, now: float) -> None:
         self.epoch += 1
         self.epoch_start = now
@@ -913,6 +955,10 @@ class DomainController:
         self._rate: float | None = None
         self._kind = LimitKind.UNKNOWN
         self._derived_at: float | None = None
+        # The site's part of it (less the hop), None if not measured, and
+        # the pace while the answer time stood there.
+        self._derived_site: float | None = None
+        self._derived_pace: float | None = None
         self._learned_at: float | None = None
         self._pace: float | None = None
         self._pace_until = now
@@ -1035,10 +1081,16 @@ class DomainController:
         if self._pace_rate is not None and rate is None:
             # Paced since slow start, no climb measured at a pace yet.
             rate = self._clean_pace
+        kind = self._kind
+        if self._pace_rate is not None and kind is LimitKind.INFLIGHT:
+            # An in-flight cap behind a hop, paced: a warm start paces it at
+            # the rate (unpaced, it would start at the paced concurrency,
+            # headroom included, which the cap refuses).
+            kind = LimitKind.UNKNOWN
         return Learned(
             concurrency=max(self._settings.floor, level),
             rate=rate,
-            kind=self._kind,
+            kind=kind,
             answer_time=self._derived_at or self._evidence.answer_time(),
             at=now,
             samples=samples,
@@ -1102,6 +1154,9 @@ class DomainController:
         ev = self._evidence
         if self._ramp is not None:
             return self._ramp_step(self._ramp, now)
+        shifted = self._cap_shift(now)
+        if shifted is not None:
+            return shifted
         if ev.climbing:
             if self._phase is Phase.PACED:
                 return self._on_paced_climb(now)
@@ -1304,9 +1359,9 @@ class DomainController:
                 and ev.answer_time_steady()
                 and self._phase is not Phase.SLOW_START
             ):
-                self._learn_kind(rate, answer_time)
+                self._learn_kind(rate, ev.site_time(answer_time))
                 self._rate = rate
-                self._derived_at = answer_time
+                self._derive_at(answer_time)
         else:
             target = backoff_target(self._limit, ev.ok_share_of_climb(), s)
         if (
@@ -1417,6 +1472,11 @@ class DomainController:
                 share = self._pace_429s / self._pace_samples
             if self._pace_ceiling is not None:
                 self._pace_ceiling = min(self._pace_ceiling, self._pace_rate)
+            if answer_time is not None and ev.answer_time_steady():
+                # The pace the site began to refuse at: with another at a
+                # different answer time it tells the kind of limit.
+                self._learn_kind(self._pace_rate, ev.site_time(answer_time))
+                self._derive_at(answer_time)
             self._pace_rate = self._pace_rate * (1 - share) * (1 - s.pace_margin)
             self._paced_since = now
             self._pace_step = s.pace_step
@@ -1434,7 +1494,7 @@ class DomainController:
             # does not). Probe in full steps, at once, until a climb
             # measures the rate again (on a rate limit it costs that climb).
             self._paced_measure = None
-            self._derived_at = answer_time
+            self._derive_at(answer_time)
         reason = Reason.REDERIVE
         clean = w.rate_limited <= s.tolerated_share * w.samples
         # The pace held the sends back (more would have gone out unpaced).
@@ -1451,6 +1511,14 @@ class DomainController:
         )
         if clean and bound:
             self._clean_pace = self._pace_rate
+        recent = ev.answer_time_median()
+        if (
+            self._derived_at is not None
+            and recent is not None
+            and abs(recent / self._derived_at - 1) < s.answer_time_shift
+        ):
+            # The pace while the answer time stands where it was derived.
+            self._derived_pace = self._pace_rate
         if clean and bound and held:
             # Near the rate measured at the last climb, one small step at a
             # time (a token bucket shows an overload only once its burst is
@@ -1524,6 +1592,11 @@ class DomainController:
         if not dropped and self._in_flight_evidence():
             return self._leave_pacing(now, rate, answer_time)
         self._capped_seen = 0
+        if not dropped and ev.answer_time_steady():
+            # A saturated measurement: with another at a different answer
+            # time it tells the kind of limit (behind a hop, by the site's
+            # part of the answer time).
+            self._learn_kind(rate, ev.site_time(answer_time))
         self._rate = rate
         # The highest rate the site admitted; after a drop, a guess from a
         # short climb: probed up in full steps until a climb measures it.
@@ -1533,7 +1606,10 @@ class DomainController:
             self._paced_measure = rate
         else:
             self._paced_measure = max(self._paced_measure or 0.0, rate)
-        self._derived_at = answer_time
+        if ev.answer_time_steady() or self._kind is not LimitKind.INFLIGHT:
+            # (A moving answer time on an in-flight cap: _cap_shift follows
+            # it from the pace before this climb, which the move caused.)
+            self._derive_at(answer_time)
         self._pace_rate = max(min(rate, pace) * (1 - s.pace_margin), _MIN_PACE_RATE)
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
 
@@ -1581,7 +1657,7 @@ class DomainController:
         if ratio < 1 and self._kind is LimitKind.UNKNOWN:
             return None
         target = clamp(math.floor(admitted_level(self._rate, answer_time)), s)
-        self._derived_at = answer_time
+        self._derive_at(answer_time)
         if target == self._limit:
             return None
         up = target > self._limit
@@ -1594,6 +1670,52 @@ class DomainController:
         self._overload_level = level
         self._enter(Phase.SETTLED)
         return self._apply(now, target, Reason.REDERIVE, keep_last_good=True)
+
+    def _cap_shift(self, now: float) -> Decision | None:
+        """A paced in-flight cap (behind a hop) whose answers got slower:
+        the same sends now keep more of the site's places busy, so cut the
+        pace at once, before the 429s climb, by the site's part of the
+        answer time (the site admits its places over that). Unpaced, an
+        in-flight cap's concurrency is left to the climbs: no simulated run
+        told the kind there."""
+        s = self._settings
+        ev = self._evidence
+        answer_time = ev.answer_time_median()
+        if (
+            self._kind is not LimitKind.INFLIGHT
+            or self._derived_at is None
+            or self._derived_site is None
+            or self._phase is not Phase.PACED
+            or answer_time is None
+        ):
+            return None
+        site_factor = self._derived_site / ev.site_time(answer_time)
+        # Slower only, and clearly: behind a hop the site's part is what is
+        # left of the answer time, so its noise is larger, and a pace raised
+        # on noise draws a burst of 429s (faster answers are found by the
+        # probes, see _paced_window).
+        if site_factor > 1 / _CAP_SHIFT:
+            return None
+        assert self._pace_rate is not None
+        pace = self._pace_rate * site_factor
+        if self._derived_pace is not None:
+            # From the pace before a climb the slower answers caused.
+            pace = min(self._pace_rate, self._derived_pace * site_factor)
+        self._pace_rate = max(pace, _MIN_PACE_RATE)
+        # The rate measured before says nothing now: probe in full steps
+        # until a climb measures it again (the cut is from a pace that may
+        # have been well below the cap).
+        self._paced_measure = None
+        if self._rate is not None:
+            self._rate *= site_factor
+        self._paced_since = now
+        self._pace_count_reset()
+        self._derive_at(answer_time)
+        decision = self._apply(now, self._paced_limit(answer_time), Reason.REDERIVE)
+        # The site is still full of what was sent before: 429s to what is
+        # sent while it drains would blame the new pace.
+        ev.evidence_from = now + min(s.backoff_settle_seconds, 2 * answer_time)
+        return decision
 
     def _learn_kind(self, rate: float, answer_time: float) -> None:
         """Saturated measurements at answer times that differ tell what the
@@ -1621,6 +1743,12 @@ class DomainController:
             self._kind = LimitKind.RATE
         elif votes[LimitKind.INFLIGHT] > votes[LimitKind.RATE]:
             self._kind = LimitKind.INFLIGHT
+
+    def _derive_at(self, answer_time: float) -> None:
+        """The level (or pace) now stands for this answer time."""
+        self._derived_at = answer_time
+        self._derived_site = self._evidence.site_time(answer_time)
+        self._derived_pace = self._pace_rate
 
     # -- phases and applying -----------------------------------------------------
 
