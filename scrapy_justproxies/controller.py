@@ -986,42 +986,47 @@ class DomainController:
         # lowest pace known to draw 429s (the probes stop below it).
         self._pace_ceiling: float | None = None
         if learned is not None:
-            self._limit = clamp(learned.concurrency, settings)
-            self._rate = learned.rate
-            self._kind = learned.kind
-            self._derived_at = learned.answer_time
-            self._learned_at = now
-            if (
-                learned.rate is not None
-                and learned.kind is not LimitKind.INFLIGHT
-                and settings.rate_pacing
-            ):
-                # Paced from the first send at the rate learned: no volley,
-                # and the concurrency is what that rate keeps in flight.
-                self._enter_paced(now, learned.rate * (1 - settings.pace_margin))
-                self._paced_measure = learned.rate
-                # A rate learned before is probed later: a few seconds more
-                # at a rate known to be clean cost less than an overshoot.
-                self._paced_since = now + settings.probe_interval
-                self._limit = self._paced_limit(learned.answer_time)
-                return
-            if learned.rate is not None or learned.kind is not LimitKind.UNKNOWN:
-                self._overload_level = self._limit + 1
-                self._phase = Phase.SETTLED
-            # The first volley of a warm start goes out spread over one answer
-            # time, not at once: a token bucket's burst is smaller than the
-            # level, and the level fits only once the first answers come back.
-            ramp_rate = learned.rate
-            if ramp_rate is None and learned.answer_time:
-                ramp_rate = learned.concurrency / learned.answer_time
-            if ramp_rate and learned.answer_time:
-                self._pace = 1.0 / ramp_rate
-                self._pace_until = now + learned.answer_time
+            self._start_warm(learned, now)
         elif settings.slow_start and settings.slow_start < settings.start:
             self._limit = max(settings.floor, settings.slow_start)
             self._phase = Phase.SLOW_START
             if settings.slow_start_rate > 0:
                 self._ramp = _Ramp(rate=settings.slow_start_rate)
+
+    def _start_warm(self, learned: Learned, now: float) -> None:
+        """Start from what an earlier crawl (or this one, before an
+        eviction) learned."""
+        self._limit = clamp(learned.concurrency, self._settings)
+        self._rate = learned.rate
+        self._kind = learned.kind
+        self._derived_at = learned.answer_time
+        self._learned_at = now
+        if (
+            learned.rate is not None
+            and learned.kind is not LimitKind.INFLIGHT
+            and self._settings.rate_pacing
+        ):
+            # Paced from the first send at the rate learned: no volley,
+            # and the concurrency is what that rate keeps in flight.
+            self._enter_paced(now, learned.rate * (1 - self._settings.pace_margin))
+            self._paced_measure = learned.rate
+            # A rate learned before is probed later: a few seconds more
+            # at a rate known to be clean cost less than an overshoot.
+            self._paced_since = now + self._settings.probe_interval
+            self._limit = self._paced_limit(learned.answer_time)
+            return
+        if learned.rate is not None or learned.kind is not LimitKind.UNKNOWN:
+            self._overload_level = self._limit + 1
+            self._phase = Phase.SETTLED
+        # The first volley of a warm start goes out spread over one answer
+        # time, not at once: a token bucket's burst is smaller than the
+        # level, and the level fits only once the first answers come back.
+        ramp_rate = learned.rate
+        if ramp_rate is None and learned.answer_time:
+            ramp_rate = learned.concurrency / learned.answer_time
+        if ramp_rate and learned.answer_time:
+            self._pace = 1.0 / ramp_rate
+            self._pace_until = now + learned.answer_time
 
     @property
     def settings(self) -> ControllerSettings:
@@ -1443,6 +1448,26 @@ class DomainController:
             math.ceil(level * self._settings.pace_headroom) + 1, self._settings
         )
 
+    def _trim_pace(
+        self, now: float, share: float, answer_time: float | None
+    ) -> Decision:
+        """A few 429s while paced: cut the pace by their ``share``."""
+        s = self._settings
+        ev = self._evidence
+        assert self._pace_rate is not None
+        if self._pace_ceiling is not None:
+            self._pace_ceiling = min(self._pace_ceiling, self._pace_rate)
+        if answer_time is not None and ev.answer_time_steady():
+            # The pace the site began to refuse at: with another at a
+            # different answer time it tells the kind of limit.
+            self._learn_kind(self._pace_rate, ev.site_time(answer_time))
+            self._derive_at(answer_time)
+        self._pace_rate = self._pace_rate * (1 - share) * (1 - s.pace_margin)
+        self._paced_since = now
+        self._pace_step = s.pace_step
+        self._pace_count_reset()
+        return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
+
     def _paced_window(self, now: float) -> Decision:
         """A judged window while paced: the concurrency follows the answer
         time; a few 429s trim the pace by their share; clean and bound by
@@ -1470,18 +1495,7 @@ class DomainController:
                 share = w.rate_limited / w.samples
             else:
                 share = self._pace_429s / self._pace_samples
-            if self._pace_ceiling is not None:
-                self._pace_ceiling = min(self._pace_ceiling, self._pace_rate)
-            if answer_time is not None and ev.answer_time_steady():
-                # The pace the site began to refuse at: with another at a
-                # different answer time it tells the kind of limit.
-                self._learn_kind(self._pace_rate, ev.site_time(answer_time))
-                self._derive_at(answer_time)
-            self._pace_rate = self._pace_rate * (1 - share) * (1 - s.pace_margin)
-            self._paced_since = now
-            self._pace_step = s.pace_step
-            self._pace_count_reset()
-            return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
+            return self._trim_pace(now, share, answer_time)
         if (
             self._kind is not LimitKind.RATE
             and self._paced_measure is not None
