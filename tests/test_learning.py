@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from scrapy_justproxies.controller import ControllerSettings, DomainController
+from scrapy_justproxies.presets import PRESETS
 from scrapy_justproxies.report import read_trace
 from scrapy_justproxies.sandbox.crawl import CHILD, run_crawl
 from scrapy_justproxies.state import load
@@ -170,10 +172,15 @@ def test_kill_9_leaves_a_state_file_the_next_crawl_starts_from(
     configure(sandbox, SITE)
     second = crawl(sandbox, gateway_env, reactor, tmp_path / "two", state_file, 60)
     assert second.reason == "finished", second.output[-3000:]
-    assert (
-        second.stats["justproxies/warm_start/limited.test"]
-        == loaded.domains["limited.test"].concurrency
+    # It starts where that entry puts a controller of the mobile preset: the
+    # level learned, or, with a rate learned, what that rate keeps in flight.
+    mobile = PRESETS["mobile"]
+    settings = ControllerSettings(
+        start=mobile.domain_concurrency_start, maximum=mobile.domain_concurrency_max
     )
+    entry = loaded.domains["limited.test"]
+    start = DomainController(settings, 0.0, learned=entry).limit
+    assert second.stats["justproxies/warm_start/limited.test"] == start
 
 
 def test_a_rate_limited_site_is_paced_at_the_rate_it_admits(
