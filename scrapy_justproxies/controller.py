@@ -1694,14 +1694,15 @@ class DomainController:
         told the kind there."""
         s = self._settings
         ev = self._evidence
-        answer_time = ev.answer_time_median()
         if (
             self._kind is not LimitKind.INFLIGHT
             or self._derived_at is None
             or self._derived_site is None
             or self._phase is not Phase.PACED
-            or answer_time is None
         ):
+            return None  # before the median: this runs on every answer
+        answer_time = ev.answer_time_median()
+        if answer_time is None:
             return None
         site_factor = self._derived_site / ev.site_time(answer_time)
         # Slower only, and clearly: behind a hop the site's part is what is
