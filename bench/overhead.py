@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
+    if "/" in args.python:
+        # The crawls run in their own directories: a relative path (such as
+        # bench/pinned-python) would not be found from there.
+        args.python = str(Path(args.python).resolve())
     scenario = next(
         s for s in build_scenarios(quick=args.quick) if s.name == "no-limit"
     )
