@@ -153,6 +153,11 @@ class Site:
                 f"{self.rate * self.window_seconds:g} per {self.window_seconds:g} s "
                 "(fixed window)"
             )
+        elif self.rate is not None and self.limiter == "sliding_window":
+            parts.append(
+                f"{self.rate * self.window_seconds:g} in any {self.window_seconds:g} s "
+                "(sliding window)"
+            )
         elif self.rate is not None and self.limiter == "gcra":
             parts.append(f"{self.rate:g} req/s (GCRA, burst {self.burst:g})")
         elif self.rate is not None:
@@ -594,6 +599,7 @@ def learning_scenarios(phase: float) -> list[Scenario]:
     ]
     for limiter, title, extra in (
         ("fixed_window", "a fixed window, 1,000 per 20 s", {"window_seconds": 20.0}),
+        ("sliding_window", "a sliding window, 100 per 2 s", {"window_seconds": 2.0}),
         ("gcra", "GCRA, 50 req/s, burst 10", {}),
     ):
         out.append(

@@ -16,6 +16,7 @@ from scrapy_justproxies.sandbox.policy import (
     LatencySampler,
     ProxyUsername,
     RateSchedule,
+    SlidingWindowLog,
     TokenBucket,
     authenticate,
     basic_authorization,
@@ -307,6 +308,49 @@ def test_fixed_window_follows_the_schedule_at_window_starts() -> None:
     assert window.try_acquire(0.1)
     assert not window.try_acquire(1.5)  # still the first window's allowance
     assert all(window.try_acquire(2.5) for _ in range(100))  # unlimited
+
+
+def test_sliding_window_admits_the_count_in_any_window_and_frees_at_the_sent_pace() -> (
+    None
+):
+    log = SlidingWindowLog(RateSchedule(5.0), window=2.0, now=0.0)
+    # A burst of the whole count (5/s * 2 s), then nothing until the first
+    # admission leaves the window: no reset instant as in a fixed window.
+    assert all(log.try_acquire(0.1 + i / 100) for i in range(10))
+    assert not log.try_acquire(1.0)
+    assert log.seconds_until_available(1.0) == pytest.approx(1.1)
+    assert not log.try_acquire(2.1 - 1e-6)
+    assert log.try_acquire(2.1)  # the first (0.10) has left
+    assert not log.try_acquire(2.1)  # the second (0.11) has not
+    assert log.seconds_until_available(2.1) == pytest.approx(0.01)
+    # Over a long stretch of steady demand it admits the rate, not more: any
+    # window of 2 s holds at most 10 admissions.
+    times = [t / 100 for t in range(300, 2300)]
+    admitted = [t for t in times if log.try_acquire(t)]
+    assert len(admitted) == pytest.approx(5 * 20, abs=10)
+    for i, start in enumerate(admitted):
+        inside = [t for t in admitted[i:] if t < start + 2.0 - 1e-9]
+        assert len(inside) <= 10
+
+
+def test_sliding_window_follows_the_schedule_and_a_rate_of_zero_never_admits() -> None:
+    log = SlidingWindowLog(RateSchedule(1.0, [(1.0, None), (5.0, 0.0)]), 2.0, 0.0)
+    assert log.try_acquire(0.0)
+    assert log.try_acquire(0.5)
+    assert not log.try_acquire(0.9)
+    assert all(log.try_acquire(2.0) for _ in range(100))  # unlimited
+    assert not log.try_acquire(6.0)
+    assert log.seconds_until_available(6.0) is None
+
+
+def test_sliding_window_says_when_a_lowered_allowance_fits_one_more() -> None:
+    log = SlidingWindowLog(RateSchedule(5.0, [(1.0, 1.0)]), 2.0, 0.0)
+    assert all(log.try_acquire(i / 10) for i in range(10))  # 10 at 0.0-0.9
+    # From t = 1 the allowance is 2: 9 of the 10 must leave first, the one
+    # admitted at 0.8 leaves at 2.8.
+    assert log.seconds_until_available(1.5) == pytest.approx(1.3)
+    assert not log.try_acquire(2.7)
+    assert log.try_acquire(2.8)
 
 
 def test_gcra_spaces_requests_with_a_burst() -> None:

@@ -27,7 +27,7 @@ ScheduleEntry = tuple[float, float | None]
 
 LIMIT_KEYS: tuple[str, ...] = ("host", "exit_ip")
 RETRY_AFTER_MODES: tuple[str, ...] = ("seconds", "http-date", "none")
-LIMITERS: tuple[str, ...] = ("token_bucket", "fixed_window", "gcra")
+LIMITERS: tuple[str, ...] = ("token_bucket", "fixed_window", "sliding_window", "gcra")
 LatencyEntry = tuple[float, float, float]
 DEFAULT_USER = "demo"
 DEFAULT_PASSWORD = "demo-secret"  # noqa: S105 - a documented sandbox credential
@@ -296,8 +296,11 @@ class HostPolicy:
     seconds after the counters' start/reset.  ``limiter`` picks how the rate
     is enforced: ``"token_bucket"`` (the default), ``"fixed_window"``
     (``rate * window_seconds`` requests per fixed window, ``Retry-After`` =
-    the time to the window's end) or ``"gcra"`` (a leaky bucket as a meter,
-    ``burst`` requests ahead of schedule at most).  Latency is lognormal with
+    the time to the window's end), ``"sliding_window"`` (at most ``rate *
+    window_seconds`` requests in any ``window_seconds``: a sliding log;
+    ``Retry-After`` = the time until the oldest leaves the window) or
+    ``"gcra"`` (a leaky bucket as a meter, ``burst`` requests ahead of
+    schedule at most).  Latency is lognormal with
     the given median and 95th percentile; ``latency_schedule`` entries
     ``(t, p50_ms, p95_ms)`` replace them ``t`` seconds after the start/reset.
     """

@@ -16,6 +16,7 @@ import ipaddress
 import math
 import random
 import re
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -349,6 +350,54 @@ class FixedWindowCounter:
             return 0.0
         assert self._index is not None
         return (self._index + 1) * self._window - now
+
+
+class SlidingWindowLog:
+    """Admits at most ``rate * window`` requests in any ``window`` seconds (a
+    sliding log of admission times, as the sorted-set limiters kept in Redis
+    do); ``Retry-After`` = the time until the oldest admission in the window
+    leaves it. Unlike the fixed window there is no reset instant: a burst
+    admitted at the start frees its places at the pace it was sent, one
+    window later. The rate in force at ``now`` sets the allowance."""
+
+    def __init__(self, schedule: RateSchedule, window: float, now: float) -> None:
+        if window <= 0:
+            raise ValueError("window must be > 0")
+        self._schedule = schedule
+        self._window = float(window)
+        self._admitted: deque[float] = deque()
+
+    def _allowance(self, now: float) -> float | None:
+        rate = self._schedule.rate_at(now)
+        return None if rate is None else rate * self._window
+
+    def _expire(self, now: float) -> None:
+        admitted = self._admitted
+        while admitted and admitted[0] + self._window <= now + 1e-9:
+            admitted.popleft()
+
+    def try_acquire(self, now: float) -> bool:
+        self._expire(now)
+        allowance = self._allowance(now)
+        if allowance is None:
+            return True  # unlimited right now (nothing is logged)
+        if len(self._admitted) + 1 <= allowance + 1e-9:
+            self._admitted.append(now)
+            return True
+        return False
+
+    def seconds_until_available(self, now: float) -> float | None:
+        """The time until enough of the oldest admissions leave the window."""
+        self._expire(now)
+        allowance = self._allowance(now)
+        if allowance is None or len(self._admitted) + 1 <= allowance + 1e-9:
+            return 0.0
+        if allowance < 1:
+            return None  # rate 0: never (until the schedule changes)
+        # The allowance may have dropped below the count: wait for as many to
+        # leave as it takes to fit one more.
+        over = len(self._admitted) - math.floor(allowance + 1e-9)
+        return max(0.0, self._admitted[over] + self._window - now)
 
 
 class Gcra:

@@ -23,6 +23,7 @@ from .policy import (
     Gcra,
     LatencySampler,
     RateSchedule,
+    SlidingWindowLog,
     TokenBucket,
     is_exit_ip,
     retry_after_value,
@@ -119,6 +120,8 @@ def make_limiter(policy: HostPolicy, now: float) -> Limiter:
     schedule = RateSchedule(policy.rate, policy.schedule)
     if policy.limiter == "fixed_window":
         return FixedWindowCounter(schedule, policy.window_seconds, now)
+    if policy.limiter == "sliding_window":
+        return SlidingWindowLog(schedule, policy.window_seconds, now)
     if policy.limiter == "gcra":
         return Gcra(schedule, policy.burst, now)
     return TokenBucket(schedule, policy.burst, now)
