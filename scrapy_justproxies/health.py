@@ -8,10 +8,13 @@ by request, like a slow or broken *site*: Scrapy retries each URL
 What tells the two apart is breadth. One slow site times out on its own
 while the other sites keep answering. A hung gateway makes requests to
 *several different sites* fail in a row with no answer of any kind in
-between; a dropped connection is never a site's doing (the gateway answers a
-site's failure with a 502 of its own). Any answer that comes back through
-the gateway (a 200, a site's 404, the gateway's own 502 or 407) proves it
-alive and starts the count again.
+between. A dropped plain-http connection is never a site's doing (the
+gateway answers a site's failure with a 502 of its own); inside an https
+tunnel the gateway only relays bytes, so a site that closes the connection
+(one that drops bots, or has broken TLS) looks the same as a gateway that
+drops it: those drops count like timeouts, by breadth. Any answer that comes
+back through the gateway (a 200, a site's 404, the gateway's own 502 or 407)
+proves it alive and starts the count again.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ SILENT_IN_A_ROW: Final = 6
 SILENT_SITES: Final = 3
 """... spread over at least this many different sites."""
 DROPPED_IN_A_ROW: Final = 10
-"""Dropped connections in a row, whatever the sites (never a site's doing)."""
+"""Dropped plain-http connections in a row, whatever the sites (never a
+site's doing)."""
 
 
 class Failure(str, enum.Enum):
@@ -55,6 +59,8 @@ class GatewayHealth:
     refused: int = 0
     silent: int = 0
     dropped: int = 0
+    tunnel_dropped: int = 0
+    """Drops inside https tunnels (counted in ``silent``: maybe the site's)."""
     sites: set[str] = field(default_factory=set)
     since: float | None = None
     """When the current run of failures began (the first one's time)."""
@@ -62,13 +68,16 @@ class GatewayHealth:
     def answered(self) -> None:
         """Anything at all came back through the gateway."""
         if self.since is not None:
-            self.refused = self.silent = self.dropped = 0
+            self.refused = self.silent = self.dropped = self.tunnel_dropped = 0
             self.sites.clear()
             self.since = None
 
-    def failed(self, failure: Failure, site: str, now: float) -> Verdict | None:
+    def failed(
+        self, failure: Failure, site: str, now: float, *, tunneled: bool = False
+    ) -> Verdict | None:
         """Count one failed download; a verdict once the gateway is judged
-        unusable."""
+        unusable. ``tunneled``: the request went through an https tunnel
+        (CONNECT), where a dropped connection may be the site's."""
         if failure is Failure.OTHER:
             return None
         if self.since is None:
@@ -81,7 +90,9 @@ class GatewayHealth:
         self.silent += 1
         if len(self.sites) < SILENT_SITES:
             self.sites.add(site)
-        if failure is Failure.DROPPED:
+        if failure is Failure.DROPPED and tunneled:
+            self.tunnel_dropped += 1
+        elif failure is Failure.DROPPED:
             self.dropped += 1
             if self.dropped >= DROPPED_IN_A_ROW:
                 return Verdict.UNRESPONSIVE
@@ -94,11 +105,13 @@ class GatewayHealth:
         seen = []
         if self.refused:
             seen.append(f"{self.refused} connections refused")
-        timeouts = self.silent - self.dropped
+        timeouts = self.silent - self.dropped - self.tunnel_dropped
         if timeouts:
             seen.append(f"{timeouts} timeouts")
         if self.dropped:
             seen.append(f"{self.dropped} dropped connections")
+        if self.tunnel_dropped:
+            seen.append(f"{self.tunnel_dropped} connections dropped in https tunnels")
         span = 0.0 if self.since is None else now - self.since
         sites = f" across {len(self.sites)}+ sites" if self.sites else ""
         return f"{', '.join(seen) or 'nothing'}{sites} in {span:.1f} s"

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from scrapy import signals
 from scrapy.exceptions import DontCloseSpider, IgnoreRequest, NotConfigured
 from scrapy.utils.defer import deferred_from_coro
+from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.job import job_dir
 from scrapy.utils.request import request_from_dict
 
@@ -183,7 +184,12 @@ class JustProxiesRateLimitMiddleware:
         if self.stopping:
             return
         # By site: several static exits to one slow site are still one site.
-        verdict = self.health.failed(failure, site_of(request.meta), time.monotonic())
+        verdict = self.health.failed(
+            failure,
+            site_of(request.meta),
+            time.monotonic(),
+            tunneled=urlparse_cached(request).scheme == "https",
+        )
         if verdict is not None:
             self._stop(verdict, type(exception).__name__)
 

@@ -59,6 +59,25 @@ def test_dropped_connections_are_the_gateways_whatever_the_site() -> None:
     assert set(verdicts[:-1]) == {None}
 
 
+def test_drops_inside_https_tunnels_count_by_breadth_like_timeouts() -> None:
+    """Inside a CONNECT tunnel the gateway only relays bytes: a site that
+    closes every connection is not the gateway's doing."""
+    health = GatewayHealth()
+    assert all(
+        health.failed(Failure.DROPPED, "drops.test", float(i), tunneled=True) is None
+        for i in range(1000)
+    )
+    assert health.describe(999.0) == (
+        "1000 connections dropped in https tunnels across 1+ sites in 999.0 s"
+    )
+    spread = GatewayHealth()
+    verdicts = [
+        spread.failed(Failure.DROPPED, f"s{i % 3}.test", 0.0, tunneled=True)
+        for i in range(6)
+    ]
+    assert verdicts == [None] * 5 + [Verdict.UNRESPONSIVE]
+
+
 def test_refused_connections_mean_unreachable() -> None:
     health = GatewayHealth()
     verdicts = [
@@ -155,6 +174,61 @@ def test_a_gateway_that_drops_every_connection_stops_the_crawl(
     assert "dropped connections" in result.log
     seen = result.stats["downloader/exception_count"]
     assert result.stats["justproxies/gateway/connection_errors"] == seen
+
+
+@pytest.fixture
+def closing_site() -> Iterator[int]:
+    """A TCP listener that accepts every connection and closes it without a
+    byte: a site that drops bots, reached through the gateway's tunnel."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(256)
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                server.accept()[0].close()
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+@pytest.mark.crawl
+def test_an_https_site_that_drops_every_connection_stops_nothing(
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    closing_site: int,
+    reactor: str,
+    tmp_path: Path,
+) -> None:
+    """30 https URLs of a site that closes every connection (3 attempts
+    each: 90 drops in a row, most with no answer in between) and 20 of a
+    healthy one: before, the tenth drop stopped the crawl as
+    ``justproxies_gateway_unresponsive``, blaming a healthy gateway."""
+    configure(sandbox, {})
+    drops = [{"url": f"https://127.0.0.1:{closing_site}/p{i}"} for i in range(30)]
+    result = run_crawl(
+        tmp_path,
+        reactor=reactor,
+        requests=drops + urls(sandbox, "fine.test", 20),
+        settings={**ADDON, "LOG_LEVEL": "INFO", "RETRY_TIMES": 2},
+        env=gateway_env,
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    # (None: failed downloads, each after RETRY_TIMES)
+    assert result.statuses == {200: 20, None: 30}
+    assert result.stats["justproxies/gateway/connection_errors"] >= 30
+    assert "does not answer" not in result.log
 
 
 @pytest.mark.crawl
