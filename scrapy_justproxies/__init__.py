@@ -6,7 +6,7 @@ README for each setting.
 
 from .addon import Addon
 from .config import Config, JustProxiesConfigError
-from .middleware import JustProxiesMiddleware
+from .middleware import JustProxiesMiddleware, JustProxiesScrubMiddleware
 from .presets import PRESETS, PoolPreset
 from .ratelimit import JustProxiesRateLimitMiddleware
 from .throttle import JustProxiesThrottle
@@ -20,6 +20,7 @@ __all__ = [
     "JustProxiesConfigError",
     "JustProxiesMiddleware",
     "JustProxiesRateLimitMiddleware",
+    "JustProxiesScrubMiddleware",
     "JustProxiesThrottle",
     "PoolPreset",
     "__version__",

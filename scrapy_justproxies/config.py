@@ -76,6 +76,9 @@ def report_startup_error(logger: logging.Logger, error: JustProxiesConfigError) 
     message. Only records carrying this very exception are dropped; the exit
     code stays non-zero.
     """
+    if getattr(error, "_reported", False):
+        return  # a component's check, reported where it was found
+    error._reported = True  # type: ignore[attr-defined]
     logger.error("JustProxies cannot start: %s", error)
     quiet = _DropTraceback(error)
     for name in ("asyncio", "twisted"):
@@ -483,8 +486,9 @@ class _Reader:
             )
         if "[" not in value and "//" not in value and value.count(":") >= 3:
             return self._listed_gateway(value)
-        parsed = urlsplit(value if "://" in value else f"http://{value}")
         try:
+            # urlsplit itself refuses an unbalanced "[" (e.g. in a password).
+            parsed = urlsplit(value if "://" in value else f"http://{value}")
             port = parsed.port
         except ValueError:
             raise JustProxiesConfigError(
@@ -660,6 +664,8 @@ class _Reader:
         )
         if isinstance(value, str):
             text = value.strip()
+            if text.lower() == "none":
+                return ()  # "-s JUSTPROXIES_STATIC_EXITS=None": unset
             if text.startswith("["):
                 try:
                     value = json.loads(text)
@@ -1064,7 +1070,8 @@ class ThrottleConfig:
                 "JUSTPROXIES_RETRY_AFTER_MAX",
                 float,
                 default=30.0,
-                minimum=0.0,
+                # It caps the backoff too: 0 would spend the 429 budget at once.
+                minimum=1.0,
                 maximum=300.0,
             ),
             retry_after_mode=reader.choice(
@@ -1207,7 +1214,8 @@ def _path(reader: _Reader, name: str) -> str | None:
             f"{reader.where(name)} must be a file path (a string), not {value!r}."
         )
     path = (value or "").strip()
-    if not path:
+    if path.lower() in ("", "none", "off"):
+        # "-s JUSTPROXIES_TRACE=None" is a string: off, as for the state file.
         return None
     path = os.path.expanduser(path)  # "~/x" from settings.py or -s: no shell
     if Path(path).is_dir():
@@ -1393,7 +1401,7 @@ class SharedStateConfig:
     host: str = ""
     port: int = 6379
     db: int = 0
-    username: str | None = None
+    username: str | None = field(default=None, repr=False)
     password: Secret = field(default=Secret(""), repr=False)
     tls: bool = False
     required: bool = True
@@ -1429,7 +1437,7 @@ class SharedStateConfig:
             raise JustProxiesConfigError(f"{reader.where(name)} must be a URL. {fix}")
         try:
             parts = urlsplit(value.strip())
-            port = parts.port or 6379
+            port = parts.port
         except ValueError:
             raise JustProxiesConfigError(
                 f"{reader.where(name)} is not a valid URL. {fix}"
@@ -1439,8 +1447,13 @@ class SharedStateConfig:
                 f"{reader.where(name)} must be a redis:// or rediss:// URL with a "
                 f"host. {fix}"
             )
+        if port == 0:
+            raise JustProxiesConfigError(
+                f"{reader.where(name)}: port 0 is not valid. {fix}"
+            )
+        port = port or 6379
         path = parts.path.strip("/")
-        if path and not path.isdigit():
+        if path and not re.fullmatch(r"[0-9]{1,6}", path):
             raise JustProxiesConfigError(
                 f"{reader.where(name)}: the database must be a number "
                 f"(redis://host:6379/0), not {path!r}. {fix}"
@@ -1453,9 +1466,11 @@ class SharedStateConfig:
         username = unquote(parts.username) if parts.username else None
         host = parts.hostname
         shown_host = f"[{host}]" if ":" in host else host
-        user_part = f"{username}:***@" if username else (":***@" if password else "")
-        if username and not password:
-            user_part = f"{username}@"
+        # A username alone is shown masked too: redis://secret@host is a
+        # password written without its ":" more often than a user name.
+        user_part = ":***@" if password else ""
+        if username:
+            user_part = f"{username}:***@" if password else "***@"
         safe_url = f"{parts.scheme}://{user_part}{shown_host}:{port}/{int(path or 0)}"
         return cls(
             url=safe_url,

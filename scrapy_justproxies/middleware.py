@@ -231,13 +231,8 @@ class JustProxiesMiddleware:
                 "requests go out without the gateway."
             )
             raise NotConfigured("JUSTPROXIES_ENABLED is false")
-        _check_middleware_order(crawler.settings, cls)
+        check_middlewares(crawler.settings)
         check_download_handlers(crawler.settings)
-        # 429s are retried in their own middleware (imported here: it
-        # imports this module).
-        from .ratelimit import check_rate_limit_order  # noqa: PLC0415
-
-        check_rate_limit_order(crawler.settings)
         concurrency = Concurrency.resolve(crawler.settings, config, os.environ)
         throttle = ThrottleConfig.from_settings(crawler.settings, os.environ)
         middleware = cls(crawler, config, concurrency, throttle)
@@ -323,6 +318,9 @@ class JustProxiesMiddleware:
             and urlparse_cached(request).scheme == "http"
         ):
             self._judge_http_407(request, response)
+        # The scrubber (950) has done this already; again here, so nothing
+        # later on the way back (Retry, Redirect, the spider) can see it.
+        _scrub(request)
         return response
 
     def process_exception(
@@ -332,6 +330,7 @@ class JustProxiesMiddleware:
             return None
         if tunnel_status(exception) == 407:
             self._credentials_rejected(request)
+        _scrub(request)
         return None
 
     # -- signals -------------------------------------------------------------
@@ -555,6 +554,8 @@ class JustProxiesScrubMiddleware:
     def from_crawler(cls, crawler: Crawler) -> JustProxiesScrubMiddleware:
         middleware = cls()
         try:
+            if Config.from_settings(crawler.settings, os.environ).enabled:
+                check_middlewares(crawler.settings)
             middleware.meter = ByteMeter.of(crawler)  # reads JUSTPROXIES_* paths
         except JustProxiesConfigError as error:
             report_startup_error(logger, error)
@@ -595,9 +596,25 @@ def enabled_middlewares(settings: BaseSettings) -> Iterator[tuple[type, int]]:
             yield cls, priority
 
 
-def _check_middleware_order(settings: BaseSettings, own_class: type) -> None:
-    """Fail at start-up unless HttpProxyMiddleware runs after ours and the
-    HTTP cache, if on, has the scrubber in front of it."""
+def check_middlewares(settings: BaseSettings) -> None:
+    """:func:`_check_middlewares`, reported as one clear ERROR line (no
+    traceback) before it is raised, whichever component found it."""
+    try:
+        _check_middlewares(settings)
+    except JustProxiesConfigError as error:
+        report_startup_error(logger, error)
+        raise
+
+
+def _check_middlewares(settings: BaseSettings) -> None:
+    """Fail at start-up, with the fix, unless the plugin's downloader
+    middlewares are all there and in order: the router below
+    HttpProxyMiddleware, the scrubber above the HTTP cache, the 429 retries
+    between RetryMiddleware and the cache. Every component of the plugin
+    calls it, so disabling one of them (``None`` in DOWNLOADER_MIDDLEWARES)
+    is never a silent change: without the router every request would go out
+    direct; without the scrubber, spider callbacks would see the gateway's
+    ``Proxy-Authorization`` in ``response.request.headers``."""
     fix = (
         "The plugin relies on scrapy.downloadermiddlewares.httpproxy."
         "HttpProxyMiddleware to send the credentials as Proxy-Authorization"
@@ -606,34 +623,66 @@ def _check_middleware_order(settings: BaseSettings, own_class: type) -> None:
         raise JustProxiesConfigError(
             f"HTTPPROXY_ENABLED is false. {fix}; set HTTPPROXY_ENABLED = True."
         )
+    from scrapy.downloadermiddlewares.httpcache import (  # noqa: PLC0415
+        HttpCacheMiddleware,
+    )
+
     own: int | None = None
     httpproxy: int | None = None
-    scrubber = False
+    scrubber: int | None = None
+    cache: int | None = None
     for cls, priority in enabled_middlewares(settings):
-        if issubclass(cls, own_class):
+        if issubclass(cls, JustProxiesMiddleware):
             own = priority
-        elif issubclass(cls, JustProxiesScrubMiddleware) and priority > 900:
-            scrubber = True
+        elif issubclass(cls, JustProxiesScrubMiddleware):
+            scrubber = priority
         elif issubclass(cls, HttpProxyMiddleware):
             httpproxy = priority
+        elif issubclass(cls, HttpCacheMiddleware):
+            cache = priority
+    if own is None:
+        raise JustProxiesConfigError(
+            "scrapy_justproxies.JustProxiesMiddleware is not enabled in "
+            "DOWNLOADER_MIDDLEWARES while JUSTPROXIES_ENABLED is true: every "
+            f"request would go out direct, without the gateway. Add it at {PRIORITY} "
+            "(the add-on does; remove an entry that sets it to None), or set "
+            "JUSTPROXIES_ENABLED = False to crawl without the gateway."
+        )
     if httpproxy is None:
         raise JustProxiesConfigError(
             f"HttpProxyMiddleware is disabled in DOWNLOADER_MIDDLEWARES. {fix}; "
             "remove the entry that sets it to None."
         )
-    if settings.getbool("HTTPCACHE_ENABLED") and not scrubber:
-        raise JustProxiesConfigError(
-            "HTTPCACHE_ENABLED is on, and the HTTP cache stores request headers, "
-            "including the gateway's Proxy-Authorization. Add "
-            "scrapy_justproxies.middleware.JustProxiesScrubMiddleware at "
-            f"{SCRUB_PRIORITY} to DOWNLOADER_MIDDLEWARES (the add-on does), "
-            "or turn the cache off."
-        )
-    if own is not None and own >= httpproxy:
+    if own >= httpproxy:
         raise JustProxiesConfigError(
             f"JustProxiesMiddleware has priority {own} in DOWNLOADER_MIDDLEWARES, "
             f"not below HttpProxyMiddleware's {httpproxy}. {fix}; use {PRIORITY}."
         )
+    scrub_name = "scrapy_justproxies.JustProxiesScrubMiddleware"
+    if scrubber is None:
+        raise JustProxiesConfigError(
+            f"{scrub_name} is not enabled in DOWNLOADER_MIDDLEWARES. It takes the "
+            "gateway's Proxy-Authorization off every answered request (spider "
+            "callbacks see response.request.headers, and the HTTP cache stores "
+            "them) and counts the bytes of the cost stats. Add it at "
+            f"{SCRUB_PRIORITY} (the add-on does)."
+        )
+    if (
+        settings.getbool("HTTPCACHE_ENABLED")
+        and cache is not None
+        and scrubber <= cache
+    ):
+        raise JustProxiesConfigError(
+            f"{scrub_name} has priority {scrubber} in DOWNLOADER_MIDDLEWARES, not "
+            f"above HttpCacheMiddleware's {cache}: the HTTP cache would store the "
+            "gateway's Proxy-Authorization with each request it caches. Use "
+            f"{SCRUB_PRIORITY}, or a priority above the cache's."
+        )
+    # 429s are retried in their own middleware (imported here: it imports
+    # this module).
+    from .ratelimit import check_rate_limit_order  # noqa: PLC0415
+
+    check_rate_limit_order(settings)
 
 
 def _size_connection_pools(downloader: Any, size: int) -> None:

@@ -43,7 +43,7 @@ from scrapy.utils.request import request_from_dict
 from .config import Concurrency, Config, JustProxiesConfigError, ThrottleConfig
 from .failures import gateway_failure, proxy_generated
 from .health import Failure, GatewayHealth, Verdict
-from .middleware import META_ROUTED, enabled_middlewares, site_of
+from .middleware import META_ROUTED, check_middlewares, enabled_middlewares, site_of
 from .retry import (
     RETRIES_META,
     Refusal,
@@ -130,7 +130,7 @@ class JustProxiesRateLimitMiddleware:
         if not config.enabled:
             raise NotConfigured("JUSTPROXIES_ENABLED is false")
         assert config.gateway is not None
-        check_rate_limit_order(crawler.settings)
+        check_middlewares(crawler.settings)
         throttle = ThrottleConfig.from_settings(crawler.settings, os.environ)
         concurrency = Concurrency.resolve(crawler.settings, config, os.environ)
         middleware = cls(crawler, throttle, concurrency, config.gateway.url)

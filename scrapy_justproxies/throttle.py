@@ -233,6 +233,12 @@ class JustProxiesThrottle:
             raise NotConfigured(
                 "JUSTPROXIES_ENABLED or JUSTPROXIES_THROTTLE_ENABLED is off"
             )
+        # Without the router every request would go out direct: never a
+        # silent change (imported here: the middleware imports this module's
+        # neighbours).
+        from .middleware import check_middlewares  # noqa: PLC0415
+
+        check_middlewares(settings)
         if settings.getbool("AUTOTHROTTLE_ENABLED"):
             raise JustProxiesConfigError(
                 "AUTOTHROTTLE_ENABLED and JUSTPROXIES_THROTTLE_ENABLED are both on, "

@@ -522,3 +522,76 @@ def test_ipv6_gateway_needs_the_hostname_resolver(setting: str) -> None:
     assert config.gateway is not None
     assert (config.gateway.host, config.gateway.port) == ("::1", 8081)
     assert config.gateway.url == "http://[::1]:8081"
+
+
+# -- hostile values the review found (a traceback, or silently wrong) -----------
+
+
+def test_retry_after_max_below_one_second_is_refused() -> None:
+    """It caps the backoff too: at 0 every 429 retry went out at once and
+    the 20 retries were spent in milliseconds."""
+    for value in (0, 0.5, -1):
+        with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_RETRY_AFTER_MAX"):
+            ThrottleConfig.from_settings(
+                settings({"JUSTPROXIES_RETRY_AFTER_MAX": value}), {}
+            )
+    config = ThrottleConfig.from_settings(
+        settings({"JUSTPROXIES_RETRY_AFTER_MAX": 1}), {}
+    )
+    assert config.retry_after_max == 1.0
+
+
+@pytest.mark.parametrize(
+    "value", [f"gw.example.net:8000:alice:pa[{SECRET}", f"[gw.example.net:{SECRET}"]
+)
+def test_a_gateway_with_an_unbalanced_bracket_is_a_clear_error(value: str) -> None:
+    with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_GATEWAY") as info:
+        Config.from_settings(settings(), {"JUSTPROXIES_GATEWAY": value})
+    assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["JUSTPROXIES_TRACE", "JUSTPROXIES_REPORT"])
+@pytest.mark.parametrize("value", ["None", "none", " off "])
+def test_none_from_the_command_line_turns_a_file_off(name: str, value: str) -> None:
+    """``-s JUSTPROXIES_TRACE=None`` arrives as the string "None": off, as
+    for JUSTPROXIES_STATE_FILE, not a file called None."""
+    from scrapy_justproxies.config import ObservabilityConfig  # noqa: PLC0415
+
+    config = ObservabilityConfig.from_settings(settings({name: value}), {})
+    assert config.trace_path is None and config.report_path is None
+
+
+def test_none_from_the_command_line_means_no_static_exits() -> None:
+    config = Config.from_settings(
+        settings({**GOOD, "JUSTPROXIES_POOL": "static"}),
+        {"JUSTPROXIES_STATIC_EXITS": "None"},
+    )
+    assert config.static_exits == ()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://127.0.0.1:0/0", "port 0"),
+        ("redis://127.0.0.1:6379/\u00b2", "database must be a number"),
+        ("redis://127.0.0.1:6379/\u0663", "database must be a number"),
+    ],
+)
+def test_shared_state_url_errors_are_clear(url: str, message: str) -> None:
+    from scrapy_justproxies.config import SharedStateConfig  # noqa: PLC0415
+
+    with pytest.raises(JustProxiesConfigError, match=message):
+        SharedStateConfig.from_settings(settings({"JUSTPROXIES_SHARED_STATE": url}), {})
+
+
+def test_a_redis_url_with_a_user_and_no_password_is_shown_masked() -> None:
+    """``redis://secret@host`` is a password written without its ":" more
+    often than a user name: never shown."""
+    from scrapy_justproxies.config import SharedStateConfig  # noqa: PLC0415
+
+    config = SharedStateConfig.from_settings(
+        settings({"JUSTPROXIES_SHARED_STATE": f"redis://{SECRET}@127.0.0.1:6379/0"}),
+        {},
+    )
+    assert config.url == "redis://***@127.0.0.1:6379/0"
+    assert SECRET not in repr(config)

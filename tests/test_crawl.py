@@ -369,7 +369,9 @@ def test_http_cache_without_the_scrubber_is_refused(
         env=gateway_env,
     )
     assert result.reason is None
-    assert "JustProxiesScrubMiddleware at 950" in result.output + result.log
+    output = result.output + result.log
+    assert "JustProxiesScrubMiddleware is not enabled" in output
+    assert "Add it at 950" in output
 
 
 def test_other_schemes_never_go_direct_and_copied_meta_is_safe(

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -617,3 +618,90 @@ def test_list_format_that_reads_both_ways_is_refused_without_echo() -> None:
     with pytest.raises(JustProxiesConfigError, match="either way") as info:
         Config.from_settings(Settings(), {"JUSTPROXIES_GATEWAY": "gw:8080:alice:12345"})
     assert "12345" not in str(info.value) and "alice" not in str(info.value)
+
+
+# -- a plugin middleware disabled or out of order ---------------------------------
+
+_ROUTER = "scrapy_justproxies.JustProxiesMiddleware"
+_RATE_LIMIT = "scrapy_justproxies.JustProxiesRateLimitMiddleware"
+_SCRUB = "scrapy_justproxies.JustProxiesScrubMiddleware"
+_ALL = {_ROUTER: 745, _RATE_LIMIT: 940, _SCRUB: 950}
+
+
+@pytest.mark.parametrize(
+    ("changes", "extra", "message"),
+    [
+        ({_ROUTER: None}, {}, "every request would go out direct"),
+        ({_SCRUB: None}, {}, "JustProxiesScrubMiddleware is not enabled"),
+        ({_RATE_LIMIT: None}, {}, "JustProxiesRateLimitMiddleware is not in"),
+        ({_RATE_LIMIT: 500}, {}, "not above RetryMiddleware's 550"),
+        ({_ROUTER: 760}, {}, "not below HttpProxyMiddleware's 750"),
+        (
+            {"scrapy.downloadermiddlewares.httpproxy.HttpProxyMiddleware": None},
+            {},
+            "HttpProxyMiddleware is disabled",
+        ),
+        ({}, {"HTTPPROXY_ENABLED": False}, "HTTPPROXY_ENABLED is false"),
+        # The cache placed above the scrubber: it would store the header.
+        (
+            {"scrapy.downloadermiddlewares.httpcache.HttpCacheMiddleware": 960},
+            {"HTTPCACHE_ENABLED": True},
+            "not above HttpCacheMiddleware's 960",
+        ),
+        (
+            {"scrapy.downloadermiddlewares.httpcache.HttpCacheMiddleware": 945},
+            {"HTTPCACHE_ENABLED": True},
+            "not above HttpCacheMiddleware's 945",
+        ),
+    ],
+    ids=[
+        "router-off", "scrubber-off", "rate-limit-off", "rate-limit-below-retry",
+        "router-after-httpproxy", "httpproxy-off", "httpproxy-disabled",
+        "cache-above-scrubber", "cache-above-rate-limit",
+    ],
+)  # fmt: skip
+def test_a_plugin_middleware_disabled_or_misplaced_is_refused_at_start(
+    changes: dict[str, Any], extra: dict[str, Any], message: str
+) -> None:
+    """Every component checks the whole set: before, the add-on with the
+    router set to None crawled direct with no warning, and a manual setup
+    without the scrubber handed the credentials to spider callbacks."""
+    from scrapy_justproxies.middleware import check_middlewares  # noqa: PLC0415
+
+    settings = Settings({"DOWNLOADER_MIDDLEWARES": {**_ALL, **changes}, **extra})
+    with pytest.raises(JustProxiesConfigError, match=re.escape(message)):
+        check_middlewares(settings)
+    check_middlewares(Settings({"DOWNLOADER_MIDDLEWARES": _ALL}))  # the fix
+
+
+def test_the_add_on_with_the_router_disabled_sends_nothing_direct(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    output = refused_at_startup(
+        sandbox, gateway_env, tmp_path,
+        settings={"DOWNLOADER_MIDDLEWARES": {_ROUTER: None}},
+    )  # fmt: skip
+    assert "every request would go out direct" in output
+    assert "JUSTPROXIES_ENABLED = False" in output
+    assert "Traceback" not in output
+
+
+def test_by_hand_without_the_add_on_the_spider_never_sees_the_credentials(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The README's three middlewares, no add-on: the callback's
+    ``response.request.headers`` hold no Proxy-Authorization (the router
+    scrubs again on the way back, after the scrubber)."""
+    configure(sandbox, {"a.test": {}})
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=urls(sandbox, "a.test", 3),
+        settings={"ADDONS": {}, "DOWNLOADER_MIDDLEWARES": _ALL},
+        env=gateway_env,
+    )
+    assert result.statuses == {200: 3}, result.output[-3000:]
+    for outcome in result.outcomes.values():
+        names = [name.lower() for name in outcome["request_header_names"]]
+        assert names and "proxy-authorization" not in names
+    assert sandbox.password not in result.everything_written()

@@ -50,6 +50,10 @@ class ListSpider(Spider):
         self.outcomes[response.request.url] = {
             "status": response.status,
             "body": response.text[:2000],
+            # Names only: what a callback could read (never the values).
+            "request_header_names": sorted(
+                name.decode("latin-1") for name in response.request.headers
+            ),
         }
 
     def failed(self, failure: Failure) -> None:
