@@ -56,6 +56,7 @@ from .retry import (
 )
 from .retry import retry_delay as compute_retry_delay
 from .slots import SlotGuard, call_later
+from .state import replace_atomically
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
@@ -298,16 +299,41 @@ class JustProxiesRateLimitMiddleware:
         path = Path(self.jobdir) / JOBDIR_FILE
         if not path.exists():
             return
-        with path.open("rb") as saved:
-            stored: list[dict[str, Any]] = pickle.load(saved)  # noqa: S301 (ours)
+        try:
+            with path.open("rb") as saved:
+                stored = pickle.load(saved)  # noqa: S301 (ours)
+            if not isinstance(stored, list):
+                raise TypeError(f"a {type(stored).__name__}, not a list")
+        except Exception as error:  # any unreadable file
+            # Truncated (a crash while an older version wrote it), or not
+            # ours: set aside, never a crawl that cannot resume.
+            aside = path.with_name(path.name + ".unreadable")
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            logger.warning(
+                "JustProxies: could not read the requests that were waiting out "
+                "a 429 when the crawl paused (%s: %s); moved the file to %s and "
+                "going on without them.",
+                type(error).__name__, error, aside,
+            )  # fmt: skip
+            return
         path.unlink()
+        resent = 0
         for entry in stored:
-            request = request_from_dict(entry, spider=spider)
+            try:
+                request = request_from_dict(entry, spider=spider)
+            except Exception:  # a callback the spider lost, say
+                self._inc("justproxies/retries/rate_limited_dropped")
+                continue
             self.waiting[request] = call_later(0, self._wake, request)
+            resent += 1
         logger.info(
             "JustProxies: %d requests that were waiting out a 429 when the "
-            "crawl paused are sent again.",
-            len(stored),
+            "crawl paused are sent again%s.",
+            resent,
+            f" ({len(stored) - resent} could not be rebuilt)"
+            if resent < len(stored)
+            else "",
         )
 
     def _closed(self, spider: Spider, reason: str) -> None:
@@ -320,13 +346,20 @@ class JustProxiesRateLimitMiddleware:
         if not left:
             return
         if self.jobdir is not None:
-            saved = []
-            for request in left:
-                # A callback that is not a spider method cannot be saved.
-                with contextlib.suppress(ValueError):
-                    saved.append(request.to_dict(spider=spider))
-            with (Path(self.jobdir) / JOBDIR_FILE).open("wb") as out:
-                pickle.dump(saved, out, protocol=4)
+            saved = _picklable(left, spider)
+            try:
+                replace_atomically(
+                    Path(self.jobdir) / JOBDIR_FILE, pickle.dumps(saved, protocol=4)
+                )
+            except OSError as error:
+                self._inc("justproxies/retries/rate_limited_dropped", len(left))
+                logger.error(
+                    "JustProxies: %d requests were waiting out a 429 when the "
+                    "spider closed (%s), and could not be kept in JOBDIR (%s); "
+                    "they were not sent (e.g. %s).",
+                    len(left), reason, error, left[0].url,
+                )  # fmt: skip
+                return
             self._inc("justproxies/retries/rate_limited_saved", len(saved))
             lost = len(left) - len(saved)
             if lost:
@@ -335,7 +368,8 @@ class JustProxiesRateLimitMiddleware:
                 "JustProxies: %d requests were waiting out a 429 when the spider "
                 "closed (%s); %d kept in JOBDIR for the resumed crawl%s.",
                 len(left), reason, len(saved),
-                f", {lost} dropped (their callbacks are not spider methods)"
+                f", {lost} dropped (their callbacks are not spider methods, or "
+                "their meta cannot be pickled)"
                 if lost else "",
             )  # fmt: skip
             return
@@ -488,6 +522,21 @@ def _keep_recent(items: dict[str, _V], key: str, value: _V) -> None:
     items[key] = value
     if len(items) > LATENCY_KEYS:
         del items[next(iter(items))]  # least recently used
+
+
+def _picklable(requests: list[Request], spider: Spider) -> list[dict[str, Any]]:
+    """The requests as JOBDIR keeps them, each checked on its own: a callback
+    that is not a spider method, or a meta value that cannot be pickled (a
+    lambda, say), loses that request only, not all of them."""
+    saved = []
+    for request in requests:
+        try:
+            entry = request.to_dict(spider=spider)
+            pickle.dumps(entry, protocol=4)
+        except (ValueError, TypeError, AttributeError, pickle.PicklingError):
+            continue
+        saved.append(entry)
+    return saved
 
 
 def _sent_at(meta: dict[str, Any], now: float) -> float:

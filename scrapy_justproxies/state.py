@@ -139,18 +139,25 @@ def save(
     with _locked(path):
         current = load(path, now=now, max_age=max_age).domains
         text = encode(merge(current, domains, now=now, max_age=max_age))
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
+        replace_atomically(path, text.encode("utf-8"))
+
+
+def replace_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, fsync it and
+    rename it over ``path``: a crash at any moment leaves the old file or
+    the new one, never half of one. ``OSError`` if it cannot be written."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager

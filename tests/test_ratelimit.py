@@ -3,13 +3,21 @@ a close that sends nothing more, JOBDIR, the HTTP cache, zero waits."""
 
 from __future__ import annotations
 
+import base64
+import logging
 import pickle
 from pathlib import Path
 from typing import Any
 
 import pytest
+from scrapy import Request, Spider
+from scrapy.utils.test import get_crawler
 
-from scrapy_justproxies.ratelimit import JOBDIR_FILE
+from scrapy_justproxies.ratelimit import (
+    JOBDIR_FILE,
+    JustProxiesRateLimitMiddleware,
+    _picklable,
+)
 from tests.test_crawl import configure, site, urls
 from tests.test_throttle import crawl
 
@@ -113,6 +121,9 @@ def test_waiting_retries_survive_a_jobdir_pause(
     assert paused.stats["justproxies/retries/rate_limited_saved"] == refused
     saved = (jobdir / JOBDIR_FILE).read_bytes()
     assert sandbox.password.encode() not in saved
+    # As it would be written if it were there: the header, base64.
+    token = base64.b64encode(f"{sandbox.user}:{sandbox.password}".encode())
+    assert token not in saved and b"Proxy-Authorization" not in saved
     assert len(pickle.loads(saved)) == refused
     waiting = {r["url"] for r in pickle.loads(saved)}
 
@@ -265,3 +276,57 @@ def test_a_long_retry_after_the_site_does_not_keep_stops_holding_the_slot(
     held = result.stats["justproxies/retries/slot_held"]
     assert 1 <= held < site(sandbox, "a.test")["rate_limited"]
     assert "no longer held" in result.log
+
+
+# -- JOBDIR: one bad request never loses the others, a bad file never a resume --
+
+
+class _Spider(Spider):
+    name = "jobdir"
+
+    def parse(self, response: Any) -> None:
+        pass
+
+
+def test_a_request_that_cannot_be_pickled_loses_only_itself() -> None:
+    """Before, one lambda in one waiting request's meta made pickle.dump
+    raise in spider_closed: every waiting request lost, an empty file left
+    that failed every later resume."""
+    spider = _Spider()
+    good = Request("http://a.test/1", callback=spider.parse)
+    lambda_meta = Request(
+        "http://a.test/2", callback=spider.parse, meta={"f": lambda: 1}
+    )
+    foreign_callback = Request("http://a.test/3", callback=lambda r: None)
+    saved = _picklable([good, lambda_meta, foreign_callback], spider)
+    assert [entry["url"] for entry in saved] == ["http://a.test/1"]
+
+
+def jobdir_middleware(tmp_path: Path) -> JustProxiesRateLimitMiddleware:
+    settings = {
+        "ADDONS": {"scrapy_justproxies.Addon": 100},
+        "JOBDIR": str(tmp_path),
+        "JUSTPROXIES_GATEWAY": "127.0.0.1:9",
+        "JUSTPROXIES_USER": "u",
+        "JUSTPROXIES_PASSWORD": "p",
+    }
+    crawler = get_crawler(_Spider, settings)
+    crawler._apply_settings()  # the add-on's entries, as a crawl does
+    return JustProxiesRateLimitMiddleware.from_crawler(crawler)
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"\x80\x04garbage", pickle.dumps({"not": "a list"})],
+    ids=["empty", "truncated", "foreign"],
+)  # fmt: skip
+def test_an_unreadable_jobdir_file_is_set_aside_not_a_failed_resume(
+    tmp_path: Path, caplog: Any, content: bytes
+) -> None:
+    (tmp_path / JOBDIR_FILE).write_bytes(content)
+    middleware = jobdir_middleware(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        middleware._opened(_Spider())
+    assert not (tmp_path / JOBDIR_FILE).exists()
+    assert (tmp_path / (JOBDIR_FILE + ".unreadable")).read_bytes() == content
+    assert "going on without them" in caplog.text
+    assert middleware.waiting == {}
