@@ -156,10 +156,15 @@ def route(meta: dict[str, Any]) -> Route:
 def _meta_text(value: Any) -> str | None:
     """A country or session from meta as text: str() because the proxy URL
     cache needs hashable keys and meta may hold a number; a bool is no id
-    (``True`` would become session "True"), so it becomes "" and is refused."""
+    (``True`` would become session "True"), so it becomes "" and is refused.
+    An empty or blank string is unset, as everywhere (``os.getenv('X', '')``).
+    """
     if value is None:
         return None
-    return "" if isinstance(value, bool) else str(value)
+    if isinstance(value, bool):
+        return ""
+    text = str(value)
+    return text if text.strip() else None
 
 
 def _shown(value: Any) -> str:

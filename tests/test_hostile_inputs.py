@@ -185,6 +185,9 @@ def test_bad_meta_is_refused_never_direct_and_only_sent_requests_count(
         },
         {"url": f"ftp://127.0.0.1:{sandbox.site_http_port}/file"},
         {"url": f"{base}/echo?empty-proxy", "meta": {"proxy": ""}},
+        # Empty means unset, from meta too (before, both were refused).
+        {"url": f"{base}/echo?empty-country", "meta": {"justproxies_country": ""}},
+        {"url": f"{base}/echo?blank-session", "meta": {"justproxies_session": " "}},
         {"url": f"{base}/echo?direct-false", "meta": {"justproxies_direct": False}},
         {"url": f"{base}/echo?plain"},
         # Asked for direct, with an empty proxy from os.getenv: direct.
@@ -197,19 +200,22 @@ def test_bad_meta_is_refused_never_direct_and_only_sent_requests_count(
         tmp_path, reactor=reactor, requests=requests, settings=ADDON, env=gateway_env
     )
     assert result.reason == "finished", result.output[-3000:]
-    assert result.statuses == {200: 4, None: 8}
+    assert result.statuses == {200: 6, None: 8}
     sent = {
         url.rsplit("?", 1)[1]: json.loads(o["body"])
         for url, o in result.outcomes.items()
         if o.get("status")
     }
-    assert set(sent) == {"empty-proxy", "direct-false", "plain", "direct"}
+    assert set(sent) == {
+        "empty-proxy", "empty-country", "blank-session", "direct-false", "plain",
+        "direct",
+    }  # fmt: skip
     assert [k for k, echo in sent.items() if not echo["via_gateway"]] == ["direct"]
     # Only the one that asked for it reached the site directly.
     assert (
         sum(s.get("direct", 0) for s in sandbox.client.stats()["sites"].values()) == 1
     )
-    assert result.stats["justproxies/requests/proxied"] == 3
+    assert result.stats["justproxies/requests/proxied"] == 5
     assert result.stats["justproxies/requests/refused_meta"] == 7
     assert result.stats["justproxies/requests/direct"] == 1
     assert result.stats.get("justproxies/requests/own_proxy", 0) == 0
