@@ -493,8 +493,14 @@ class Learned:
         for name, value in (("rate", rate), ("answer_time", answer_time)):
             if value is not None and not _positive(value):
                 raise ValueError(f"{name} must be a positive number or null")
-        if not _number(at) or concurrency < 1 or samples < 0:
-            raise ValueError("at, concurrency or samples out of range")
+        if not _number(at) or not 1 <= concurrency <= _LEARNED_MAX:
+            raise ValueError("at or concurrency out of range")
+        if not 0 <= samples <= _LEARNED_MAX_SAMPLES:
+            raise ValueError("samples out of range")
+        if (rate is not None and rate > _LEARNED_MAX) or (  # type: ignore[operator]
+            answer_time is not None and answer_time > _LEARNED_MAX_ANSWER  # type: ignore[operator]
+        ):
+            raise ValueError("rate or answer_time out of range")
         return cls(
             concurrency=concurrency,
             rate=None if rate is None else float(rate),  # type: ignore[arg-type]
@@ -503,6 +509,14 @@ class Learned:
             at=float(at),  # type: ignore[arg-type]
             samples=samples,
         )
+
+
+_LEARNED_MAX = 1_000_000
+"""Largest concurrency or rate a state file may hold: far above any site's,
+and small enough that no arithmetic on it overflows (a hostile file with
+10**400 made the controller raise OverflowError)."""
+_LEARNED_MAX_SAMPLES = 10**15
+_LEARNED_MAX_ANSWER = 3600.0
 
 
 def _number(value: object) -> bool:

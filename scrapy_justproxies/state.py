@@ -108,8 +108,17 @@ def load(path: Path, *, now: float, max_age: float) -> Loaded:
         domains = decode(text)
     except StateFileError as exc:
         return Loaded({}, warning=str(exc))
-    fresh = {k: v for k, v in domains.items() if now - v.at <= max_age}
+    fresh = {k: v for k, v in domains.items() if _fresh(v, now, max_age)}
     return Loaded(fresh, stale=len(domains) - len(fresh))
+
+
+FUTURE_SKEW = 300.0
+"""Seconds an entry may be dated after now (clocks of two machines sharing
+the file differ): later, it never ages out, and is dropped as stale."""
+
+
+def _fresh(entry: Learned, now: float, max_age: float) -> bool:
+    return -FUTURE_SKEW <= now - entry.at <= max_age
 
 
 def merge(
@@ -124,7 +133,7 @@ def merge(
     for key, entry in new.items():
         if key not in merged or entry.at >= merged[key].at:
             merged[key] = entry
-    return {k: v for k, v in merged.items() if now - v.at <= max_age}
+    return {k: v for k, v in merged.items() if _fresh(v, now, max_age)}
 
 
 def save(

@@ -67,9 +67,19 @@ def test_missing_file_is_a_quiet_cold_start(tmp_path: Path) -> None:
         '{"a.test": {"concurrency": "many", "at": 1, "samples": 1}}}',
         '{"format": "scrapy-justproxies/limits", "version": 1, "domains": '
         '{"a.test": {"concurrency": 5, "at": 1, "samples": 1, "kind": "weird"}}}',
+
+        # Hostile numbers: 10**400 made the controller raise OverflowError.
+        '{"format": "scrapy-justproxies/limits", "version": 1, "domains": '
+        '{"a.test": {"concurrency": 1' + "0" * 400 + ', "at": 1, "samples": 1,'
+        ' "answer_time": 0.2}}}',
+        '{"format": "scrapy-justproxies/limits", "version": 1, "domains": '
+        '{"a.test": {"concurrency": 5, "at": 1, "samples": 1, "rate": 1e300}}}',
+        '{"format": "scrapy-justproxies/limits", "version": 1, "domains": '
+        '{"a.test": {"concurrency": 5, "at": 1, "samples": 1,'
+        ' "answer_time": 1e300}}}',
     ],
     ids=["empty", "truncated", "truncated-entry", "list", "foreign", "version",
-         "bad-entry", "bad-kind"],
+         "bad-entry", "bad-kind", "huge-concurrency", "huge-rate", "huge-time"],
 )  # fmt: skip
 def test_bad_files_give_a_warning_and_nothing(tmp_path: Path, text: str) -> None:
     path = tmp_path / "limits.json"
@@ -94,6 +104,19 @@ def test_old_entries_are_ignored(tmp_path: Path) -> None:
     path.write_text(encode({"old.test": entry(at=0.0), "new.test": entry(at=DAY)}))
     loaded = load(path, now=DAY + 10, max_age=DAY)
     assert list(loaded.domains) == ["new.test"]
+    assert loaded.stale == 1
+
+
+def test_entries_dated_in_the_future_are_ignored(tmp_path: Path) -> None:
+    """A clock far ahead (or a hostile file) would keep an entry forever:
+    beyond a few minutes of skew it is stale."""
+    path = tmp_path / "limits.json"
+    now = 10 * DAY
+    path.write_text(
+        encode({"skewed.test": entry(at=now + 60), "future.test": entry(at=now + DAY)})
+    )
+    loaded = load(path, now=now, max_age=DAY)
+    assert list(loaded.domains) == ["skewed.test"]
     assert loaded.stale == 1
 
 
