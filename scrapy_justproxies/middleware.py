@@ -554,6 +554,8 @@ class JustProxiesScrubMiddleware:
     # Issue 10: also the byte meter's one hook (it sees every answer first,
     # before HttpCompressionMiddleware inflates it).
     meter: ByteMeter | None = None
+    stats: Any = None
+    warned_elsewhere: bool = False
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> JustProxiesScrubMiddleware:
@@ -562,10 +564,38 @@ class JustProxiesScrubMiddleware:
             if Config.from_settings(crawler.settings, os.environ).enabled:
                 check_middlewares(crawler.settings)
             middleware.meter = ByteMeter.of(crawler)  # reads JUSTPROXIES_* paths
+            middleware.stats = crawler.stats
         except JustProxiesConfigError as error:
             report_startup_error(logger, error)
             raise
         return middleware
+
+    def process_request(self, request: Request, spider: Spider | None = None) -> None:
+        """The last look before the download: a middleware between
+        HttpProxyMiddleware (750) and here that pointed a routed request at
+        another proxy must not send the gateway's credentials along."""
+        meta = request.meta
+        auth_proxy = meta.get("_auth_proxy")
+        if (
+            META_ROUTED not in meta
+            or auth_proxy is None
+            or meta.get("proxy") == auth_proxy
+            or b"Proxy-Authorization" not in request.headers
+        ):
+            return
+        _scrub(request)
+        if self.stats is not None:
+            self.stats.inc_value("justproxies/requests/credentials_withheld")
+        if not self.warned_elsewhere:
+            self.warned_elsewhere = True
+            logger.warning(
+                "JustProxies: a downloader middleware after HttpProxyMiddleware "
+                "changed meta['proxy'] of a request routed through the gateway "
+                "(e.g. %s); it goes out without the gateway's credentials. Set "
+                "meta['proxy'] before JustProxiesMiddleware (745), or "
+                "meta['justproxies_direct'], to route it yourself.",
+                request.url[:80],
+            )
 
     def process_response(
         self, request: Request, response: Response, spider: Spider | None = None

@@ -711,3 +711,80 @@ def test_by_hand_without_the_add_on_the_spider_never_sees_the_credentials(
         names = [name.lower() for name in outcome["request_header_names"]]
         assert names and "proxy-authorization" not in names
     assert sandbox.password not in result.everything_written()
+
+
+@pytest.fixture
+def capturing_proxy() -> Iterator[tuple[str, list[bytes]]]:
+    """A plain-http "proxy" that records each request's head and answers
+    200 "ok" itself."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    heads: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn = server.accept()[0]
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                data = b""
+                with contextlib.suppress(OSError):
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                heads.append(data)
+                with contextlib.suppress(OSError):
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                        b"Connection: close\r\n\r\nok"
+                    )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}", heads
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+def test_a_proxy_set_after_httpproxy_never_gets_the_gateways_credentials(
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    capturing_proxy: tuple[str, list[bytes]],
+    tmp_path: Path,
+) -> None:
+    """A user's middleware at 800 points some requests at its own proxy,
+    after HttpProxyMiddleware (750) set the gateway's Proxy-Authorization:
+    before, that proxy received the gateway's credentials."""
+    other, heads = capturing_proxy
+    configure(sandbox, {"a.test": {}})
+    base = f"http://127.0.0.1:{sandbox.site_http_port}"
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=[{"url": f"{base}/other/{i}"} for i in range(3)]
+        + urls(sandbox, "a.test", 2),
+        settings={
+            **ADDON,
+            "DOWNLOADER_MIDDLEWARES": {"tests.other_proxy.OtherProxyMiddleware": 800},
+            "OTHER_PROXY": other,
+        },
+        env={**gateway_env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert result.statuses == {200: 5}, result.output[-3000:]
+    assert len(heads) == 3
+    token = base64.b64encode(f"{sandbox.user}:{sandbox.password}".encode())
+    for head in heads:
+        assert b"proxy-authorization" not in head.lower()
+        assert token not in head and sandbox.password.encode() not in head
+    assert result.stats["justproxies/requests/credentials_withheld"] == 3
+    assert result.log.count("changed meta['proxy'] of a request routed") == 1
