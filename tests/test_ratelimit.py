@@ -341,7 +341,7 @@ def cached_statuses(cache: Path) -> list[int]:
     statuses = []
     for meta in cache.rglob("pickled_meta"):
         with meta.open("rb") as file:
-            statuses.append(int(pickle.load(file)["status"]))  # noqa: S301 - ours
+            statuses.append(int(pickle.load(file)["status"]))
     return sorted(statuses)
 
 
@@ -354,9 +354,7 @@ def test_a_429_with_dont_retry_is_left_to_the_spider(
     RETRY_TIMES), and is not stored in the HTTP cache."""
     configure(sandbox, {"a.test": refusing(1, **FAST)})  # one 200, then 429s
     cache = tmp_path / "cache"
-    requests = [
-        {**r, "meta": {"dont_retry": True}} for r in urls(sandbox, "a.test", 6)
-    ]
+    requests = [{**r, "meta": {"dont_retry": True}} for r in urls(sandbox, "a.test", 6)]
     result = crawl(
         sandbox, gateway_env, tmp_path, requests, reactor,
         HTTPCACHE_ENABLED=True, HTTPCACHE_DIR=str(cache),

@@ -8,7 +8,6 @@ import logging
 import tracemalloc
 
 import pytest
-
 from scrapy import Request
 from scrapy.http import Response
 from scrapy.settings import Settings
