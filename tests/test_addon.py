@@ -13,6 +13,7 @@ from scrapy_justproxies import (
 )
 from scrapy_justproxies.config import TEMPLATE_OVERRIDE_PRIORITY
 from scrapy_justproxies.middleware import JustProxiesScrubMiddleware as SCRUB
+from scrapy_justproxies.presets import PRESETS
 from scrapy_justproxies.ratelimit import JustProxiesRateLimitMiddleware as RATE
 from scrapy_justproxies.trace import JustProxiesTrace
 
@@ -194,3 +195,57 @@ def test_no_trace_by_default() -> None:
 def test_bad_price_fails_in_the_addon() -> None:
     with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_PRICE_PER_GB"):
         Addon().update_settings(project({"JUSTPROXIES_PRICE_PER_GB": -2}))
+
+
+# README's pool table: CONCURRENT_REQUESTS, per domain start, RETRY_TIMES,
+# DOWNLOAD_TIMEOUT (kept here, not read from PRESETS, so a preset that
+# drifts from the README fails).
+README_POOLS = {
+    "datacenter": (200, 50, 3, 20),
+    "residential": (100, 30, 2, 20),
+    "mobile": (50, 16, 1, 20),
+    "static": (50, 20, 2, 20),
+}
+
+
+def test_the_readme_table_names_every_pool() -> None:
+    assert set(README_POOLS) == set(PRESETS)
+
+
+@pytest.mark.parametrize("pool", sorted(PRESETS))
+def test_each_pool_writes_its_whole_preset(pool: str) -> None:
+    """Every pool sets RETRY_TIMES, DOWNLOAD_DELAY = 0,
+    CONCURRENT_REQUESTS_PER_IP = 0 and DNSCACHE_ENABLED = True (README,
+    *Pool presets*), at the add-on's priority: Scrapy's defaults are moved
+    away from those values first (CONCURRENT_REQUESTS_PER_IP cannot be: a
+    value other than 0 is deprecated in Scrapy 2.14+; its priority tells),
+    so a preset that left one out fails."""
+    settings = project({"JUSTPROXIES_POOL": pool})
+    settings.setdict(
+        {
+            "RETRY_TIMES": 9,
+            "DNSCACHE_ENABLED": False,
+            "DOWNLOAD_DELAY": 3,
+            "DOWNLOAD_TIMEOUT": 99,
+        },
+        priority="default",
+    )
+    Addon().update_settings(settings)
+    total, start, retries, timeout = README_POOLS[pool]
+    assert settings.getint("CONCURRENT_REQUESTS") == total
+    assert settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN") == start
+    assert settings.getint("RETRY_TIMES") == retries
+    assert settings.getfloat("DOWNLOAD_TIMEOUT") == timeout
+    assert settings.getfloat("DOWNLOAD_DELAY") == 0
+    assert settings.getint("CONCURRENT_REQUESTS_PER_IP") == 0
+    assert settings.getbool("DNSCACHE_ENABLED") is True
+    for name in (
+        "CONCURRENT_REQUESTS",
+        "CONCURRENT_REQUESTS_PER_DOMAIN",
+        "RETRY_TIMES",
+        "DOWNLOAD_TIMEOUT",
+        "DOWNLOAD_DELAY",
+        "CONCURRENT_REQUESTS_PER_IP",
+        "DNSCACHE_ENABLED",
+    ):
+        assert settings.getpriority(name) == 15, name  # the add-on's

@@ -541,6 +541,44 @@ def test_retry_after_max_below_one_second_is_refused() -> None:
     assert config.retry_after_max == 1.0
 
 
+@pytest.mark.parametrize("source", ["settings", "environment"])
+def test_retry_after_max_above_300_seconds_is_refused(source: str) -> None:
+    """README: between 1 and 300. 300 itself is taken; above it, a start-up
+    error naming the setting and its range."""
+
+    def read(value: object) -> ThrottleConfig:
+        if source == "settings":
+            return ThrottleConfig.from_settings(
+                settings({"JUSTPROXIES_RETRY_AFTER_MAX": value}), {}
+            )
+        return ThrottleConfig.from_settings(
+            settings(), {"JUSTPROXIES_RETRY_AFTER_MAX": str(value)}
+        )
+
+    assert read(300).retry_after_max == 300.0
+    for value in (300.5, 301, 3600):
+        with pytest.raises(JustProxiesConfigError) as error:
+            read(value)
+        assert "JUSTPROXIES_RETRY_AFTER_MAX" in str(error.value)
+        assert "300" in str(error.value)
+
+
+def test_throttle_log_interval_is_read_and_never_negative() -> None:
+    assert ThrottleConfig.from_settings(settings(), {}).log_interval == 10.0
+    config = ThrottleConfig.from_settings(
+        settings({"JUSTPROXIES_THROTTLE_LOG_INTERVAL": 2.5}), {}
+    )
+    assert config.log_interval == 2.5
+    from_env = ThrottleConfig.from_settings(
+        settings(), {"JUSTPROXIES_THROTTLE_LOG_INTERVAL": "0"}
+    )
+    assert from_env.log_interval == 0.0
+    with pytest.raises(JustProxiesConfigError, match="JUSTPROXIES_THROTTLE_LOG_INT"):
+        ThrottleConfig.from_settings(
+            settings({"JUSTPROXIES_THROTTLE_LOG_INTERVAL": -1}), {}
+        )
+
+
 @pytest.mark.parametrize(
     "value", [f"gw.example.net:8000:alice:pa[{SECRET}", f"[gw.example.net:{SECRET}"]
 )

@@ -12,12 +12,16 @@ from typing import Any
 import pytest
 import scrapy
 
+from scrapy_justproxies.presets import PRESETS
 from scrapy_justproxies.sandbox.crawl import CrawlResult, run_crawl
+from tests import pool_probe
 
 pytestmark = pytest.mark.crawl
 
 ADDON = {"ADDONS": {"scrapy_justproxies.Addon": 100}}
 SCRAPY_214 = tuple(int(p) for p in scrapy.__version__.split(".")[:2]) >= (2, 14)
+# The crawl's child imports tests.pool_probe from the repository's root.
+ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def configure(sandbox: Any, sites: dict[str, Any], **gateway: Any) -> None:
@@ -106,6 +110,8 @@ def test_per_domain_cap_holds(
     counters = site(sandbox, "cap.test")
     assert counters["max_inflight"] <= 8
     assert counters["max_inflight"] >= 6  # and the cap was actually used
+    # The one site's download slot is the one the plugin guarded.
+    assert result.stats["justproxies/slots/guarded"] == 1
 
 
 def test_scrapy_alone_overruns_the_cap_so_the_count_can_fail(
@@ -161,6 +167,9 @@ def test_wrong_password_stops_with_one_clear_error(
     assert counters.get("direct", 0) == 0
     failures = sandbox.client.stats()["gateway"]["auth_failures"]
     assert 1 <= failures <= 20  # a few in flight, no retry storm
+    # Each 407 judged the gateway's is counted (those already in flight when
+    # the first stopped the crawl too), none more than the gateway refused.
+    assert 1 <= result.stats["justproxies/gateway/auth_rejected"] <= failures
     assert "not-the-password" not in result.everything_written()
 
 
@@ -397,3 +406,41 @@ def test_other_schemes_never_go_direct_and_copied_meta_is_safe(
     assert result.stats["justproxies/requests/refused_scheme"] == 1
     assert result.statuses == {200: 8, None: 1}
     assert sandbox.client.stats()["gateway"]["auth_failures"] == 0
+
+
+@pytest.mark.parametrize("pool", sorted(PRESETS))
+def test_each_pool_is_in_force_in_a_crawl_with_a_connection_pool_of_its_total(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path, pool: str
+) -> None:
+    """README, *Pool presets*: each pool sets RETRY_TIMES,
+    CONCURRENT_REQUESTS_PER_IP = 0 and DNSCACHE_ENABLED, and the plugin
+    resizes the HTTP/1.1 handlers' connection pools (Scrapy sizes them once,
+    from CONCURRENT_REQUESTS_PER_DOMAIN, the preset's start) to
+    CONCURRENT_REQUESTS. Read from the running crawl's own objects."""
+    configure(sandbox, {"a.test": {}})
+    preset = PRESETS[pool]
+    result = run_crawl(
+        tmp_path,
+        reactor="asyncio",
+        requests=urls(sandbox, "a.test", 2) + urls(sandbox, "a.test", 2, https=True),
+        settings={**ADDON, "EXTENSIONS": {pool_probe.PATH: 0}},
+        env={**gateway_env, "JUSTPROXIES_POOL": pool, "PYTHONPATH": ROOT},
+    )
+    assert result.statuses == {200: 4}, result.output[-3000:]
+    stats = result.stats
+    for scheme in ("http", "https"):
+        assert (
+            stats[f"probe/max_persistent_per_host/{scheme}"]
+            == preset.total_concurrency
+            > preset.domain_concurrency_start  # Scrapy's own size
+        )
+    expected = {
+        "CONCURRENT_REQUESTS": preset.total_concurrency,
+        "CONCURRENT_REQUESTS_PER_DOMAIN": preset.domain_concurrency_start,
+        "CONCURRENT_REQUESTS_PER_IP": 0,
+        "DNSCACHE_ENABLED": True,
+        "DOWNLOAD_DELAY": 0,
+        "DOWNLOAD_TIMEOUT": preset.download_timeout,
+        "RETRY_TIMES": preset.retry_times,
+    }
+    assert {name: stats[f"probe/setting/{name}"] for name in expected} == expected

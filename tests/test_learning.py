@@ -14,11 +14,16 @@ from typing import Any
 
 import pytest
 
-from scrapy_justproxies.controller import ControllerSettings, DomainController
+from scrapy_justproxies.controller import (
+    ControllerSettings,
+    DomainController,
+    Learned,
+    LimitKind,
+)
 from scrapy_justproxies.presets import PRESETS
 from scrapy_justproxies.report import read_trace
 from scrapy_justproxies.sandbox.crawl import CHILD, run_crawl
-from scrapy_justproxies.state import load
+from scrapy_justproxies.state import encode, load
 
 try:  # tests/ is a package
     from tests.test_crawl import ADDON, configure, urls
@@ -68,6 +73,8 @@ def test_second_crawl_starts_at_the_learned_level(
     second = crawl(sandbox, gateway_env, reactor, tmp_path / "two", state_file)
     assert second.reason == "finished", second.output[-3000:]
     level = learned["limited.test"].concurrency
+    assert second.stats["justproxies/state/loaded"] == 1
+    assert first.stats["justproxies/state/loaded"] == 0  # no file yet
     assert second.stats["justproxies/warm_start/limited.test"] == level
     assert second.stats["justproxies/limit_start/limited.test"] == level
     assert "1 domains start warm from" in second.log
@@ -211,3 +218,54 @@ def test_a_rate_limited_site_is_paced_at_the_rate_it_admits(
     ]
     assert paces, "the site was never paced"
     assert 30 * 0.5 <= paces[-1] <= 30 * 1.5
+
+
+def test_an_entry_older_than_the_state_max_age_starts_cold_and_is_dropped(
+    sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    """JUSTPROXIES_STATE_MAX_AGE: a domain learned longer ago starts cold,
+    and such entries are dropped at the next save. The same file, two hours
+    old, with the default (7 days) and with an hour."""
+    at = time.time() - 7200
+    entry = Learned(3, None, LimitKind.INFLIGHT, 0.05, at, 500)
+    text = encode({"limited.test": entry, "gone.test": entry})
+    mobile = PRESETS["mobile"]
+    warm_level = DomainController(
+        ControllerSettings(
+            start=mobile.domain_concurrency_start,
+            maximum=mobile.domain_concurrency_max,
+        ),
+        0.0,
+        learned=entry,
+    ).limit
+
+    def crawl_from(name: str, **settings: Any) -> tuple[Any, Path]:
+        state_file = tmp_path / f"{name}.json"
+        state_file.write_text(text)
+        configure(sandbox, SITE)
+        result = run_crawl(
+            tmp_path / name,
+            reactor="asyncio",
+            requests=urls(sandbox, "limited.test", 120),
+            settings={**ADDON, "JUSTPROXIES_STATE_FILE": str(state_file), **settings},
+            env={**gateway_env, "JUSTPROXIES_POOL": "mobile"},
+            log_level="INFO",
+        )
+        assert result.reason == "finished", result.output[-3000:]
+        assert result.statuses == {200: 120}
+        return result, state_file
+
+    young, young_file = crawl_from("default")
+    assert young.stats["justproxies/state/loaded"] == 2
+    assert young.stats["justproxies/warm_start/limited.test"] == warm_level
+    assert "2 domains start warm from" in young.log
+    assert "gone.test" in load(young_file, now=time.time(), max_age=DAY).domains
+
+    old, old_file = crawl_from("hour", JUSTPROXIES_STATE_MAX_AGE=3600)
+    assert old.stats["justproxies/state/loaded"] == 0
+    assert "justproxies/warm_start/limited.test" not in old.stats
+    assert old.stats["justproxies/limit_start/limited.test"] != warm_level
+    assert "start warm" not in old.log
+    saved = load(old_file, now=time.time(), max_age=DAY).domains
+    assert "gone.test" not in saved  # dropped at the save
+    assert saved["limited.test"].at > at  # learned afresh in this crawl

@@ -18,6 +18,7 @@ from scrapy_justproxies.ratelimit import (
     JustProxiesRateLimitMiddleware,
     _picklable,
 )
+from scrapy_justproxies.sandbox.crawl import run_crawl
 from tests.test_crawl import configure, site, urls
 from tests.test_throttle import crawl
 
@@ -330,3 +331,77 @@ def test_an_unreadable_jobdir_file_is_set_aside_not_a_failed_resume(
     assert (tmp_path / (JOBDIR_FILE + ".unreadable")).read_bytes() == content
     assert "going on without them" in caplog.text
     assert middleware.waiting == {}
+
+
+# -- meta['dont_retry'] and a cache filled before (README, "429s lose nothing") --
+
+
+def cached_statuses(cache: Path) -> list[int]:
+    """The status of every answer Scrapy's filesystem cache holds."""
+    statuses = []
+    for meta in cache.rglob("pickled_meta"):
+        with meta.open("rb") as file:
+            statuses.append(int(pickle.load(file)["status"]))
+    return sorted(statuses)
+
+
+def test_a_429_with_dont_retry_is_left_to_the_spider(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    """A request with meta['dont_retry'] is left to you: its 429 reaches the
+    spider as Scrapy gives it (HttpErrorMiddleware: the errback, an
+    HttpError with the 429), is not retried (neither as a 429 nor through
+    RETRY_TIMES), and is not stored in the HTTP cache."""
+    configure(sandbox, {"a.test": refusing(1, **FAST)})  # one 200, then 429s
+    cache = tmp_path / "cache"
+    requests = [{**r, "meta": {"dont_retry": True}} for r in urls(sandbox, "a.test", 6)]
+    result = crawl(
+        sandbox, gateway_env, tmp_path, requests, reactor,
+        HTTPCACHE_ENABLED=True, HTTPCACHE_DIR=str(cache),
+    )  # fmt: skip
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.statuses == {200: 1, 429: 5}, result.outcomes
+    refused = [o for o in result.outcomes.values() if o["status"] == 429]
+    assert all(o["error"] == "HttpError" for o in refused), refused
+    counters = site(sandbox, "a.test")
+    assert counters["requests"] == 6  # each URL once: nothing retried
+    assert counters["rate_limited"] == 5
+    stats = result.stats
+    assert "justproxies/retries/rate_limited" not in stats
+    assert "justproxies/retries/rate_limited_gave_up" not in stats
+    assert "retry/count" not in stats
+    assert cached_statuses(cache) == [200]  # the page, never a 429
+
+
+def test_a_429_from_a_cache_filled_before_is_retried_past_the_cache(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    """A cache filled without the plugin holds the site's 429s (Scrapy's
+    default policy stores any status). A crawl with the plugin gets each from
+    the cache, then retries it past the cache and gets the site's 200; a
+    retry answered from the cache again would draw the same 429 until the
+    429 budget ran out."""
+    cache = tmp_path / "cache"
+    cached = {"HTTPCACHE_ENABLED": True, "HTTPCACHE_DIR": str(cache)}
+    configure(sandbox, {"a.test": refusing(1, **FAST)})  # one 200, then 429s
+    gateway = f"http://{sandbox.user}:{sandbox.password}@{sandbox.gateway}"
+    by_hand = [{**r, "meta": {"proxy": gateway}} for r in urls(sandbox, "a.test", 6)]
+    filled = run_crawl(
+        tmp_path / "1", reactor=reactor, requests=by_hand,
+        settings={**cached, "RETRY_TIMES": 0, "LOG_LEVEL": "INFO"},
+    )  # fmt: skip
+    assert filled.statuses == {200: 1, 429: 5}, filled.output[-3000:]
+    assert cached_statuses(cache) == [200, 429, 429, 429, 429, 429]
+
+    configure(sandbox, {"a.test": FAST})  # the site admits everything now
+    result = crawl(
+        sandbox, gateway_env, tmp_path / "2", urls(sandbox, "a.test", 6), reactor,
+        JUSTPROXIES_RETRY_429_TIMES=3, **cached,
+    )  # fmt: skip
+    assert result.statuses == {200: 6}, result.output[-3000:]
+    stats = result.stats
+    assert stats["httpcache/hit"] == 6  # every URL was looked up there first
+    assert stats["justproxies/retries/rate_limited"] == 5
+    counters = site(sandbox, "a.test")
+    assert counters["requests"] == counters["admitted"] == 5  # the retries
+    assert "justproxies/retries/rate_limited_gave_up" not in stats

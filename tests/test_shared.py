@@ -643,7 +643,12 @@ def test_three_processes_share_one_budget(
             <= stats[f"justproxies/shared/site_limit/{HOST}"]
         )
         assert "justproxies/shared/unreachable" not in stats
+        assert "justproxies/shared/errors" not in stats
         assert_no_secret(result, sandbox)
+    # The budget was set (and moved) by the site's leader: some process
+    # decided each change, and counted it.
+    decided = [r.stats.get("justproxies/shared/budget_changes", 0) for r in results]
+    assert sum(decided) >= 1, decided
     assert_no_redis_secret(results, redis_server)
     # Every process gave its lease back when it closed.
     assert not [f for f in db.hkeys(site_key()) if f.startswith("p:")]
@@ -711,6 +716,7 @@ def test_redis_stopped_and_started_again_mid_crawl_loses_no_url(
     assert_all_fetched(results, 200)
     for result in results:
         assert result.stats["justproxies/shared/unreachable"] == 1
+        assert result.stats["justproxies/shared/errors"] >= 1  # failed heartbeats
         assert result.log.count("is unreachable") == 1  # one warning per outage
         assert "reachable again" in result.log
     assert_no_redis_secret(results, redis_server)
@@ -752,6 +758,7 @@ def test_unreachable_redis_not_required_warns_and_crawls_alone(
     for result in results:
         assert "WARNING" in result.log and "cannot reach the shared state" in result.log
         assert result.stats["justproxies/shared/unreachable"] == 1
+        assert result.stats["justproxies/shared/errors"] >= 1
         assert "never-shown-pw" not in result.everything_written()
 
 

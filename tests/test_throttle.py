@@ -57,6 +57,13 @@ def test_finds_the_sites_limit_and_loses_nothing(
     share = counters["rate_limited"] / (counters["rate_limited"] + counters["admitted"])
     assert share < 0.15
     assert stats["justproxies/retries/rate_limited"] == counters["rate_limited"]
+    # The throttle judged every answer, the site's 429s among them.
+    answers = stats["justproxies/answers/a.test"]
+    assert answers == counters["admitted"] + counters["rate_limited"]
+    assert stats["justproxies/rate_limited/a.test"] == counters["rate_limited"] > 0
+    assert stats["justproxies/rate_limited_share/a.test"] == round(
+        counters["rate_limited"] / answers, 4
+    )
     assert "JustProxies: a.test concurrency 4 -> 5, increase" in result.log
     assert "JustProxies concurrency by domain:\n  a.test: final" in result.log
 

@@ -4,10 +4,13 @@ throttle's own hooks with a fake clock (no crawl: no slots to set)."""
 
 from __future__ import annotations
 
+import logging
 import tracemalloc
 
+import pytest
 from scrapy import Request
 from scrapy.http import Response
+from scrapy.settings import Settings
 from scrapy.utils.test import get_crawler
 
 from scrapy_justproxies.config import ThrottleConfig
@@ -154,3 +157,55 @@ def test_a_broad_crawl_keeps_controllers_only_for_the_recent_domains() -> None:
     assert live <= (QUIET_SECONDS + SWEEP_SECONDS) * 250 + 1
     assert len(throttle.domains) == sites
     assert sum(d.counts.answers for d in throttle.domains.values()) == 3 * sites
+
+
+def test_an_eviction_is_counted_in_the_stats() -> None:
+    """`justproxies/domains/evicted` counts each domain evicted after
+    IDLE_SECONDS idle (3 minutes: a fake clock, not a 3-minute crawl)."""
+    clock = Clock()
+    throttle = make_throttle(clock)
+    for key in ("a.test", "b.test"):
+        answer(throttle, key)
+    stats = throttle.crawler.stats
+    clock.now += IDLE_SECONDS - 1
+    answer(throttle, "other.test")  # idle, but not long enough yet
+    assert stats.get_value("justproxies/domains/evicted") is None
+    clock.now += 1 + SWEEP_SECONDS
+    answer(throttle, "other.test")
+    assert "a.test" not in throttle.domains and "b.test" not in throttle.domains
+    assert stats.get_value("justproxies/domains/evicted") == 2
+
+
+def test_limit_changes_are_logged_at_most_once_per_log_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """JUSTPROXIES_THROTTLE_LOG_INTERVAL, read as a crawl reads it: within
+    the interval the changes wait, and the next line sums them up ("after N
+    more changes"); with 0 every change has its line."""
+
+    def lines(interval: float) -> list[str]:
+        clock = Clock()
+        throttle = JustProxiesThrottle(
+            get_crawler(),
+            ThrottleConfig.from_settings(
+                Settings({"JUSTPROXIES_THROTTLE_LOG_INTERVAL": interval}), {}
+            ),
+            ControllerSettings(start=4, maximum=50),
+            clock=clock,
+        )
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="scrapy_justproxies.throttle"):
+            for _ in range(400):  # clean and used: about a raise a second
+                clock.now += 0.02
+                answer(throttle, "grown.test")
+        return [r.getMessage() for r in caplog.records if "concurrency" in r.message]
+
+    every = lines(0)
+    assert len(every) >= 4, every  # one per change: 4 -> 5, 5 -> 6, ...
+    assert not any("more changes" in line for line in every)
+    summed = lines(1000)  # the first change, then nothing for 1,000 s
+    assert len(summed) == 1, summed
+    assert summed[0] == every[0]
+    sparse = lines(3)
+    assert len(every) > len(sparse) > 1, sparse
+    assert "more changes from" in sparse[1]
