@@ -430,7 +430,7 @@ def _grown(
         rate = _probed_rate(current, rate, clean, span, waited, policy)
         probes += rate != current.rate
         if current.answer_time is not None:
-            total = max(total, math.ceil(rate * current.answer_time))
+            total = max(total, math.floor(rate * current.answer_time))
     elif (
         current.overload is not None
         and current.total + 1 < current.overload
@@ -1054,8 +1054,8 @@ class SharedBudgets:
             return
         if not ok or site.halted or site.level >= self.maximum:
             return
-        if self._demand(key) < site.level:
-            return  # not used: says nothing about more
+        if self._demand(key) <= site.level:
+            return  # no more work than that: more would not be used
         site.level += 1
         site.peak = max(site.peak, site.level)
         self.guard.set_concurrency(key, site.level)
