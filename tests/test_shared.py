@@ -284,11 +284,17 @@ def test_paced_clean_and_held_by_the_pace_the_rate_is_probed_up() -> None:
     again = next_budget(cut, later, reports, 95.5, POLICY)
     assert again is not None
     assert again.rate == pytest.approx(cut.rate * (1 + POLICY.rate_step))
-    # The next doubles (a rate measured a little low is found in a few).
-    more = _steady(91, 110, ok=45, limited=0, ms=300)
-    twice = next_budget(again, more, reports, 101.5, POLICY)
-    assert twice is not None and again.rate is not None
-    assert twice.rate == pytest.approx(again.rate * (1 + 2 * POLICY.rate_step))
+    # The next ones double, up to four times the first (a rate measured
+    # low is found again in a few steps).
+    steps = [again]
+    for at in (101.5, 107.5, 113.5):
+        more = _steady(91, int(at), ok=47, limited=0, ms=300)
+        step = next_budget(steps[-1], more, reports, at, POLICY)
+        assert step is not None
+        steps.append(step)
+    gains = [b.rate / a.rate - 1 for a, b in itertools.pairwise(steps)]  # type: ignore[operator]
+    first = POLICY.rate_step
+    assert gains == pytest.approx([2 * first, 4 * first, 4 * first])
 
 
 def test_paced_the_rate_is_probed_while_the_total_is_below_its_overload() -> None:
@@ -396,7 +402,9 @@ class _Slots(_NoSlots):
         self.concurrency.append(concurrency)
 
 
-def test_a_process_joins_before_its_first_request_and_grows_its_part() -> None:
+def test_a_process_joins_before_its_first_request_and_grows_its_part(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Issue 11: each process opened with its own slow start until a second
     of pooled answers was in. The site's first heartbeat now goes out as its
     slot is made: one request at a time until the share is back (a few
@@ -404,6 +412,8 @@ def test_a_process_joins_before_its_first_request_and_grows_its_part() -> None:
     by one per clean answer with work waiting (three processes together as
     one slow start), halves at its first 429 and stops growing; the first
     climb ends the opening, and the share governs."""
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     guard = _Slots()
     shared = SharedBudgets(
         get_crawler(),
@@ -440,9 +450,14 @@ def test_a_process_joins_before_its_first_request_and_grows_its_part() -> None:
     guard.waiting = 99
     shared.record(key, rate_limited=True, ok=False, seconds=0.1)
     assert shared.effective(key, 4) == 3 and guard.concurrency[-1] == 3
+    clock[0] += 0.05
     shared.record(key, rate_limited=True, ok=False, seconds=0.1)
     shared.record(key, rate_limited=False, ok=True, seconds=0.2)
-    assert shared.effective(key, 4) == 3  # halved once, and stopped
+    assert shared.effective(key, 4) == 3  # sent before the halving; stopped
+    # A 429 to a request sent after the halving: still too many, halved again.
+    clock[0] += 0.3
+    shared.record(key, rate_limited=True, ok=False, seconds=0.2)
+    assert shared.effective(key, 4) == 2 and guard.concurrency[-1] == 2
     # It reports the most it reached since its last heartbeat.
     sent.clear()
     shared._beat()
