@@ -20,6 +20,12 @@ With it:
   law: pooled clean answers per second times their answer time), a clean,
   used site is probed one step up now and then, as the per-process
   controller does.
+* **One opening**: a site's first heartbeat goes out as its slot is made,
+  before its first request, and seeds the budget at one process's start
+  level, split among the processes. Until the first climb each process
+  grows its part per clean answer and halves it at its first 429 (one slow
+  start shared: the heartbeat is too slow to steer one), and the total
+  follows the sum of the parts.
 * **Each process gets its share** of the total among the processes live on
   that site (:func:`shares`: equal split, a process that needs less gives
   the rest to the others). A process holds a lease that expires after a few
@@ -108,9 +114,6 @@ class SharedPolicy:
     tolerated_share: float = 0.02
     keep_seconds: int = 30
     """Buckets older than this are dropped."""
-    slow_start_gain: float = 1.25
-    """A cold site's budget grows by this factor per clean, used window until
-    its 429s first climb."""
     rotate_seconds: float = 5.0
     """The remainder of an uneven split moves on to the next process this
     often, so processes with the same work finish together."""
@@ -439,7 +442,9 @@ def _grown(
         total += max(1, (current.overload - current.total) // 2)
     if (total, rate) != (current.total, current.rate):
         return replace(current, total=total, rate=rate, probes=probes, changed_at=now)
-    if waited >= policy.probe_interval:
+    if waited >= policy.probe_interval and rate is None:
+        # (Paced, the total is room in flight: a probe of it says nothing,
+        # and moved the last change on, holding the rate's probes off.)
         return replace(
             current, total=current.total + 1, changed_at=now, last_good=current.total
         )
