@@ -407,9 +407,14 @@ def next_budget(  # noqa: PLR0911 - one return per rule
     if sum(r.demand for r in reports) < current.total:
         return None  # not used: says nothing about more
     clean, span = pooled(buckets, begun, end)
-    if clean.answers < policy.min_samples or not _clean(clean, policy):
+    # The last few seconds tell whether it is clean now: 429s long past
+    # (Redis back, a burst of them as the processes rejoined) held every
+    # probe off for the rest of the crawl, the window since the change
+    # never clean again.
+    lately, _ = pooled(buckets, max(begun, end - policy.window_seconds), end)
+    if clean.answers < policy.min_samples or not _clean(lately, policy):
         return None
-    return _grown(current, clean, span, now, policy)
+    return _grown(current, clean, span, now, policy, quiet=not lately.rate_limited)
 
 
 def _levels(current: Budget, reports: list[Report]) -> int:
@@ -418,9 +423,16 @@ def _levels(current: Budget, reports: list[Report]) -> int:
 
 
 def _grown(
-    current: Budget, clean: Counts, span: int, now: float, policy: SharedPolicy
+    current: Budget,
+    clean: Counts,
+    span: int,
+    now: float,
+    policy: SharedPolicy,
+    *,
+    quiet: bool = True,
 ) -> Budget | None:
-    """Clean and used since the last change: grown or probed, or None."""
+    """Clean and used since the last change: grown or probed, or None.
+    ``quiet``: not one 429 in the last few seconds."""
     waited = now - current.changed_at
     total, rate = current.total, current.rate
     probes = current.probes
@@ -430,7 +442,8 @@ def _grown(
         # the 429s as well, each step of the total moved the last change on
         # and held the rate's probes off until it was done: measured, a
         # rate cut to 45/s on a 50 req/s site stayed there for 20 s.
-        rate = _probed_rate(current, rate, clean, span, waited, policy)
+        if quiet:
+            rate = _probed_rate(current, rate, clean, span, waited, policy)
         probes += rate != current.rate
         if current.answer_time is not None:
             total = max(total, math.floor(rate * current.answer_time))
@@ -475,10 +488,10 @@ def _probed_rate(  # noqa: PLR0917 - the evidence, spelled out
         wait, step = policy.regrow_seconds, policy.first_rate_step
     paced = rate * (1 - policy.pace_margin)
     held = span >= 2 and clean.answers / span >= 0.9 * paced
-    if waited >= wait and held and not clean.rate_limited:
-        # Two whole seconds at the pace, and not one 429 since the last
-        # change: a token bucket's burst hides an overshoot for a while, and
-        # then refuses a request now and then, within the tolerated share
+    if waited >= wait and held:
+        # Two whole seconds at the pace, and not one 429 lately (the
+        # caller's ``quiet``): a token bucket's burst hides an overshoot for
+        # a while, and then refuses a request now and then, within the tolerated share
         # (measured: probes went on past the site's rate, a third above it
         # after the first climb, 12% at the end of a crawl).
         # Each clean step doubles: a rate measured low (the lower of two
