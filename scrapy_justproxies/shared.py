@@ -373,10 +373,14 @@ def next_budget(  # noqa: PLR0911 - one return per rule
         since = max(since, begun)
     recent, span = pooled(buckets, since, end)
     if _climbing(recent, policy):
-        if first and _answered_seconds(buckets, since, end) < 2:
+        if first and not _refused_after_first(buckets, since, end):
             # The opening's first second alone: the site's rate is measured
-            # on the one after it (saturated_rate). Each process has halved
-            # its level at its own first 429 meanwhile.
+            # on a second after it (saturated_rate). Each process has halved
+            # its level at its own first 429 meanwhile: if the seconds after
+            # are clean, they say the site admits at least that, not what
+            # it admits (cut to them, 42/s on a 50 req/s site, and ten
+            # seconds of probing). The processes grow again once the leader
+            # has judged them, and their next climb is measured.
             return None
         drew = current
         if current is not None and first:
@@ -546,9 +550,11 @@ def saturated_rate(
     return ok / len(full)
 
 
-def _answered_seconds(buckets: Mapping[int, Counts], start: float, end: int) -> int:
+def _refused_after_first(buckets: Mapping[int, Counts], start: float, end: int) -> bool:
+    """Some 429s in a second after the first one with answers."""
     first = math.ceil(start)
-    return sum(1 for s in buckets if first <= s < end and buckets[s].ok)
+    answered = sorted(s for s in buckets if first <= s < end and buckets[s].ok)
+    return any(buckets[s].rate_limited for s in answered[1:])
 
 
 def _per_second(counts: Counts, processes: int) -> float:

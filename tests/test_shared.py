@@ -186,6 +186,15 @@ def test_the_opening_climb_is_measured_after_its_first_second() -> None:
     assert cut.total == 10  # 50/s x 0.2 s
     assert cut.overload == 18  # the levels that drew the 429s
     assert not opening(cut) and not cut.measured_paced
+    # Halved at the first 429s, the processes sent less than the site
+    # admits in the seconds after: clean, they are a floor, not its rate
+    # (measured: cut to 42/s on a 50 req/s site). No cut; the processes grow
+    # again, and their next climb is measured.
+    floor = {**first, 100: Counts(42, 0, 42, 42 * 200, 3000)}
+    assert next_budget(opened, floor, reports, 101.5, POLICY) is None
+    again = {**floor, 101: Counts(60, 9, 51, 51 * 200, 3000)}
+    cut = next_budget(opened, again, reports, 102.5, POLICY)
+    assert cut is not None and cut.rate == pytest.approx(51.0)
 
 
 def test_a_redis_that_came_back_empty_is_seeded_from_the_known_budget() -> None:
