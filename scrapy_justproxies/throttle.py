@@ -274,6 +274,7 @@ class JustProxiesThrottle:
                 tolerated_share=throttle.tolerated_share,
                 budget_ttl=learning.max_age,
                 take_over=extension._take_over,
+                maximum=controller_settings.maximum,
             )
         crawler.signals.connect(extension._closed, signals.spider_closed)
         return extension
