@@ -791,8 +791,11 @@ def test_answer_time_shift_on_a_rate_limited_site(seed: int) -> None:
     # draw no burst of 429s (issue 9: at most 20 in the 3 s after; measured
     # 0-5), and slower ones get the concurrency the rate needs at once.
     assert sum(1 for t in run.limited if 20 <= t < 23) <= 20
-    rederived = [d for d in run.decisions if d.reason is Reason.REDERIVE]
-    assert any(40 < d.at < 45 and d.new_limit > d.old_limit for d in rederived)
+    # (The window that re-derives it may be a probe's too.)
+    rederived = [
+        d for d in run.decisions if d.reason in (Reason.REDERIVE, Reason.PROBE)
+    ]
+    assert any(40 < d.at < 45 and d.new_limit > d.old_limit + 2 for d in rederived)
     for start, end in ((25, 40), (45, 60)):
         assert run.share_429(start, end) <= 0.03
         assert run.goodput(start, end) / RATE >= 0.92
