@@ -1571,6 +1571,13 @@ class DomainController:
         assert self._pace_rate is not None
         if self._pace_ceiling is not None:
             self._pace_ceiling = min(self._pace_ceiling, self._pace_rate)
+        elif self._paced_measure is None:
+            # Nothing measured yet: the pace that drew these 429s bounds the
+            # probes that follow (full steps below it, then small ones), and
+            # the first 429 to them ends them (_end_probe). Unbounded, they
+            # went up in full steps again at once, and each cycle ended in
+            # another trim (every 3-4 s at 20 req/s behind a hop).
+            self._pace_ceiling = self._pace_rate
         if answer_time is not None and ev.answer_time_steady():
             # The pace the site began to refuse at: with another at a
             # different answer time it tells the kind of limit.

@@ -960,6 +960,25 @@ def test_a_pace_that_leaks_one_429_a_window_is_trimmed() -> None:
     assert trimmed[0].pace_rate == pytest.approx(expected, rel=0.02)
 
 
+def test_a_trimmed_pace_bounds_the_probes_that_follow() -> None:
+    """20 req/s behind the mobile hop (0.35 s; 429s come back after it
+    alone): slow start's guess is not a measured rate, and a trim of it left
+    the probes unbounded, in full steps again at once, so each cycle ended
+    in another trim. The trimmed pace now bounds them, and the first 429 to
+    them ends them (before: 22 429s after the 6th second on seed 3, 13 on
+    average; now 2 and 9)."""
+    late = []
+    for seed in SEEDS:
+        run = simulate(
+            TokenBucket.steady(20, 10), replace(MOBILE, slow_start=4),
+            seed=seed, duration=30, hop=0.35, site_429_latency=False,
+        )  # fmt: skip
+        late.append(sum(1 for t in run.limited if t >= 6))
+        assert run.goodput(6, 30) / 20 >= 0.94
+    assert late[2] <= 5
+    assert sum(late) / len(late) <= 10
+
+
 def test_learned_round_trip_and_bad_values() -> None:
     learned = Learned(11, 49.5, LimitKind.INFLIGHT, 0.22, 1000.0, 800)
     assert Learned.from_dict(learned.to_dict()) == learned
