@@ -673,6 +673,11 @@ in-flight cap's pace (or level) behind a hop."""
 _REFUSALS_KEPT = 16
 """429 answer times kept to tell the hop (the part of an answer's time that
 is not the site's)."""
+_PROBE_SPAN = 2.0
+"""Fewest seconds between two 429s over which the rate admitted between them
+is taken for (at most) the site's rate when a probe draws its first 429."""
+_PROBE_ANSWERS = 10
+"""Fewest clean answers between two 429s to measure that rate."""
 
 # -- evidence ---------------------------------------------------------------
 
@@ -761,6 +766,11 @@ class Evidence:
         self.refused_inflight: int | None = None
         # Answer times of the last 429s.
         self.refusals: list[float] = []
+        # Clean answers ever (any epoch), and (time, clean answers then) at
+        # the last 429: a token bucket was empty there, so what it admitted
+        # from there to its next 429 is at most its rate.
+        self.ok_total = 0
+        self.refusal_mark: tuple[float, int] | None = None
 
     def sent(self, now: float, inflight: int) -> Ticket:
         if now >= self.evidence_from:
@@ -782,6 +792,7 @@ class Evidence:
             self.refused_inflight = max(0, ticket.inflight - 1)
         if limited:
             _keep_last(self.refusals, max(0.0, now - ticket.sent_at), _REFUSALS_KEPT)
+            self.refusal_mark = (now, self.ok_total)
         if not limited:
             # The site's side of things: counted whatever the epoch.
             if self.first_answer is None:
@@ -793,6 +804,7 @@ class Evidence:
                 self.ANSWER_TIME_SAMPLES,
             )
             self.ok_since_step += 1
+            self.ok_total += 1
         self._forget(now)
         if not any_epoch and (
             ticket.epoch != self.epoch or ticket.sent_at < self.evidence_from
@@ -818,6 +830,23 @@ class Evidence:
         """Share of the last answers that never reached the site."""
         seen = self.ignored_seen
         return sum(seen) / len(seen) if seen else 0.0
+
+    def rate_between_refusals(
+        self, mark: tuple[float, int] | None, now: float
+    ) -> float | None:
+        """Clean answers per second from the 429 ``mark`` (a
+        :attr:`refusal_mark`) to ``now``, a 429 too: a token bucket (or a
+        GCRA, or a fixed window) was empty at both, so it admitted at most
+        its rate in between (less only by what it refilled while full). None
+        if the span is shorter than ``_PROBE_SPAN`` or has too few answers."""
+        if mark is None:
+            return None
+        since, ok_then = mark
+        span = now - since
+        answers = self.ok_total - ok_then
+        if span < _PROBE_SPAN or answers < _PROBE_ANSWERS:
+            return None
+        return answers / span
 
     def ok_count(self, now: float) -> int:
         """Clean answers over the last ``memory_seconds``."""
@@ -999,6 +1028,14 @@ class DomainController:
         # PACED after a rate-first slow start that measured nothing: the
         # lowest pace known to draw 429s (the probes stop below it).
         self._pace_ceiling: float | None = None
+        # PACED, probing up: the pace the probes rose from (clean since the
+        # last cut, which left a token bucket empty), when they began, and
+        # the 429 before the first one to a probe (see _end_probe).
+        self._probe_base: float | None = None
+        self._probe_from: float | None = None
+        self._probe_bracket: float | None = None
+        self._probe_hit = False
+        self._probe_mark: tuple[float, int] | None = None
         if learned is not None:
             self._start_warm(learned, now)
         elif settings.slow_start and settings.slow_start < settings.start:
@@ -1144,6 +1181,20 @@ class DomainController:
         a backoff, and ignored outcomes, are not evidence about the current
         limit (in slow start every answer is: the limit only grew).
         """
+        if (
+            outcome is Outcome.RATE_LIMITED
+            and self._probe_from is not None
+            and self._probe_bracket is not None
+            and self._kind is not LimitKind.INFLIGHT
+            and ticket.sent_at >= self._probe_from
+            and not self._probe_hit
+            and ticket.inflight
+            < max(self._limit - 1, self._settings.capped_min_inflight)
+        ):
+            # The first 429 to a request sent while probing: the mark is the
+            # 429 before it (this one moves it).
+            self._probe_hit = True
+            self._probe_mark = self._evidence.refusal_mark
         self._evidence.answered(
             ticket, outcome, now, any_epoch=self._phase is Phase.SLOW_START
         )
@@ -1173,9 +1224,11 @@ class DomainController:
         ev = self._evidence
         if self._ramp is not None:
             return self._ramp_step(self._ramp, now)
-        shifted = self._cap_shift(now)
-        if shifted is not None:
-            return shifted
+        at_once = self._cap_shift(now)
+        if at_once is None and self._probe_hit and self._phase is Phase.PACED:
+            at_once = self._end_probe(now)
+        if at_once is not None:
+            return at_once
         if ev.climbing:
             if self._phase is Phase.PACED:
                 return self._on_paced_climb(now)
@@ -1437,6 +1490,67 @@ class DomainController:
     def _pace_count_reset(self) -> None:
         self._pace_samples = self._pace_429s = 0
 
+    def _probe_reset(self) -> None:
+        """The pace was cut (or left): no probe under way."""
+        self._probe_base = self._probe_from = self._probe_mark = None
+        self._probe_bracket = None
+        self._probe_hit = False
+
+    def _end_probe(self, now: float) -> Decision | None:
+        """A probe drew its first 429: the site's rate lies between the pace
+        the probes rose from (clean after a cut that left a token bucket
+        empty) and the pace now. Go back at once, not after a few more 429s
+        (a token bucket's burst hid the overload while the steps went on,
+        so the pace may be well above the rate by now): to the rate the
+        site admitted since its 429 before (empty at both, it admitted at
+        most its rate in between), never below where the probes began; the
+        pace the 429 came at is the new ceiling of the probes."""
+        s = self._settings
+        ev = self._evidence
+        assert self._pace_rate is not None and self._probe_base is not None
+        base = self._probe_base
+        admitted = ev.rate_between_refusals(self._probe_mark, now)
+        if admitted is not None and admitted < self._pace_rate * s.decrease_factor:
+            # Less than the deepest backoff: the span held long stretches
+            # far below the site's rate (a limit raised since, a crawler
+            # short of work), and bounds nothing useful. The 429s that
+            # follow are measured as before (a trim, a climb).
+            self._probe_hit = False
+            self._probe_from = math.inf  # no other 429 ends this probe
+            return None
+        pace = base
+        if admitted is not None:
+            pace = max(base, min(admitted, self._pace_rate) * (1 - s.pace_margin))
+            self._rate = pace / (1 - s.pace_margin)
+            # A rate measured: 429s at a pace below it are an in-flight cap's.
+            self._capped_seen = self._capped_429s = 0
+        self._probe_reset()
+        ev.reset_climb()
+        self._pace_count_reset()
+        measure = pace / (1 - s.pace_margin)
+        if self._pace_rate <= measure * (1 + _MAX_PACE_STEP) ** 2:
+            # The 429 came within two full steps of where the pace is back
+            # to: measured, probed again in small steps after the wait.
+            self._paced_measure = measure
+            self._pace_ceiling = None
+        else:
+            # Probed back up at once, in full steps below the pace the 429
+            # came at and small ones near it (see _paced_window): each
+            # overshoot now costs about one 429, and the admitted rate is
+            # only a lower bound (less what a token bucket refilled while
+            # full).
+            self._paced_measure = None
+            self._pace_ceiling = self._pace_rate
+        self._pace_rate = pace
+        self._paced_since = now
+        self._pace_step = s.pace_step
+        answer_time = ev.answer_time()
+        if answer_time is not None and (
+            ev.answer_time_steady() or self._kind is not LimitKind.INFLIGHT
+        ):
+            self._derive_at(answer_time)
+        return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
+
     def _enter_paced(self, now: float, pace_rate: float) -> None:
         self._pace_count_reset()
         self._pace_rate = max(pace_rate, _MIN_PACE_RATE)
@@ -1471,6 +1585,13 @@ class DomainController:
         assert self._pace_rate is not None
         if self._pace_ceiling is not None:
             self._pace_ceiling = min(self._pace_ceiling, self._pace_rate)
+        elif self._paced_measure is None:
+            # Nothing measured yet: the pace that drew these 429s bounds the
+            # probes that follow (full steps below it, then small ones), and
+            # the first 429 to them ends them (_end_probe). Unbounded, they
+            # went up in full steps again at once, and each cycle ended in
+            # another trim (every 3-4 s at 20 req/s behind a hop).
+            self._pace_ceiling = self._pace_rate
         if answer_time is not None and ev.answer_time_steady():
             # The pace the site began to refuse at: with another at a
             # different answer time it tells the kind of limit.
@@ -1478,6 +1599,7 @@ class DomainController:
             self._derive_at(answer_time)
         self._pace_rate = self._pace_rate * (1 - share) * (1 - s.pace_margin)
         self._paced_since = now
+        self._probe_reset()
         self._pace_step = s.pace_step
         self._pace_count_reset()
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
@@ -1548,6 +1670,19 @@ class DomainController:
             # The pace while the answer time stands where it was derived.
             self._derived_pace = self._pace_rate
         if clean and bound and held:
+            if self._probe_from is None:
+                # The probes rise from here: clean since the last cut.
+                self._probe_base = self._pace_rate
+                self._probe_from = now
+            # Probing below a pace known to draw 429s, or near a measured
+            # rate: the site's rate is within reach, and the first 429 ends
+            # the probe (_end_probe). Beyond (no bound known, or probing for
+            # a raised limit), the 429s are measured as before.
+            self._probe_bracket = (
+                self._pace_ceiling
+                if known is None
+                else (known * _NEAR if self._pace_rate < known * _NEAR else None)
+            )
             # Near the rate measured at the last climb, one small step at a
             # time (a token bucket shows an overload only once its burst is
             # spent); beyond it, steps grow, so a raised limit is found soon.
@@ -1592,6 +1727,7 @@ class DomainController:
         self._pace_count_reset()
         self._pace_ceiling = None
         self._paced_since = now
+        self._probe_reset()
         self._pace_step = s.pace_step
         if rate is None or answer_time is None:
             # Too few clean answers to measure: cut by the share of 429s.
@@ -1738,6 +1874,7 @@ class DomainController:
         if self._rate is not None:
             self._rate *= site_factor
         self._paced_since = now
+        self._probe_reset()
         self._pace_count_reset()
         self._derive_at(answer_time)
         decision = self._apply(now, self._paced_limit(answer_time), Reason.REDERIVE)
@@ -1783,6 +1920,7 @@ class DomainController:
 
     def _enter(self, phase: Phase) -> None:
         """The one place the phase changes."""
+        self._probe_reset()
         if phase is not Phase.SLOW_START:
             self._ramp = None
         if phase is not Phase.PACED:

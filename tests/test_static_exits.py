@@ -569,6 +569,25 @@ def test_a_slow_exits_cold_start_costs_a_few_429s(seed: int) -> None:
     assert run.share_429() < unpaced.share_429()
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_a_probes_first_429_ends_it(seed: int) -> None:
+    """5 req/s, burst 10, 60 s: after the cold start the pace is probed up
+    in full steps below the pace slow start refused, and the burst hides
+    the overload until the pace is some 40% above the rate. The first 429
+    to a probe ends it at once, back to what the IP admitted since its 429
+    before (at most its rate): one 429 per probe, not the 2-4 a trim took
+    (before: 4-7 429s after the 6th second, now 2)."""
+    run = simulate(
+        TokenBucket.steady(SLOW_IP, 10), EXIT_PAIR,
+        seed=seed, duration=60.0, hop=0.09, site_429_latency=False,
+    )  # fmt: skip
+    late = [t for t in run.limited if t >= 6]
+    assert late, "never probed past the rate"
+    assert len([t for t in late if t < late[0] + 3]) == 1  # before: 2-4
+    assert len(late) <= 2  # before: 4-7
+    assert run.goodput(6, 60) >= 0.95 * SLOW_IP
+
+
 @pytest.mark.parametrize(("rate", "burst"), [(10, 10), (20, 10), (20, 3), (50, 3)])
 def test_faster_exits_keep_their_rate(rate: float, burst: float) -> None:
     """The rate-first start costs the faster exits little of their rate,
