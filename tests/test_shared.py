@@ -94,6 +94,20 @@ def _steady(start: int, end: int, ok: int, limited: int, ms: int) -> dict[int, C
     return {s: Counts(ok + limited, limited, ok, ok * ms) for s in range(start, end)}
 
 
+def _probe_gains(
+    start: Budget, reports: list[Report], *, since: int, ok: int, at: tuple[float, ...]
+) -> list[float]:
+    """The rate's step at each probe from ``start``, clean seconds from
+    ``since`` at ``ok`` answers each, judged at the times ``at``."""
+    steps = [start]
+    for now in at:
+        more = _steady(since, int(now), ok=ok, limited=0, ms=300)
+        step = next_budget(steps[-1], more, reports, now, POLICY)
+        assert step is not None and step.rate is not None
+        steps.append(step)
+    return [b.rate / a.rate - 1 for a, b in itertools.pairwise(steps)]  # type: ignore[operator]
+
+
 def test_a_pooled_climb_cuts_the_total_to_what_the_site_admitted() -> None:
     """Three processes at 4 each: the site admits 50/s at 0.2 s, Little's
     law says 10 in flight; they drew 429s at 12."""
@@ -262,13 +276,7 @@ def test_paced_clean_and_held_by_the_pace_the_rate_is_probed_up() -> None:
     more = {s: Counts(80, 0, 80, 80 * 300) for s in range(81, 89)}
     assert next_budget(probed, more, reports, 88.5, POLICY) is None
     # Each step doubles, up to twice the first.
-    steps = [probed]
-    for at in (89.5, 93.5, 97.5):
-        more = {s: Counts(80, 0, 80, 80 * 300) for s in range(81, int(at))}
-        step = next_budget(steps[-1], more, reports, at, POLICY)
-        assert step is not None
-        steps.append(step)
-    gains = [b.rate / a.rate - 1 for a, b in itertools.pairwise(steps)]  # type: ignore[operator]
+    gains = _probe_gains(probed, reports, since=81, ok=80, at=(89.5, 93.5, 97.5))
     first = POLICY.first_rate_step
     assert gains == pytest.approx([2 * first, 2 * first, 2 * first])
     assert probed.total == 16
@@ -295,13 +303,7 @@ def test_paced_clean_and_held_by_the_pace_the_rate_is_probed_up() -> None:
     assert again.rate == pytest.approx(cut.rate * (1 + POLICY.rate_step))
     # The next ones double, up to four times the first (a rate measured
     # low is found again in a few steps).
-    steps = [again]
-    for at in (101.5, 107.5, 113.5):
-        more = _steady(91, int(at), ok=47, limited=0, ms=300)
-        step = next_budget(steps[-1], more, reports, at, POLICY)
-        assert step is not None
-        steps.append(step)
-    gains = [b.rate / a.rate - 1 for a, b in itertools.pairwise(steps)]  # type: ignore[operator]
+    gains = _probe_gains(again, reports, since=91, ok=47, at=(101.5, 107.5, 113.5))
     first = POLICY.rate_step
     assert gains == pytest.approx([2 * first, 4 * first, 4 * first])
 
