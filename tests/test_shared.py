@@ -871,7 +871,12 @@ def test_redis_stopped_and_started_again_mid_crawl_loses_no_url(
     configure(sandbox, {HOST: SITE})
     db = client(redis_server)
     crawls = start_three(sandbox, gateway_env, tmp_path, reactor, redis_server, 200)
-    wait_for(lambda: live_state(db)[1], 60, "a shared budget")
+    # All three joined (the budget exists from the first process's first
+    # request: stopping Redis then would stop the others at their start-up,
+    # as JUSTPROXIES_SHARED_STATE_REQUIRED says).
+    wait_for(
+        lambda: len(live_state(db)[0]) == 3 and live_state(db)[1], 60, "three joined"
+    )
     redis_server.stop()
     time.sleep(3)  # the outage: three heartbeats fail
     redis_server.start()
