@@ -72,9 +72,16 @@ def test_second_crawl_starts_at_the_learned_level(
     configure(sandbox, SITE)
     second = crawl(sandbox, gateway_env, reactor, tmp_path / "two", state_file)
     assert second.reason == "finished", second.output[-3000:]
-    level = learned["limited.test"].concurrency
     assert second.stats["justproxies/state/loaded"] == 1
     assert first.stats["justproxies/state/loaded"] == 0  # no file yet
+    # It starts where that entry puts a controller of the mobile preset: the
+    # level learned, or, with a rate learned, what that rate keeps in flight
+    # (before, this asserted the level, and failed when the two differed).
+    mobile = PRESETS["mobile"]
+    settings = ControllerSettings(
+        start=mobile.domain_concurrency_start, maximum=mobile.domain_concurrency_max
+    )
+    level = DomainController(settings, 0.0, learned=learned["limited.test"]).limit
     assert second.stats["justproxies/warm_start/limited.test"] == level
     assert second.stats["justproxies/limit_start/limited.test"] == level
     assert "1 domains start warm from" in second.log
