@@ -1205,6 +1205,12 @@ class ObservabilityConfig:
         )
 
 
+def _means_off(text: str) -> bool:
+    """A file setting's text that turns it off: empty, or ``None``/``off``
+    as ``-s NAME=None`` passes them (a string, not Python's None)."""
+    return text.strip().lower() in ("", "none", "off")
+
+
 def _path(reader: _Reader, name: str) -> str | None:
     value = reader.raw(name)
     if isinstance(value, os.PathLike):
@@ -1214,8 +1220,7 @@ def _path(reader: _Reader, name: str) -> str | None:
             f"{reader.where(name)} must be a file path (a string), not {value!r}."
         )
     path = (value or "").strip()
-    if path.lower() in ("", "none", "off"):
-        # "-s JUSTPROXIES_TRACE=None" is a string: off, as for the state file.
+    if _means_off(path):
         return None
     path = os.path.expanduser(path)  # "~/x" from settings.py or -s: no shell
     if Path(path).is_dir():
@@ -1365,7 +1370,7 @@ class LearningConfig:
             state_file = None
         elif isinstance(value, (str, os.PathLike)):
             text = os.fspath(value).strip()
-            state_file = None if text.lower() in ("", "none", "off") else text
+            state_file = None if _means_off(text) else text
         else:
             raise JustProxiesConfigError(
                 f"{reader.where(name)} must be a file path, or None to keep no "

@@ -1502,6 +1502,16 @@ class DomainController:
     def _pace_count_reset(self) -> None:
         self._pace_samples = self._pace_429s = 0
 
+    def _restart_pace(self, now: float, *, step: bool = True) -> None:
+        """The pace changed: probes wait from now, none is under way, the
+        429s counted at the old pace are forgotten, and (``step``) the next
+        probe step is the first again."""
+        self._paced_since = now
+        self._probe_reset()
+        self._pace_count_reset()
+        if step:
+            self._pace_step = self._settings.pace_step
+
     def _probe_reset(self) -> None:
         """The pace was cut (or left): no probe under way."""
         self._probing = _Probe()
@@ -1534,9 +1544,8 @@ class DomainController:
             self._rate = pace / (1 - s.pace_margin)
             # A rate measured: 429s at a pace below it are an in-flight cap's.
             self._capped_seen = self._capped_429s = 0
-        self._probe_reset()
+        self._restart_pace(now)
         ev.reset_climb()
-        self._pace_count_reset()
         measure = pace / (1 - s.pace_margin)
         if self._pace_rate <= measure * (1 + _MAX_PACE_STEP) ** 2:
             # The 429 came within two full steps of where the pace is back
@@ -1552,8 +1561,6 @@ class DomainController:
             self._paced_measure = None
             self._pace_ceiling = self._pace_rate
         self._pace_rate = pace
-        self._paced_since = now
-        self._pace_step = s.pace_step
         answer_time = ev.answer_time()
         if answer_time is not None and (
             ev.answer_time_steady() or self._kind is not LimitKind.INFLIGHT
@@ -1562,10 +1569,8 @@ class DomainController:
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
 
     def _enter_paced(self, now: float, pace_rate: float) -> None:
-        self._pace_count_reset()
+        self._restart_pace(now)
         self._pace_rate = max(pace_rate, _MIN_PACE_RATE)
-        self._pace_step = self._settings.pace_step
-        self._paced_since = now
         self._overload_level = None
         self._enter(Phase.PACED)
 
@@ -1608,10 +1613,7 @@ class DomainController:
             self._learn_kind(self._pace_rate, ev.site_time(answer_time))
             self._derive_at(answer_time)
         self._pace_rate = self._pace_rate * (1 - share) * (1 - s.pace_margin)
-        self._paced_since = now
-        self._probe_reset()
-        self._pace_step = s.pace_step
-        self._pace_count_reset()
+        self._restart_pace(now)
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
 
     def _paced_window(self, now: float) -> Decision:
@@ -1734,11 +1736,8 @@ class DomainController:
         # admitted rate also counts a burst spent just before).
         ok_share = ev.ok_share_of_climb()
         ev.reset_climb()
-        self._pace_count_reset()
         self._pace_ceiling = None
-        self._paced_since = now
-        self._probe_reset()
-        self._pace_step = s.pace_step
+        self._restart_pace(now)
         if rate is None or answer_time is None:
             # Too few clean answers to measure: cut by the share of 429s.
             cut = max(s.decrease_factor, ok_share)
@@ -1883,9 +1882,7 @@ class DomainController:
         self._paced_measure = None
         if self._rate is not None:
             self._rate *= site_factor
-        self._paced_since = now
-        self._probe_reset()
-        self._pace_count_reset()
+        self._restart_pace(now, step=False)
         self._derive_at(answer_time)
         decision = self._apply(now, self._paced_limit(answer_time), Reason.REDERIVE)
         # The site is still full of what was sent before: 429s to what is

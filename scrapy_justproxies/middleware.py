@@ -631,6 +631,18 @@ def enabled_middlewares(settings: BaseSettings) -> Iterator[tuple[type, int]]:
             yield cls, priority
 
 
+def priorities_of(settings: BaseSettings, *classes: type) -> list[int | None]:
+    """The priority of each of ``classes`` (or of a subclass) among the
+    enabled downloader middlewares; None where it is not enabled."""
+    found: list[int | None] = [None] * len(classes)
+    for cls, priority in enabled_middlewares(settings):
+        for index, wanted in enumerate(classes):
+            if issubclass(cls, wanted):
+                found[index] = priority
+                break
+    return found
+
+
 def check_middlewares(settings: BaseSettings) -> None:
     """:func:`_check_middlewares`, reported as one clear ERROR line (no
     traceback) before it is raised, whichever component found it."""
@@ -662,19 +674,13 @@ def _check_middlewares(settings: BaseSettings) -> None:
         HttpCacheMiddleware,
     )
 
-    own: int | None = None
-    httpproxy: int | None = None
-    scrubber: int | None = None
-    cache: int | None = None
-    for cls, priority in enabled_middlewares(settings):
-        if issubclass(cls, JustProxiesMiddleware):
-            own = priority
-        elif issubclass(cls, JustProxiesScrubMiddleware):
-            scrubber = priority
-        elif issubclass(cls, HttpProxyMiddleware):
-            httpproxy = priority
-        elif issubclass(cls, HttpCacheMiddleware):
-            cache = priority
+    own, httpproxy, scrubber, cache = priorities_of(
+        settings,
+        JustProxiesMiddleware,
+        HttpProxyMiddleware,
+        JustProxiesScrubMiddleware,
+        HttpCacheMiddleware,
+    )
     if own is None:
         raise JustProxiesConfigError(
             "scrapy_justproxies.JustProxiesMiddleware is not enabled in "

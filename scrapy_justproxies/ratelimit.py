@@ -43,7 +43,7 @@ from scrapy.utils.request import request_from_dict
 from .config import Concurrency, Config, JustProxiesConfigError, ThrottleConfig
 from .failures import gateway_failure, proxy_generated
 from .health import Failure, GatewayHealth, Verdict
-from .middleware import META_ROUTED, check_middlewares, enabled_middlewares, site_of
+from .middleware import META_ROUTED, check_middlewares, priorities_of, site_of
 from .retry import (
     RETRIES_META,
     Refusal,
@@ -481,16 +481,9 @@ def check_rate_limit_order(settings: BaseSettings) -> None:
     )
     from scrapy.downloadermiddlewares.retry import RetryMiddleware  # noqa: PLC0415
 
-    own: int | None = None
-    cache: int | None = None
-    retry: int | None = None
-    for cls, priority in enabled_middlewares(settings):
-        if issubclass(cls, JustProxiesRateLimitMiddleware):
-            own = priority
-        elif issubclass(cls, HttpCacheMiddleware):
-            cache = priority
-        elif issubclass(cls, RetryMiddleware):
-            retry = priority
+    own, cache, retry = priorities_of(
+        settings, JustProxiesRateLimitMiddleware, HttpCacheMiddleware, RetryMiddleware
+    )
     name = "scrapy_justproxies.JustProxiesRateLimitMiddleware"
     if own is None:
         raise JustProxiesConfigError(

@@ -535,7 +535,7 @@ def saturated_rate(
         # probing up. The site admitted at least its best second, but the
         # first one (an answer time with no answers in it, and the site's
         # burst).
-        answered = sorted(s for s in buckets if first <= s < end and buckets[s].ok)
+        answered = _answered_seconds(buckets, start, end)
         later = answered[1:] or answered
         return max(_per_second(buckets[s], processes) for s in later)
     ok = sum(c.ok for c in full)
@@ -550,10 +550,18 @@ def saturated_rate(
     return ok / len(full)
 
 
+def _answered_seconds(
+    buckets: Mapping[int, Counts], start: float, end: int
+) -> list[int]:
+    """The whole seconds from ``start`` to ``end`` with clean answers, in
+    order."""
+    first = math.ceil(start)
+    return sorted(s for s in buckets if first <= s < end and buckets[s].ok)
+
+
 def _refused_after_first(buckets: Mapping[int, Counts], start: float, end: int) -> bool:
     """Some 429s in a second after the first one with answers."""
-    first = math.ceil(start)
-    answered = sorted(s for s in buckets if first <= s < end and buckets[s].ok)
+    answered = _answered_seconds(buckets, start, end)
     return any(buckets[s].rate_limited for s in answered[1:])
 
 
@@ -849,11 +857,8 @@ class RedisStore:
 
     def budget(self, site: str) -> Budget | None:
         """The site's budget alone (after a lost compare-and-set)."""
-        fields = {
-            str(k): str(v) for k, v in self.client.hgetall(self.key(site)).items()
-        }
-        own = {k: v for k, v in fields.items() if not k.startswith((_PROCESS, _SECOND))}
-        return Budget.decode(own) if own else None
+        fields = self.client.hgetall(self.key(site))
+        return parse_site({str(k): str(v) for k, v in fields.items()}, 0).budget
 
     def leave(self, site: str, process: str) -> None:
         self.client.hdel(self.key(site), _PROCESS + process)
@@ -1274,12 +1279,10 @@ class SharedBudgets:
 
     def _applied(self, key: str, site: _Site, result: _BeatResult) -> None:
         """Back on the reactor thread."""
-        if not site.joining:
-            self._take(key, site, result)
-            return
-        site.joining = False  # its slot sent one request at a time meanwhile
+        joined, site.joining = site.joining, False
         self._take(key, site, result)
-        self.guard.set_concurrency(key, self.effective(key, self.local_limit(key)))
+        if joined:  # its slot sent one request at a time meanwhile
+            self.guard.set_concurrency(key, self.effective(key, self.local_limit(key)))
 
     def _take(self, key: str, site: _Site, result: _BeatResult) -> None:
         if result.error is not None:

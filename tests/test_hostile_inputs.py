@@ -696,8 +696,8 @@ def test_by_hand_without_the_add_on_the_spider_never_sees_the_credentials(
     sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
 ) -> None:
     """The README's three middlewares, no add-on: the callback's
-    ``response.request.headers`` hold no Proxy-Authorization (the router
-    scrubs again on the way back, after the scrubber)."""
+    ``response.request.headers`` hold no Proxy-Authorization. (Without the
+    scrubber the crawl does not start: see the test above.)"""
     configure(sandbox, {"a.test": {}})
     result = run_crawl(
         tmp_path,
@@ -788,3 +788,41 @@ def test_a_proxy_set_after_httpproxy_never_gets_the_gateways_credentials(
         assert token not in head and sandbox.password.encode() not in head
     assert result.stats["justproxies/requests/credentials_withheld"] == 3
     assert result.log.count("changed meta['proxy'] of a request routed") == 1
+
+
+@pytest.mark.parametrize("way", ["response", "exception"])
+def test_the_router_also_takes_the_credentials_off_on_the_way_back(way: str) -> None:
+    """Whatever sits between the scrubber (950) and the router (745), the
+    request is clean again when it leaves the router for Retry, Redirect
+    and the spider."""
+    from scrapy import Request  # noqa: PLC0415
+    from scrapy.http import Response  # noqa: PLC0415
+    from scrapy.utils.test import get_crawler  # noqa: PLC0415
+
+    from scrapy_justproxies.middleware import (  # noqa: PLC0415
+        META_ROUTED,
+        JustProxiesMiddleware,
+    )
+
+    crawler = get_crawler(
+        settings_dict={
+            **ADDON,
+            "JUSTPROXIES_GATEWAY": "127.0.0.1:9",
+            "JUSTPROXIES_USER": "u",
+            "JUSTPROXIES_PASSWORD": "p",
+            "JUSTPROXIES_STATE_FILE": None,
+        }
+    )
+    crawler._apply_settings()  # the add-on's entries, as a crawl does
+    router = JustProxiesMiddleware.from_crawler(crawler)
+    gateway = "http://127.0.0.1:9"
+    request = Request(
+        "http://a.test/", meta={META_ROUTED: gateway, "_auth_proxy": gateway}
+    )
+    request.headers[b"Proxy-Authorization"] = b"Basic dTpw"
+    if way == "response":
+        router.process_response(request, Response(request.url, request=request))
+    else:
+        router.process_exception(request, TimeoutError())
+    assert b"Proxy-Authorization" not in request.headers
+    assert "_auth_proxy" not in request.meta

@@ -273,7 +273,7 @@ def test_paced_clean_and_held_by_the_pace_the_rate_is_probed_up() -> None:
     assert probed.rate == pytest.approx(45.0 * (1 + POLICY.first_rate_step))
     # Two whole seconds at the pace since the change, not one (a token
     # bucket's burst hides an overshoot for a second).
-    more = {s: Counts(80, 0, 80, 80 * 300) for s in range(81, 89)}
+    more = _steady(81, 89, ok=80, limited=0, ms=300)
     assert next_budget(probed, more, reports, 88.5, POLICY) is None
     # Each step doubles, up to twice the first.
     gains = _probe_gains(probed, reports, since=81, ok=80, at=(89.5, 93.5, 97.5))
