@@ -961,6 +961,8 @@ class SharedBudgets:
     _offset: float | None = None
     """Redis's clock minus this process's wall clock, seconds."""
     _closing: bool = False
+    _rejoined_at: float | None = None
+    """When Redis was last reachable again after an outage (monotonic)."""
     maximum: int = 1_000_000
     """The highest limit a slot may grow to in the opening (the
     controller's maximum)."""
@@ -1305,6 +1307,7 @@ class SharedBudgets:
             return
         if not self.reachable:
             self.reachable = True
+            self._rejoined_at = time.monotonic()
             logger.info(
                 "JustProxies: the shared state at %s is reachable again; "
                 "rejoining the shared budgets.",
@@ -1340,8 +1343,18 @@ class SharedBudgets:
         self, key: str, site: _Site, result: _BeatResult, share: int
     ) -> None:
         old = self.effective(key, self.local_limit(key))
+        pace = result.pace
+        if self._rejoining() and site.share is not None and share > site.share:
+            # Redis came back empty and the processes rejoin a heartbeat
+            # apart: the first back sees only itself and gets the whole
+            # budget, the second half of it... (measured: 15-31 429s in the
+            # second they rejoined). Until all are back, a lease time, no
+            # more than the share this process held through the outage.
+            if pace is not None:
+                pace *= site.share / share
+            share = site.share
         site.share, site.total = share, result.total
-        site.pace, site.rate = result.pace, result.rate
+        site.pace, site.rate = pace, result.rate
         site.answer_time = result.answer_time
         if not result.opening:
             site.level, site.halted = None, 0
@@ -1356,6 +1369,14 @@ class SharedBudgets:
         new = self.effective(key, self.local_limit(key))
         if new != old:
             self.guard.set_concurrency(key, new)
+
+    def _rejoining(self) -> bool:
+        """Within a lease time of Redis being reachable again after an
+        outage: the processes' reports are not all back yet."""
+        return (
+            self._rejoined_at is not None
+            and time.monotonic() - self._rejoined_at < self.policy.lease_seconds
+        )
 
     # -- close ---------------------------------------------------------------------
 

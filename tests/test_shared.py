@@ -486,6 +486,51 @@ def test_a_process_joins_before_its_first_request_and_grows_its_part(
     assert shared.effective(key, 4) == 4 and shared.sites[key].level is None
 
 
+def test_processes_rejoining_an_emptied_redis_keep_their_share_a_lease_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis came back empty: the first process back sees only itself and
+    gets the whole re-seeded budget, the next half of it, while the others
+    still send their outage shares (measured: 15-31 429s in the second they
+    rejoined). For a lease time after it is reachable again, a process
+    takes no more than the share it held through the outage, paced at its
+    part of the rate; after that, the split of everybody back."""
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    guard = _Slots()
+    shared = SharedBudgets(
+        get_crawler(),
+        SharedStateConfig(),
+        None,  # type: ignore[arg-type]
+        guard,  # type: ignore[arg-type]
+        lambda key: 4,
+        60.0,
+    )
+    key = "s.test"
+    shared.sites[key] = site = _Site(share=4, total=12, pace=16.2, rate=49.5)
+    error = _BeatResult(key, error="Connection refused")
+    shared._applied(key, site, error)
+    assert not shared.reachable
+    clock[0] += 10.0  # the outage
+    alone = _BeatResult(key, share=12, total=12, pace=48.5, rate=49.5, processes=1)
+    shared._applied(key, site, alone)
+    assert shared.reachable
+    assert site.share == 4 and site.pace == pytest.approx(48.5 * 4 / 12)
+    assert shared.effective(key, 4) == math.ceil(4 * POLICY.pace_headroom) + 1
+    clock[0] += 1.0
+    pair = _BeatResult(key, share=6, total=12, pace=24.3, rate=49.5, processes=2)
+    shared._applied(key, site, pair)
+    assert site.share == 4 and site.pace == pytest.approx(24.3 * 4 / 6)
+    clock[0] += POLICY.lease_seconds  # all back, or gone for good
+    shared._applied(key, site, pair)
+    assert (site.share, site.pace) == (6, 24.3)
+    # A share that shrinks is taken at once, rejoining or not.
+    shared._rejoined_at = clock[0]
+    trio = _BeatResult(key, share=3, total=9, pace=16.2, rate=49.5, processes=3)
+    shared._applied(key, site, trio)
+    assert (site.share, site.pace) == (3, 16.2)
+
+
 def test_a_governed_slot_is_paced_at_its_part_not_by_its_own_controller() -> None:
     """Issue 11: with a shared budget, each process's own controller paced
     its slot at a rate learned from its part of the answers (each its own:
