@@ -371,19 +371,25 @@ class _NoSlots:
         return 0
 
 
+def _unstarted(guard: Any, crawler: Any = None) -> SharedBudgets:
+    """Shared budgets with no Redis store and no heartbeat running: the
+    tests call its steps and feed it heartbeat results themselves."""
+    return SharedBudgets(
+        crawler or get_crawler(),
+        SharedStateConfig(),
+        None,  # type: ignore[arg-type]
+        guard,
+        lambda key: 4,
+        60.0,
+    )
+
+
 def test_a_site_idle_since_it_left_is_forgotten() -> None:
     """Broad crawls: a site this process has left (no lease) and that stays
     idle as long as the throttle's eviction is dropped from the heartbeat's
     list, instead of being kept and visited every second for the whole
     crawl."""
-    shared = SharedBudgets(
-        get_crawler(),
-        SharedStateConfig(),
-        None,
-        _NoSlots(),
-        lambda key: 4,
-        60.0,  # type: ignore[arg-type]
-    )
+    shared = _unstarted(_NoSlots())
     left: list[str] = []
 
     def dispatch(key: str, state: Any, io: Callable[..., Any], *args: Any) -> None:
@@ -432,14 +438,7 @@ def test_a_process_joins_before_its_first_request_and_grows_its_part(
     clock = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     guard = _Slots()
-    shared = SharedBudgets(
-        get_crawler(),
-        SharedStateConfig(),
-        None,  # type: ignore[arg-type]
-        guard,  # type: ignore[arg-type]
-        lambda key: 4,
-        60.0,
-    )
+    shared = _unstarted(guard)
     sent: list[Any] = []
 
     def dispatch(key: str, state: Any, io: Callable[..., Any], *args: Any) -> None:
@@ -498,14 +497,7 @@ def test_processes_rejoining_an_emptied_redis_keep_their_share_a_lease_time(
     clock = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     guard = _Slots()
-    shared = SharedBudgets(
-        get_crawler(),
-        SharedStateConfig(),
-        None,  # type: ignore[arg-type]
-        guard,  # type: ignore[arg-type]
-        lambda key: 4,
-        60.0,
-    )
+    shared = _unstarted(guard)
     key = "s.test"
     shared.sites[key] = site = _Site(share=4, total=12, pace=16.2, rate=49.5)
     error = _BeatResult(key, error="Connection refused")
@@ -543,14 +535,7 @@ def test_a_governed_slot_is_paced_at_its_part_not_by_its_own_controller() -> Non
         ThrottleConfig(),
         ControllerSettings(start=4, maximum=50),
     )
-    shared = throttle.shared = SharedBudgets(
-        crawler,
-        SharedStateConfig(),
-        None,  # type: ignore[arg-type]
-        _NoSlots(),  # type: ignore[arg-type]
-        lambda key: 4,
-        60.0,
-    )
+    shared = throttle.shared = _unstarted(_NoSlots(), crawler)
     key = "s.test"
     now = throttle.clock()
     # Its own controller paces it at 10/s (a rate it learned alone).
