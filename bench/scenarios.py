@@ -54,12 +54,13 @@ ALL_VARIANTS = (*VARIANTS, PAUSE_SLOT, START_HIGH, TRACE, PLAIN, *LEARNING_VARIA
 # concurrency fixed at C. Run on any scenario when named in --variants (never
 # by default): a sweep of them is the frontier of fixed-concurrency clients.
 FIXED_PREFIX = "fixed-"
-# Issue 9, the ramp above the preset's start: slow start doubles only up to
-# the preset's start level (``plugin-ramp-start``) or twice it
-# (``plugin-ramp-2x``), then grows the guide's way, +25% per clean window
-# (JUSTPROXIES_THROTTLE_SLOW_START_UNTIL = 1 or 2). Run on any scenario when
-# named in --variants, never by default.
-RAMP_VARIANTS: dict[str, float] = {"plugin-ramp-start": 1.0, "plugin-ramp-2x": 2.0}
+# Issue 9, the ramp above the preset's start: the plugin doubles up to twice
+# the start level, then grows the guide's way, +25% per clean window
+# (JUSTPROXIES_THROTTLE_SLOW_START_UNTIL = 2, the default); these double up
+# to the maximum (``plugin-ramp-max``, 0: before) or only up to the start
+# (``plugin-ramp-start``, 1). Run on any scenario when named in --variants,
+# never by default.
+RAMP_VARIANTS: dict[str, float] = {"plugin-ramp-max": 0.0, "plugin-ramp-start": 1.0}
 # The plugin as ``plugin``, writing a JUSTPROXIES_TRACE (moved to the crawl's
 # work directory as trace.jsonl): its decisions, on any scenario when named.
 TRACED = "plugin-traced"

@@ -447,7 +447,7 @@ def test_learning_scenarios() -> None:
     )  # fmt: skip
     assert spec.settings["JUSTPROXIES_THROTTLE_SLOW_START"] == 0
     assert spec.settings["JUSTPROXIES_STATE_FILE"] == "/x.json"
-    for variant, until in (("plugin-ramp-start", 1.0), ("plugin-ramp-2x", 2.0)):
+    for variant, until in (("plugin-ramp-max", 0.0), ("plugin-ramp-start", 1.0)):
         assert scenarios.extra_variant(variant)
         spec = scenarios.variant_spec(
             variant, PRESETS["datacenter"], timeout=30,

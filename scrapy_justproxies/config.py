@@ -1352,7 +1352,7 @@ class LearningConfig:
     slow_start: int = 4
     """A cold domain's first volley; it doubles every answer time until the
     429s climb. 0: the first volley is CONCURRENT_REQUESTS_PER_DOMAIN."""
-    slow_start_until: float = 0.0
+    slow_start_until: float = 2.0
     """Where slow start stops doubling, as a multiple of
     CONCURRENT_REQUESTS_PER_DOMAIN (then +JUSTPROXIES_THROTTLE_INCREASE per
     clean window); 0: it doubles up to the per-domain maximum."""
@@ -1390,7 +1390,7 @@ class LearningConfig:
             "JUSTPROXIES_THROTTLE_SLOW_START", int, default=4, minimum=0
         )
         until_name = "JUSTPROXIES_THROTTLE_SLOW_START_UNTIL"
-        slow_start_until = reader.number(until_name, float, default=0.0, minimum=0.0)
+        slow_start_until = reader.number(until_name, float, default=2.0, minimum=0.0)
         if 0 < slow_start_until < 1:
             raise JustProxiesConfigError(
                 f"{reader.where(until_name)} is {slow_start_until}; it is a multiple "

@@ -198,12 +198,12 @@ class ControllerSettings:
     slow_start_gain: float = 1.0
     """Growth of slow start per clean answer: 1 doubles the limit every
     answer time, 0.5 grows it by half (a smaller overshoot past the knee)."""
-    slow_start_until: float = 0.0
+    slow_start_until: float = 2.0
     """Where slow start stops doubling, as a multiple of ``start``: 1 stops
-    at ``start`` (the preset's low end), 2 at twice it; from there the limit
-    grows at the normal pace (``GROW``: ``increase_factor`` per clean, used
-    window), as the provider's guide says. 0: slow start doubles up to
-    ``maximum``."""
+    at ``start`` (the preset's low end), 2 (the default) at twice it; from
+    there the limit grows at the normal pace (``GROW``: ``increase_factor``
+    per clean, used window), as the provider's guide says. 0: slow start
+    doubles up to ``maximum``."""
     memory_seconds: float = 1.0
     """How far back the admitted rate is measured when the 429s climb."""
     answer_time_shift: float = 0.25
@@ -1258,8 +1258,10 @@ class DomainController:
             if self._phase is Phase.PACED:
                 return self._on_paced_climb(now)
             return self._on_climb(now)
-        if self._phase is Phase.SLOW_START:
+        if self._phase is Phase.SLOW_START and self._limit < self._slow_start_top():
             return self._slow_start_step(now)
+        # (At slow start's top, below the maximum: judged by windows, as
+        # GROW is; a climb there is still slow start's, on a ramp.)
         w = ev.window
         if (
             self._phase is Phase.PACED
@@ -1298,13 +1300,9 @@ class DomainController:
             return None
         if step < 1 or not used:
             return None
-        top = self._slow_start_top()
-        target = min(clamp(self._limit + step, self._settings), top)
+        target = min(clamp(self._limit + step, self._settings), self._slow_start_top())
         ev.ok_since_step = 0
-        if target >= top:
-            # Up to the maximum (no limit seen), or to where the guide's
-            # pace takes over (slow_start_until): GROW, which stops at the
-            # first climb as slow start does.
+        if target == self._settings.maximum:
             self._enter(Phase.GROW)
         # Not a last good level either: slow start is meant to overshoot.
         self._last_good = None
@@ -1392,6 +1390,10 @@ class DomainController:
         """Where to go after a clean window in which the limit was used."""
         s = self._settings
         ev = self._evidence
+        if self._phase is Phase.SLOW_START:
+            # Slow start's top (slow_start_until) held clean for a window:
+            # the guide's growth from here.
+            self._enter(Phase.GROW)
         if self._phase is Phase.PROBE:
             if now - ev.epoch_start < s.probe_seconds:
                 return self._apply(now, self._limit, Reason.HOLD)

@@ -647,8 +647,8 @@ def _learning(
     )
 
 
-def test_slow_start_until_is_read_and_defaults_to_the_maximum() -> None:
-    assert _learning({}).slow_start_until == 0.0
+def test_slow_start_until_is_read_and_defaults_to_twice_the_start() -> None:
+    assert _learning({}).slow_start_until == 2.0
     name = "JUSTPROXIES_THROTTLE_SLOW_START_UNTIL"
     assert _learning({name: 1}).slow_start_until == 1.0
     assert _learning({name: "2.5"}).slow_start_until == 2.5
