@@ -54,6 +54,13 @@ ALL_VARIANTS = (*VARIANTS, PAUSE_SLOT, START_HIGH, TRACE, PLAIN, *LEARNING_VARIA
 # concurrency fixed at C. Run on any scenario when named in --variants (never
 # by default): a sweep of them is the frontier of fixed-concurrency clients.
 FIXED_PREFIX = "fixed-"
+# Issue 9, the ramp above the preset's start: the plugin doubles up to twice
+# the start level, then grows the guide's way, +25% per clean window
+# (JUSTPROXIES_THROTTLE_SLOW_START_UNTIL = 2, the default); these double up
+# to the maximum (``plugin-ramp-max``, 0: before) or only up to the start
+# (``plugin-ramp-start``, 1). Run on any scenario when named in --variants,
+# never by default.
+RAMP_VARIANTS: dict[str, float] = {"plugin-ramp-max": 0.0, "plugin-ramp-start": 1.0}
 # The plugin as ``plugin``, writing a JUSTPROXIES_TRACE (moved to the crawl's
 # work directory as trace.jsonl): its decisions, on any scenario when named.
 TRACED = "plugin-traced"
@@ -66,7 +73,11 @@ def traced_file() -> Path:
 
 def extra_variant(variant: str) -> bool:
     """Run on any scenario when named in --variants, never by default."""
-    return variant == TRACED or fixed_concurrency(variant) is not None
+    return (
+        variant == TRACED
+        or variant in RAMP_VARIANTS
+        or fixed_concurrency(variant) is not None
+    )
 
 
 def fixed_concurrency(variant: str) -> int | None:
@@ -502,7 +513,10 @@ def variant_spec(
     }
     # Cold unless the scenario shares a state file between its runs.
     settings["JUSTPROXIES_STATE_FILE"] = state_file
-    if variant in ("plugin", TRACED, *LEARNING_VARIANTS):
+    if variant in ("plugin", TRACED, *LEARNING_VARIANTS, *RAMP_VARIANTS):
+        if variant in RAMP_VARIANTS:
+            until = RAMP_VARIANTS[variant]
+            settings["JUSTPROXIES_THROTTLE_SLOW_START_UNTIL"] = until
         if variant == TRACED:
             settings["JUSTPROXIES_TRACE"] = str(traced_file())
         if variant == NO_SLOW_START:

@@ -447,6 +447,14 @@ def test_learning_scenarios() -> None:
     )  # fmt: skip
     assert spec.settings["JUSTPROXIES_THROTTLE_SLOW_START"] == 0
     assert spec.settings["JUSTPROXIES_STATE_FILE"] == "/x.json"
+    for variant, until in (("plugin-ramp-max", 0.0), ("plugin-ramp-start", 1.0)):
+        assert scenarios.extra_variant(variant)
+        spec = scenarios.variant_spec(
+            variant, PRESETS["datacenter"], timeout=30,
+            gateway="127.0.0.1:1", user="u", password="p",
+        )  # fmt: skip
+        assert spec.settings["JUSTPROXIES_THROTTLE_SLOW_START_UNTIL"] == until
+        assert "JUSTPROXIES_THROTTLE_SLOW_START" not in spec.settings
     window = by_name["cold-fixed-window"].sites[0].policy()
     assert (window["limiter"], window["window_seconds"]) == ("fixed_window", 20.0)
     shift = by_name["shift-rate"]

@@ -1352,6 +1352,10 @@ class LearningConfig:
     slow_start: int = 4
     """A cold domain's first volley; it doubles every answer time until the
     429s climb. 0: the first volley is CONCURRENT_REQUESTS_PER_DOMAIN."""
+    slow_start_until: float = 2.0
+    """Where slow start stops doubling, as a multiple of
+    CONCURRENT_REQUESTS_PER_DOMAIN (then +JUSTPROXIES_THROTTLE_INCREASE per
+    clean window); 0: it doubles up to the per-domain maximum."""
 
     @classmethod
     def from_settings(
@@ -1385,7 +1389,21 @@ class LearningConfig:
         slow_start = reader.number(
             "JUSTPROXIES_THROTTLE_SLOW_START", int, default=4, minimum=0
         )
-        return cls(state_file=state_file, max_age=max_age, slow_start=slow_start)
+        until_name = "JUSTPROXIES_THROTTLE_SLOW_START_UNTIL"
+        slow_start_until = reader.number(until_name, float, default=2.0, minimum=0.0)
+        if 0 < slow_start_until < 1:
+            raise JustProxiesConfigError(
+                f"{reader.where(until_name)} is {slow_start_until}; it is a multiple "
+                "of CONCURRENT_REQUESTS_PER_DOMAIN, so use 1 to stop slow start at "
+                "it, more to stop above it, or 0 to let it double up to the "
+                "per-domain maximum."
+            )
+        return cls(
+            state_file=state_file,
+            max_age=max_age,
+            slow_start=slow_start,
+            slow_start_until=slow_start_until,
+        )
 
 
 # -- shared state: one budget per site for many crawl processes (issue 11) ----

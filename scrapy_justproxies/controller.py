@@ -29,6 +29,8 @@ Phases (:class:`Phase`, changed only in ``DomainController._enter``):
   per clean answer, doubling every answer time, so the crawl does not open
   with a burst of 429s at a site that admits far less than the preset's
   start; on a site with no limit it reaches ``maximum`` in a few answer times.
+  With ``slow_start_until`` it doubles only up to that multiple of ``start``
+  and grows on at the normal pace (``GROW``), as the provider's guide says.
 * The 429 share climbs (a one-sided CUSUM: every answer adds 1 if it was a
   429, minus ``tolerated_share``; it fires above ``trigger_excess``): go in
   one step to what the site admitted, by Little's law: clean answers per
@@ -196,6 +198,12 @@ class ControllerSettings:
     slow_start_gain: float = 1.0
     """Growth of slow start per clean answer: 1 doubles the limit every
     answer time, 0.5 grows it by half (a smaller overshoot past the knee)."""
+    slow_start_until: float = 2.0
+    """Where slow start stops doubling, as a multiple of ``start``: 1 stops
+    at ``start`` (the preset's low end), 2 (the default) at twice it; from
+    there the limit grows at the normal pace (``GROW``: ``increase_factor``
+    per clean, used window), as the provider's guide says. 0: slow start
+    doubles up to ``maximum``."""
     memory_seconds: float = 1.0
     """How far back the admitted rate is measured when the 429s climb."""
     answer_time_shift: float = 0.25
@@ -280,6 +288,11 @@ class ControllerSettings:
             self.slow_start_gain > 0,
             "slow_start_gain",
             f"must be above 0, got {self.slow_start_gain}",
+        )
+        _check(
+            self.slow_start_until == 0 or self.slow_start_until >= 1,
+            "slow_start_until",
+            f"must be 0 (the maximum) or at least 1, got {self.slow_start_until}",
         )
         _check(
             self.memory_seconds > 0,
@@ -1245,8 +1258,10 @@ class DomainController:
             if self._phase is Phase.PACED:
                 return self._on_paced_climb(now)
             return self._on_climb(now)
-        if self._phase is Phase.SLOW_START:
+        if self._phase is Phase.SLOW_START and self._limit < self._slow_start_top():
             return self._slow_start_step(now)
+        # (At slow start's top, below the maximum: judged by windows, as
+        # GROW is; a climb there is still slow start's, on a ramp.)
         w = ev.window
         if (
             self._phase is Phase.PACED
@@ -1285,7 +1300,7 @@ class DomainController:
             return None
         if step < 1 or not used:
             return None
-        target = clamp(self._limit + step, self._settings)
+        target = min(clamp(self._limit + step, self._settings), self._slow_start_top())
         ev.ok_since_step = 0
         if target == self._settings.maximum:
             self._enter(Phase.GROW)
@@ -1294,6 +1309,13 @@ class DomainController:
         return self._apply(
             now, target, Reason.INCREASE, new_epoch=False, keep_last_good=True
         )
+
+    def _slow_start_top(self) -> int:
+        """The highest limit slow start doubles to (``slow_start_until``)."""
+        s = self._settings
+        if not s.slow_start_until:
+            return s.maximum
+        return clamp(math.ceil(s.start * s.slow_start_until - 1e-9), s)
 
     def _ramp_answer(
         self, ramp: _Ramp, ticket: Ticket, outcome: Outcome, now: float
@@ -1368,6 +1390,10 @@ class DomainController:
         """Where to go after a clean window in which the limit was used."""
         s = self._settings
         ev = self._evidence
+        if self._phase is Phase.SLOW_START:
+            # Slow start's top (slow_start_until) held clean for a window:
+            # the guide's growth from here.
+            self._enter(Phase.GROW)
         if self._phase is Phase.PROBE:
             if now - ev.epoch_start < s.probe_seconds:
                 return self._apply(now, self._limit, Reason.HOLD)

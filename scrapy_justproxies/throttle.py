@@ -257,6 +257,7 @@ class JustProxiesThrottle:
             increase_factor=throttle.increase_factor,
             tolerated_share=throttle.tolerated_share,
             slow_start=learning.slow_start,
+            slow_start_until=learning.slow_start_until,
         )
         guard = SlotGuard.of(crawler, concurrency)
         extension = cls(

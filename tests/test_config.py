@@ -12,6 +12,7 @@ from scrapy_justproxies.config import (
     Concurrency,
     Config,
     JustProxiesConfigError,
+    LearningConfig,
     Secret,
     ThrottleConfig,
     UsernameTemplate,
@@ -633,3 +634,50 @@ def test_a_redis_url_with_a_user_and_no_password_is_shown_masked() -> None:
     )
     assert config.url == "redis://***@127.0.0.1:6379/0"
     assert SECRET not in repr(config)
+
+
+# -- issue 9: where slow start stops doubling -----------------------------------
+
+
+def _learning(
+    values: dict[str, object], environ: dict[str, str] | None = None
+) -> LearningConfig:
+    return LearningConfig.from_settings(
+        settings({"JUSTPROXIES_STATE_FILE": None, **values}), environ or {}
+    )
+
+
+def test_slow_start_until_is_read_and_defaults_to_twice_the_start() -> None:
+    assert _learning({}).slow_start_until == 2.0
+    name = "JUSTPROXIES_THROTTLE_SLOW_START_UNTIL"
+    assert _learning({name: 1}).slow_start_until == 1.0
+    assert _learning({name: "2.5"}).slow_start_until == 2.5
+    assert _learning({}, {name: "1"}).slow_start_until == 1.0
+    assert _learning({name: 0}).slow_start_until == 0.0
+
+
+@pytest.mark.parametrize("value", [0.5, -1, "start", float("inf"), True])
+def test_slow_start_until_refuses_what_is_not_0_or_a_multiple_of_1_up(
+    value: object,
+) -> None:
+    with pytest.raises(
+        JustProxiesConfigError, match="JUSTPROXIES_THROTTLE_SLOW_START_UNTIL"
+    ):
+        _learning({"JUSTPROXIES_THROTTLE_SLOW_START_UNTIL": value})
+
+
+def test_slow_start_until_reaches_the_controller() -> None:
+    from scrapy.utils.test import get_crawler  # noqa: PLC0415
+
+    from scrapy_justproxies.throttle import JustProxiesThrottle  # noqa: PLC0415
+
+    crawler = get_crawler(
+        settings_dict={
+            **GOOD,
+            "ADDONS": {"scrapy_justproxies.Addon": 100},
+            "JUSTPROXIES_STATE_FILE": None,
+            "JUSTPROXIES_THROTTLE_SLOW_START_UNTIL": 1,
+        }
+    )
+    throttle = JustProxiesThrottle.from_crawler(crawler)
+    assert throttle.controller_settings.slow_start_until == 1.0

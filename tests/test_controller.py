@@ -129,6 +129,8 @@ def decisions_of(run: Run) -> list[tuple[float, int, int, str]]:
         ("probe_samples", {"probe_samples": -1}, "at least 0"),
         ("probe_seconds", {"probe_seconds": -1}, "at least 0"),
         ("probes_to_grow", {"probes_to_grow": 0}, "at least 1"),
+        ("slow_start_until", {"slow_start_until": 0.5}, "at least 1"),
+        ("slow_start_until", {"slow_start_until": -1}, "0 (the maximum)"),
     ],
 )
 def test_settings_errors_name_the_field(
@@ -761,6 +763,75 @@ def test_slow_start_costs_nothing_without_a_limit(seed: int) -> None:
     assert slow.decisions[0].old_limit == 4
 
 
+def fixed_window_cold(settings: ControllerSettings, seed: int) -> Run:
+    """Datacenter pool (start 50, maximum 200) on a fixed window, 1,000 per
+    20 s, until the window ends: its count is spent in the first seconds,
+    and every request sent while the first 429s travel back is refused."""
+    return simulate(
+        FixedWindow(limit=1000, window=20.0), settings, seed=seed, duration=19.9,
+        hop=DATACENTER_HOP, site_429_latency=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_slow_start_until_the_start_halves_the_burst_at_a_fixed_window(
+    seed: int,
+) -> None:
+    """Issue 9: slow start doubling up to the maximum is at 200 when the
+    window's count runs out; doubling only up to the preset's start and
+    growing the guide's way (+25% per clean window) from there, it is at
+    about half that, and half as many 429s come back at once (measured:
+    limit 200 against 99, 322-360 429s in the first 0.5 s against 152-165)."""
+    doubling = fixed_window_cold(replace(DATACENTER, slow_start_until=0), seed)
+    to_start = fixed_window_cold(replace(DATACENTER, slow_start_until=1), seed)
+    twice = fixed_window_cold(DATACENTER, seed)  # the default: 2
+
+    def at_the_hit(run: Run) -> tuple[int, int]:
+        first = run.limited[0]
+        return run.limit_at(first), sum(1 for t in run.limited if t < first + 0.5)
+
+    limit, burst = at_the_hit(doubling)
+    limit_b, burst_b = at_the_hit(to_start)
+    limit_2, burst_2 = at_the_hit(twice)
+    assert limit == DATACENTER.maximum
+    assert limit_b <= 0.6 * limit
+    assert burst_b <= 0.6 * burst
+    assert limit_b <= limit_2 < limit and burst_2 < burst
+    # All spend the window's count: the ramp costs nothing here.
+    assert len(to_start.ok) == len(doubling.ok) == len(twice.ok) == 1000
+
+
+def test_slow_start_until_stops_doubling_at_the_start() -> None:
+    """From the preset's start the limit grows by a quarter per clean window
+    (the guide's way), not by one per answer; on a site with no limit it
+    still reaches the maximum, later (the ramp's cost)."""
+    settings = replace(MOBILE, slow_start=4, slow_start_until=1)
+    run = simulate(Unlimited(), settings, seed=1, duration=20)
+    levels = [limit for _, limit in run.limits]
+    assert levels[0] == 4
+    assert MOBILE.start in levels
+    above = levels[levels.index(MOBILE.start) :]
+    assert above[:4] == [16, 20, 25, 32]
+    doubling = simulate(
+        Unlimited(),
+        replace(MOBILE, slow_start=4, slow_start_until=0),
+        seed=1,
+        duration=20,
+    )
+
+    def reached(run: Run) -> float:
+        return next(t for t, limit in run.limits if limit == MOBILE.maximum)
+
+    assert reached(doubling) < reached(run) < 10
+    assert len(run.ok) < len(doubling.ok)
+    # Twice the start: doubling up to 32, then the guide's pace.
+    twice = simulate(
+        Unlimited(), replace(settings, slow_start_until=2), seed=1, duration=20
+    )
+    levels = [limit for _, limit in twice.limits]
+    assert 32 in levels and levels[levels.index(32) + 1] == 40
+
+
 SHIFTS = [(0.0, 0.4), (20.0, 0.15), (40.0, 0.4)]
 MOBILE_SLOW = replace(MOBILE, slow_start=4)
 
@@ -838,7 +909,10 @@ def test_answer_time_drop_on_an_inflight_cap_with_a_lagging_sender(seed: int) ->
         latency_p50=0.4, latency_p95=0.7, latency_schedule=SHIFTS, hop=0.35,
         site_429_latency=False, pace_lag=1.12,
     )  # fmt: skip
-    for start, end in ((5, 20), (25, 40), (45, 60)):
+    # From 8 s: the opening's climb comes at 3-6 s (slow start doubles to
+    # twice the start, 32, and grows a quarter per window from there
+    # towards this slow site's knee, ~41).
+    for start, end in ((8, 20), (25, 40), (45, 60)):
         assert rate.goodput(start, end) / RATE >= 0.85
         assert rate.share_429(start, end) <= 0.03
 
