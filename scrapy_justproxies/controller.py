@@ -678,6 +678,17 @@ _PROBE_SPAN = 2.0
 is taken for (at most) the site's rate when a probe draws its first 429."""
 _PROBE_ANSWERS = 10
 """Fewest clean answers between two 429s to measure that rate."""
+_HOLD_FIRST = 0.25
+"""Held after slow start's climb, the first probes go out this share of an
+answer time apart."""
+_HOLD_SHARE = 0.1
+"""... and later ones this share of the time held so far."""
+_HOLD_TRICKLE = 3
+"""Requests sent after slow start's climb and refused, with none sent after
+its first 429 admitted yet, after which only a trickle of probes goes out
+(a token bucket admits most of a pace near its rate)."""
+_HOLD_REFUSED = 2
+"""Probes of the trickle refused that mean the site was closed."""
 
 # -- evidence ---------------------------------------------------------------
 
@@ -759,11 +770,15 @@ class Evidence:
         self.recent: list[bool] = []
         self.ok_times: list[float] = []
         self.first_answer: float | None = None
+        # When the request of the first clean answer was sent.
+        self.first_sent: float | None = None
         self.answer_times: list[float] = []
         self.ok_since_step = 0
         self.total_samples = 0
-        # In flight (besides it) when the first 429 since the last climb was sent.
+        # In flight (besides it) when the first 429 since the last climb was
+        # sent, and when it was sent.
         self.refused_inflight: int | None = None
+        self.refused_sent: float | None = None
         # Answer times of the last 429s.
         self.refusals: list[float] = []
         # Clean answers ever (any epoch), and (time, clean answers then) at
@@ -790,6 +805,7 @@ class Evidence:
         if limited and self.refused_inflight is None:
             # The others in flight when this one was refused were admitted.
             self.refused_inflight = max(0, ticket.inflight - 1)
+            self.refused_sent = ticket.sent_at
         if limited:
             _keep_last(self.refusals, max(0.0, now - ticket.sent_at), _REFUSALS_KEPT)
             self.refusal_mark = (now, self.ok_total)
@@ -797,6 +813,7 @@ class Evidence:
             # The site's side of things: counted whatever the epoch.
             if self.first_answer is None:
                 self.first_answer = now
+                self.first_sent = ticket.sent_at
             self.ok_times.append(now)
             _keep_last(
                 self.answer_times,
@@ -958,7 +975,7 @@ class Evidence:
         self.reset_climb()
 
     def reset_climb(self) -> None:
-        self.refused_inflight = None
+        self.refused_inflight = self.refused_sent = None
         self.cusum = 0.0
         self.run_ok = self.run_limited = 0
         self.recent.clear()
@@ -984,6 +1001,25 @@ class _Probe:
     bracket: float | None = None
     hit: bool = False
     mark: tuple[float, int] | None = None
+
+
+@dataclass(slots=True)
+class _Hold:
+    """After slow start's climb: sends held to a trickle of probes until a
+    request sent after the climb's first 429 is admitted (see
+    ``DomainController._end_hold``). A token bucket admits its rate of what
+    comes after its first 429, so the hold ends within an answer time; a
+    window limiter whose count slow start spent admits nothing until the
+    window frees, and every request sent meanwhile is a 429."""
+
+    since: float
+    """When the hold began: requests sent from then on are its probes."""
+    after: float
+    """When the climb's first 429 was sent."""
+    refused: int = 0
+    """Probes refused."""
+    opened: float | None = None
+    """When the first request admitted after ``after`` was sent."""
 
 
 class DomainController:
@@ -1048,6 +1084,8 @@ class DomainController:
         # last cut, which left a token bucket empty), when they began, and
         # the 429 before the first one to a probe (see _end_probe).
         self._probing = _Probe()
+        # After slow start's climb, until the site admits again (_Hold).
+        self._hold: _Hold | None = None
         if learned is not None:
             self._start_warm(learned, now)
         elif settings.slow_start and settings.slow_start < settings.start:
@@ -1174,6 +1212,9 @@ class DomainController:
         while ``PACED``; otherwise only over the first answer time of a warm
         start, so its first volley does not go out at once."""
         if self._pace_rate is not None:
+            hold = self._hold
+            if hold is not None and hold.refused >= _HOLD_TRICKLE:
+                return max(self._hold_gap(hold, now), 1.0 / self._send_rate())
             return 1.0 / self._send_rate()
         if self._ramp is not None:
             return 1.0 / self._ramp.rate
@@ -1207,6 +1248,13 @@ class DomainController:
             # 429 before it (this one moves it).
             self._probing.hit = True
             self._probing.mark = self._evidence.refusal_mark
+        hold = self._hold
+        if hold is not None and outcome is not Outcome.IGNORED:
+            if outcome is Outcome.RATE_LIMITED:
+                if ticket.sent_at >= hold.since:
+                    hold.refused += 1
+            elif ticket.sent_at >= hold.after and hold.opened is None:
+                hold.opened = ticket.sent_at
         self._evidence.answered(
             ticket, outcome, now, any_epoch=self._phase is Phase.SLOW_START
         )
@@ -1236,6 +1284,8 @@ class DomainController:
         ev = self._evidence
         if self._ramp is not None:
             return self._ramp_step(self._ramp, now)
+        if self._hold is not None:
+            return None if self._hold.opened is None else self._end_hold(now)
         at_once = self._cap_shift(now)
         if at_once is None and self._probing.hit and self._phase is Phase.PACED:
             at_once = self._end_probe(now)
@@ -1408,6 +1458,7 @@ class DomainController:
         by the share of 429s."""
         s = self._settings
         ev = self._evidence
+        opening = self.untouched  # the crawl's first climb on this site
         answer_time = ev.answer_time()
         rate = ev.admitted_rate(now)
         steady = ev.answer_time_steady()
@@ -1458,6 +1509,7 @@ class DomainController:
             # the next climb has no last good level and uses the estimate.
             target = max(target, clamp(self._last_good, s))
         self._last_good = None
+        refused_sent = ev.refused_sent
         ev.reset_climb()  # also when already at the floor: judge afresh
         # The estimate is measured over a second that may include the ramp
         # (too low) or a burst (too high): grow back towards one step above
@@ -1493,6 +1545,11 @@ class DomainController:
                 # spread over a longer span).
                 guess *= s.slow_start_pace_share
             self._enter_paced(now, guess)
+            if opening and refused_sent is not None:
+                # Slow start's climb: sent at once, a window limiter whose
+                # count slow start spent refuses the whole pace; first find
+                # out whether the site admits anything (_Hold).
+                self._hold = _Hold(since=now, after=refused_sent)
             return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
         self._enter(Phase.SETTLED)
         return self._apply(now, target, Reason.BACKOFF)
@@ -1567,6 +1624,45 @@ class DomainController:
         ):
             self._derive_at(answer_time)
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
+
+    def _hold_gap(self, hold: _Hold, now: float) -> float:
+        """Seconds between two probes while held: a quarter of an answer
+        time at first (the hold of a token bucket ends within one), then
+        ``_HOLD_SHARE`` of the time held so far, so that a long closed
+        spell (a fixed window's) costs few 429s."""
+        answer_time = self._evidence.answer_time() or _HOLD_SHARE
+        return max(answer_time * _HOLD_FIRST, (now - hold.since) * _HOLD_SHARE)
+
+    def _end_hold(self, now: float) -> Decision | None:
+        """A request sent after slow start's first 429 was admitted. If the
+        probes before it were refused (``_HOLD_REFUSED``), the site was
+        closed, not rate-limited: a window limiter whose count slow start
+        spent, which admits again once its oldest admission leaves the
+        window. Slow start's pace (the rate measured over the burst, up to
+        twice the site's) would be refused at once, as it was until the
+        window freed; the site's rate is what it admitted over the whole
+        span, closed time included: the clean answers sent before the
+        reopening, over the time from the first of them to it. Otherwise
+        (a token bucket, which admitted its rate of the probes) the pace
+        stays."""
+        hold = self._hold
+        assert hold is not None and hold.opened is not None
+        self._hold = None
+        ev = self._evidence
+        first = ev.first_sent
+        if hold.refused < _HOLD_TRICKLE + _HOLD_REFUSED or first is None or hold.opened <= first:
+            return None
+        assert self._pace_rate is not None
+        # A lower bound: the first place freed before the probe that found
+        # it (as much as the gap between two probes before).
+        estimate = (ev.ok_total - 1) / (hold.opened - first)
+        self._rate = estimate
+        self._paced_measure = estimate
+        self._pace_ceiling = None
+        self._pace_rate = max(min(self._pace_rate, estimate), _MIN_PACE_RATE)
+        self._restart_pace(now)
+        ev.reset_climb()
+        return self._apply(now, self._paced_limit(ev.answer_time()), Reason.BACKOFF)
 
     def _enter_paced(self, now: float, pace_rate: float) -> None:
         self._restart_pace(now)
@@ -1932,6 +2028,7 @@ class DomainController:
             self._ramp = None
         if phase is not Phase.PACED:
             self._pace_rate = None
+            self._hold = None
         if phase is not Phase.PROBE:
             self._probe_successes = 0
         if phase is Phase.GROW:
