@@ -52,6 +52,14 @@ Phases (:class:`Phase`, changed only in ``DomainController._enter``):
   while the concurrency, not the pace, was binding mean an in-flight cap:
   back to ``SETTLED``, unpaced. A warm start with a learned rate starts
   here, so its first volley is paced too.
+* The crawl's first climb on a site (slow start's, as a rule) paces at the
+  rate slow start measured, but until a request sent after that climb's
+  first 429 is admitted: a token bucket admits most of such a pace, and
+  nothing changes; a window limiter whose count slow start spent refuses
+  all of it until the window frees, so after three such 429s only a
+  trickle of probes goes out, and once one is admitted the site is paced
+  at what it admitted over the whole span, closed time included (a
+  sliding window of 100 per 2 s: about 50/s, not the 110/s of its burst).
 * Evidence counts per epoch: a request sent before a limit change, or
   within ``backoff_settle_seconds`` after a backoff, says nothing about the
   new level.
@@ -679,8 +687,7 @@ is taken for (at most) the site's rate when a probe draws its first 429."""
 _PROBE_ANSWERS = 10
 """Fewest clean answers between two 429s to measure that rate."""
 _HOLD_FIRST = 0.25
-"""Held after slow start's climb, the first probes go out this share of an
-answer time apart."""
+"""The trickle's first probes go out this share of an answer time apart."""
 _HOLD_SHARE = 0.1
 """... and later ones this share of the time held so far."""
 _HOLD_TRICKLE = 3
@@ -1005,15 +1012,17 @@ class _Probe:
 
 @dataclass(slots=True)
 class _Hold:
-    """After slow start's climb: sends held to a trickle of probes until a
-    request sent after the climb's first 429 is admitted (see
+    """After the crawl's first climb on a site (slow start's, as a rule),
+    until a request sent after the climb's first 429 is admitted (see
     ``DomainController._end_hold``). A token bucket admits its rate of what
-    comes after its first 429, so the hold ends within an answer time; a
-    window limiter whose count slow start spent admits nothing until the
-    window frees, and every request sent meanwhile is a 429."""
+    comes after its first 429, so this ends within an answer time and
+    changes nothing. A window limiter whose count slow start spent admits
+    nothing until the window frees, and every request sent meanwhile is a
+    429: once ``_HOLD_TRICKLE`` of those sent after the climb are refused,
+    only a trickle of probes goes out (``DomainController._hold_gap``)."""
 
     since: float
-    """When the hold began: requests sent from then on are its probes."""
+    """When the climb was judged: requests sent from then on are probes."""
     after: float
     """When the climb's first 429 was sent."""
     refused: int = 0
@@ -1272,7 +1281,7 @@ class DomainController:
             # below a token bucket's rate, the concurrency never matters.
             self._capped_429s += 1
 
-    def decide(self, now: float) -> Decision | None:  # noqa: PLR0911
+    def decide(self, now: float) -> Decision | None:  # noqa: PLR0911, PLR0912
         """Judge the evidence so far: None if it is not enough yet.
 
         A climbing 429 share is acted on at once, and so are the steps of
@@ -1285,7 +1294,7 @@ class DomainController:
         if self._ramp is not None:
             return self._ramp_step(self._ramp, now)
         if self._hold is not None:
-            return None if self._hold.opened is None else self._end_hold(now)
+            return self._end_hold(self._hold, now)
         at_once = self._cap_shift(now)
         if at_once is None and self._probing.hit and self._phase is Phase.PACED:
             at_once = self._end_probe(now)
@@ -1626,31 +1635,37 @@ class DomainController:
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
 
     def _hold_gap(self, hold: _Hold, now: float) -> float:
-        """Seconds between two probes while held: a quarter of an answer
-        time at first (the hold of a token bucket ends within one), then
-        ``_HOLD_SHARE`` of the time held so far, so that a long closed
-        spell (a fixed window's) costs few 429s."""
+        """Seconds between two probes of the trickle: ``_HOLD_FIRST`` of an
+        answer time at first, then ``_HOLD_SHARE`` of the time since the
+        climb, so that a long closed spell (a fixed window's, where no
+        ``Retry-After`` holds the slot) costs few 429s."""
         answer_time = self._evidence.answer_time() or _HOLD_SHARE
         return max(answer_time * _HOLD_FIRST, (now - hold.since) * _HOLD_SHARE)
 
-    def _end_hold(self, now: float) -> Decision | None:
-        """A request sent after slow start's first 429 was admitted. If the
-        probes before it were refused (``_HOLD_REFUSED``), the site was
-        closed, not rate-limited: a window limiter whose count slow start
-        spent, which admits again once its oldest admission leaves the
-        window. Slow start's pace (the rate measured over the burst, up to
-        twice the site's) would be refused at once, as it was until the
-        window freed; the site's rate is what it admitted over the whole
-        span, closed time included: the clean answers sent before the
-        reopening, over the time from the first of them to it. Otherwise
-        (a token bucket, which admitted its rate of the probes) the pace
-        stays."""
-        hold = self._hold
-        assert hold is not None and hold.opened is not None
+    def _end_hold(self, hold: _Hold, now: float) -> Decision | None:
+        """Held (see :class:`_Hold`) until a request sent after the first
+        climb's first 429 is admitted: None before. Then, if the trickle's
+        probes were refused (``_HOLD_REFUSED``), the site was closed, not
+        rate-limiting: a window limiter whose count slow start spent, which
+        admits again once its oldest admission leaves the window. Slow
+        start's pace (the rate measured over the burst, twice the site's
+        or more) would be refused whole again until a climb halved it. The
+        site's rate is what it admitted over the whole span, closed time
+        included: the clean answers to requests sent before the one that
+        found it open, per second from the first of them to that one (a
+        lower bound, by the gap between two probes). Otherwise (a token
+        bucket, which admits most of a pace near its rate) nothing changes:
+        slow start's pace stands."""
+        if hold.opened is None:
+            return None
         self._hold = None
         ev = self._evidence
         first = ev.first_sent
-        if hold.refused < _HOLD_TRICKLE + _HOLD_REFUSED or first is None or hold.opened <= first:
+        if (
+            hold.refused < _HOLD_TRICKLE + _HOLD_REFUSED
+            or first is None
+            or hold.opened <= first
+        ):
             return None
         assert self._pace_rate is not None
         # A lower bound: the first place freed before the probe that found
