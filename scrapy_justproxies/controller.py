@@ -1656,9 +1656,11 @@ class DomainController:
         site's rate is what it admitted over the whole span, closed time
         included: the clean answers to requests sent before the one that
         found it open, per second from the first of them to that one (a
-        lower bound, by the gap between two probes). Otherwise (a token
-        bucket, which admits most of a pace near its rate) nothing changes:
-        slow start's pace stands."""
+        lower bound, by the gap between two probes). Otherwise nothing
+        changes, and slow start's pace stands: a token bucket admits its
+        rate of what follows its first 429, so the request admitted was
+        sent before the climb was judged, whatever was refused meanwhile
+        (behind a slow hop the 429s come back first)."""
         if hold.opened is None:
             return None
         self._hold = None
@@ -1666,8 +1668,8 @@ class DomainController:
         first = ev.first_sent
         if (
             hold.refused < _HOLD_TRICKLE + _HOLD_REFUSED
+            or hold.opened <= hold.since  # admitted before the climb: open
             or first is None
-            or hold.opened <= first
         ):
             return None
         assert self._pace_rate is not None
