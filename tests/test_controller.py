@@ -799,6 +799,76 @@ def test_cold_start_on_a_fixed_window_with_no_retry_after_hold(seed: int) -> Non
     assert 0.9 * RATE <= reopened.pace_rate <= 1.02 * RATE
 
 
+def replay(
+    ctl: DomainController, requests: list[tuple[float, float, Outcome]]
+) -> list[Decision]:
+    """Requests given as (sent at, answered at, outcome), fed in time order
+    (deciding after each answer); returns the decisions made."""
+    events: list[tuple[float, int, int]] = []
+    for i, (sent, answered, _) in enumerate(requests):
+        events += [(sent, 0, i), (answered, 1, i)]
+    tickets: dict[int, Ticket] = {}
+    decisions = []
+    inflight = 0
+    for now, kind, i in sorted(events):
+        if kind == 0:
+            inflight += 1
+            tickets[i] = ctl.on_sent(now, inflight)
+            continue
+        inflight -= 1
+        ctl.record(tickets.pop(i), requests[i][2], now)
+        decision = ctl.decide(now)
+        if decision is not None:
+            decisions.append(decision)
+    return decisions
+
+
+OK, REFUSED = Outcome.OK, Outcome.RATE_LIMITED
+
+
+def opening() -> list[tuple[float, float, Outcome]]:
+    """40 admitted in the first second (answers 0.2 s), then refused from
+    t = 1 (429s come back in 0.05 s): the first climb, at about 1.08."""
+    admitted = [(i * 0.025, i * 0.025 + 0.2, OK) for i in range(40)]
+    return admitted + [(1 + j * 0.01, 1.05 + j * 0.01, REFUSED) for j in range(8)]
+
+
+def test_a_site_that_admitted_a_request_sent_before_the_climb_is_not_closed() -> None:
+    """A token bucket behind a slow hop: its 429s come back before the
+    answer to a request it admitted after its first 429, so several of the
+    requests sent after the climb are refused first. The admitted one was
+    sent before the climb was judged: the site was never closed, and slow
+    start's pace stands."""
+    ctl = DomainController(ControllerSettings(start=10, maximum=50), now=0.0)
+    requests = [*opening(), (1.005, 1.3, OK)]
+    requests += [(1.1 + j * 0.02, 1.15 + j * 0.02, REFUSED) for j in range(6)]
+    decisions = replay(ctl, requests)
+    cuts = [d for d in decisions if d.reason is Reason.BACKOFF]
+    assert len(cuts) == 1  # the climb, at about 1.08
+    assert ctl.pace_rate == cuts[0].pace_rate
+    assert ctl.pace(1.4) == pytest.approx(1 / ctl.pace_rate)
+
+
+def test_a_closed_site_is_paced_at_what_it_admitted_over_the_whole_span() -> None:
+    """A window limiter: nothing sent after the first 429 is admitted until
+    the window frees at t = 2, a trickle of probes meanwhile. Then the site
+    is paced at the 40 it admitted (from t = 0) over the 2 s until the
+    request that found it open was sent: 20/s."""
+    ctl = DomainController(ControllerSettings(start=10, maximum=50), now=0.0)
+    requests = opening()
+    requests += [(1.1 + j * 0.1, 1.15 + j * 0.1, REFUSED) for j in range(9)]
+    requests += [(2.0, 2.2, OK)]
+    decisions = replay(ctl, requests)
+    first = next(d for d in decisions if d.reason is Reason.BACKOFF)
+    assert first.pace_rate is not None and first.pace_rate > 20
+    # The trickle: a probe every quarter of an answer time, at most.
+    assert ctl.pace(1.2) == pytest.approx(0.05)
+    last = decisions[-1]
+    assert (last.at, last.reason) == (2.2, Reason.BACKOFF)
+    assert last.pace_rate == pytest.approx(40 / 2.0)
+    assert ctl.pace(2.3) == pytest.approx(1 / 20)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_slow_start_costs_nothing_without_a_limit(seed: int) -> None:
     def reached(run: Run) -> float:
