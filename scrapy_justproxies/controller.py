@@ -56,7 +56,7 @@ Phases (:class:`Phase`, changed only in ``DomainController._enter``):
   rate slow start measured, but until a request sent after that climb's
   first 429 is admitted: a token bucket admits most of such a pace, and
   nothing changes; a window limiter whose count slow start spent refuses
-  all of it until the window frees, so after the first such 429 only a
+  all of it until the window frees, so after three such 429s only a
   trickle of probes goes out, and once one is admitted the site is paced
   at what it admitted over the whole span, closed time included (a
   sliding window of 100 per 2 s: about 50/s, not the 110/s of its burst).
@@ -690,13 +690,15 @@ _HOLD_FIRST = 0.25
 """The trickle's first probes go out this share of an answer time apart."""
 _HOLD_SHARE = 0.1
 """... and later ones this share of the time held so far."""
-_HOLD_TRICKLE = 1
+_HOLD_TRICKLE = 3
 """Requests sent after the first climb and refused, with none sent after its
-first 429 admitted yet, after which only a trickle of probes goes out. (In
-the simulator, 3 cost the sliding window 0.4 points more 429s; trickling
-from the climb on, before any such 429, slowed a token bucket's first
-answer time after it enough to change what the next climb measured, and
-broke five of the seeded simulations.)"""
+first 429 admitted yet, after which only a trickle of probes goes out. A
+token bucket paced a little above its rate refuses one in a few, and its
+429s come back before its admitted answers behind a slow hop: at 1, the
+trickle cut in on the 20 req/s site of ``cold-residential-two``, changed
+what its next climb measured, and doubled its 429s (16-19 -> 31 in three
+real crawls each). Trickling from the climb on, before any such 429,
+broke five of the seeded simulations the same way."""
 _HOLD_REFUSED = 2
 """Probes of the trickle refused that mean the site was closed."""
 

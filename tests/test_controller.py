@@ -855,15 +855,15 @@ def test_a_closed_site_is_paced_at_what_it_admitted_over_the_whole_span() -> Non
     is paced at the 40 it admitted (from t = 0) over the 2 s until the
     request that found it open was sent: 20/s."""
     ctl = DomainController(ControllerSettings(start=10, maximum=50), now=0.0)
-    requests = opening()
-    requests += [(1.1 + j * 0.1, 1.15 + j * 0.1, REFUSED) for j in range(9)]
-    requests += [(2.0, 2.2, OK)]
-    decisions = replay(ctl, requests)
+    probes = [(1.1 + j * 0.1, 1.15 + j * 0.1, REFUSED) for j in range(9)]
+    decisions = replay(ctl, opening() + probes)
     first = next(d for d in decisions if d.reason is Reason.BACKOFF)
-    assert first.pace_rate is not None and first.pace_rate > 20
-    # The trickle: a probe every quarter of an answer time, at most.
+    assert first.pace_rate is not None and first.pace_rate > 30
+    # Held: from the third probe refused, one probe every quarter of an
+    # answer time at first, then every tenth of the time held.
     assert ctl.pace(1.2) == pytest.approx(0.05)
-    last = decisions[-1]
+    assert ctl.pace(1.95) == pytest.approx(0.1 * (1.95 - first.at))
+    last = replay(ctl, [(2.0, 2.2, OK)])[-1]
     assert (last.at, last.reason) == (2.2, Reason.BACKOFF)
     assert last.pace_rate == pytest.approx(40 / 2.0)
     assert ctl.pace(2.3) == pytest.approx(1 / 20)
