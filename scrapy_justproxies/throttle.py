@@ -333,17 +333,15 @@ class JustProxiesThrottle:
         if outcome is Outcome.RATE_LIMITED:
             domain.counts.rate_limited += 1
             self._inc_stat(RATE_LIMITED_TOTAL)
+        pace = self._pace(key, domain, now)
+        if pace != domain.pace and key not in self.own_delay:
+            domain.pace = pace  # paced at a learned rate, or no longer
+            self.guard.pace(key, pace)
         decision = domain.live.decide(now)
         if decision is not None and decision.changed:
             self._apply(key, domain, decision, now)
             if now - self._last_save >= SAVE_INTERVAL and self._save_state():
                 self._last_save = now
-        # After the decision: one may change the pace without the limit (a
-        # hold after the first climb, see DomainController.pace).
-        pace = self._pace(key, domain, now)
-        if pace != domain.pace and key not in self.own_delay:
-            domain.pace = pace  # paced at a learned rate, or no longer
-            self.guard.pace(key, pace)
         if now >= self._next_sweep:
             self._sweep(now)
 
