@@ -7,7 +7,7 @@ later (nothing is lost), feeds every outcome to a
 decisions. Minutes of crawling run in milliseconds.
 
 Sites: a token bucket (rate and burst, the rate may follow a schedule), an
-in-flight cap, a fixed-window counter, a GCRA (leaky bucket as a meter), or
+in-flight cap, a fixed-window counter, a sliding-window log, a GCRA (leaky bucket as a meter), or
 no limit at all. The site's latency is lognormal with P50 200 ms and P95
 350 ms (mean about 212 ms); by default a 429 takes as long as a 200. With
 ``hop`` the gateway's hop (constant) is added to every answer, 429s included,
@@ -134,6 +134,33 @@ class FixedWindow:
             self.index, self.count = index, 0
         if self.count < self.limit:
             self.count += 1
+            return True
+        return False
+
+    def release(self, now: float) -> None:
+        pass
+
+
+class SlidingWindowLog:
+    """Admits at most ``limit`` requests in any ``window`` seconds: a log of
+    admission times, as the sandbox's ``SlidingWindowLog`` (and the
+    sorted-set limiters kept in Redis). No reset instant: a burst admitted
+    at the start frees its places one window later, at the pace it came."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self.admitted: deque[float] = deque()
+
+    def capacity(self, now: float) -> float:
+        return self.limit / self.window
+
+    def admit(self, now: float) -> bool:
+        admitted = self.admitted
+        while admitted and admitted[0] + self.window <= now + 1e-9:
+            admitted.popleft()
+        if len(admitted) < self.limit:
+            admitted.append(now)
             return True
         return False
 

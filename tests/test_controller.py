@@ -38,6 +38,7 @@ try:  # tests/ is a package
         Gcra,
         InflightCap,
         Run,
+        SlidingWindowLog,
         TokenBucket,
         Unlimited,
         simulate,
@@ -50,6 +51,7 @@ except ImportError:  # tests/ on sys.path (rootdir-less test dir)
         Gcra,
         InflightCap,
         Run,
+        SlidingWindowLog,
         TokenBucket,
         Unlimited,
         simulate,
@@ -701,6 +703,11 @@ def test_sim_limiters() -> None:
     window = FixedWindow(limit=3, window=2.0)
     assert [window.admit(0.1) for _ in range(4)] == [True, True, True, False]
     assert window.admit(2.0)  # the next window
+    log = SlidingWindowLog(limit=3, window=2.0)
+    assert [log.admit(t) for t in (0.0, 0.5, 1.0, 1.5)] == [True, True, True, False]
+    assert log.admit(2.0)  # the one admitted at 0 left the window
+    assert not log.admit(2.4)
+    assert log.admit(2.5)
     gcra = Gcra(rate=10, burst=2)
     assert [gcra.admit(0.0) for _ in range(3)] == [True, True, False]
     assert gcra.admit(0.1)
@@ -747,6 +754,121 @@ def test_cold_start_far_above_the_knee(seed: int, site: Any) -> None:
     # measure the rate yet), and more cuts follow.
     volley_cut = next(d for d in volley.decisions if d.reason is Reason.BACKOFF)
     assert (volley_cut.old_limit, volley_cut.new_limit) == (50, 25)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cold_start_on_a_sliding_window(seed: int) -> None:
+    """A sliding-window log of 100 per 2 s (the benchmark's
+    cold-sliding-window): slow start spends the window's count in about
+    1.3 s, and the site then refuses everything until the window's oldest
+    admission leaves it. Slow start's pace (the rate over the burst, more
+    than twice the site's) was refused whole until a second climb halved
+    it (measured before: 8.6-10.2% 429s over 30 s; after: 3.5-4.1%). Held
+    to a trickle of probes until the site admits again, the pace is what
+    it admitted over the whole span, closed time included."""
+    run = simulate(
+        SlidingWindowLog(100, 2.0), DATACENTER, seed=seed, duration=30,
+        hop=DATACENTER_HOP, site_429_latency=False,
+    )  # fmt: skip
+    assert run.share_429() <= 0.045
+    assert run.goodput(0, 30) / RATE >= 0.94  # measured 0.959-0.977
+    first, second = [d for d in run.decisions if d.reason is Reason.BACKOFF][:2]
+    assert first.pace_rate is not None and first.pace_rate > 2 * RATE
+    # About 100 admitted over the 2 s until the window freed its first place
+    # (measured 48.5-49.8), not a halving of the first pace (54-61).
+    assert second.pace_rate is not None
+    assert 0.9 * RATE <= second.pace_rate <= 1.02 * RATE
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cold_start_on_a_fixed_window_with_no_retry_after_hold(seed: int) -> None:
+    """1,000 per 20 s, with nothing held for Retry-After (the simulated
+    crawler retries after 1 s, whatever the site says): slow start reaches
+    the maximum before the count is spent, and the site then refuses
+    everything for 17 s. Cut by halvings, the pace went on drawing 429s
+    the whole time (52% over 30 s); held, probes further and further apart
+    draw a few (10.8-12.7% in all, most of it the first hit; 18-19 from the
+    6th second to the 20th), and the reopened window is paced at 1,000 /
+    20 s (measured 46.5-49.2 req/s)."""
+    run = simulate(
+        FixedWindow(1000, 20.0), DATACENTER, seed=seed, duration=30,
+        hop=DATACENTER_HOP, site_429_latency=False,
+    )  # fmt: skip
+    assert run.share_429() <= 0.15
+    assert sum(1 for t in run.limited if 6 <= t < 20) <= 25
+    reopened = next(d for d in run.decisions if d.at >= 20)
+    assert reopened.reason is Reason.BACKOFF and reopened.pace_rate is not None
+    assert 0.9 * RATE <= reopened.pace_rate <= 1.02 * RATE
+
+
+def replay(
+    ctl: DomainController, requests: list[tuple[float, float, Outcome]]
+) -> list[Decision]:
+    """Requests given as (sent at, answered at, outcome), fed in time order
+    (deciding after each answer); returns the decisions made."""
+    events: list[tuple[float, int, int]] = []
+    for i, (sent, answered, _) in enumerate(requests):
+        events += [(sent, 0, i), (answered, 1, i)]
+    tickets: dict[int, Ticket] = {}
+    decisions = []
+    inflight = 0
+    for now, kind, i in sorted(events):
+        if kind == 0:
+            inflight += 1
+            tickets[i] = ctl.on_sent(now, inflight)
+            continue
+        inflight -= 1
+        ctl.record(tickets.pop(i), requests[i][2], now)
+        decision = ctl.decide(now)
+        if decision is not None:
+            decisions.append(decision)
+    return decisions
+
+
+OK, REFUSED = Outcome.OK, Outcome.RATE_LIMITED
+
+
+def opening() -> list[tuple[float, float, Outcome]]:
+    """40 admitted in the first second (answers 0.2 s), then refused from
+    t = 1 (429s come back in 0.05 s): the first climb, at about 1.08."""
+    admitted = [(i * 0.025, i * 0.025 + 0.2, OK) for i in range(40)]
+    return admitted + [(1 + j * 0.01, 1.05 + j * 0.01, REFUSED) for j in range(8)]
+
+
+def test_a_site_that_admitted_a_request_sent_before_the_climb_is_not_closed() -> None:
+    """A token bucket behind a slow hop: its 429s come back before the
+    answer to a request it admitted after its first 429, so several of the
+    requests sent after the climb are refused first. The admitted one was
+    sent before the climb was judged: the site was never closed, and slow
+    start's pace stands."""
+    ctl = DomainController(ControllerSettings(start=10, maximum=50), now=0.0)
+    requests = [*opening(), (1.005, 1.3, OK)]
+    requests += [(1.1 + j * 0.02, 1.15 + j * 0.02, REFUSED) for j in range(6)]
+    decisions = replay(ctl, requests)
+    cuts = [d for d in decisions if d.reason is Reason.BACKOFF]
+    assert len(cuts) == 1  # the climb, at about 1.08
+    assert ctl.pace_rate == cuts[0].pace_rate
+    assert ctl.pace(1.4) == pytest.approx(1 / ctl.pace_rate)
+
+
+def test_a_closed_site_is_paced_at_what_it_admitted_over_the_whole_span() -> None:
+    """A window limiter: nothing sent after the first 429 is admitted until
+    the window frees at t = 2, a trickle of probes meanwhile. Then the site
+    is paced at the 40 it admitted (from t = 0) over the 2 s until the
+    request that found it open was sent: 20/s."""
+    ctl = DomainController(ControllerSettings(start=10, maximum=50), now=0.0)
+    probes = [(1.1 + j * 0.1, 1.15 + j * 0.1, REFUSED) for j in range(9)]
+    decisions = replay(ctl, opening() + probes)
+    first = next(d for d in decisions if d.reason is Reason.BACKOFF)
+    assert first.pace_rate is not None and first.pace_rate > 30
+    # Held: from the third probe refused, one probe every quarter of an
+    # answer time at first, then every tenth of the time held.
+    assert ctl.pace(1.2) == pytest.approx(0.05)
+    assert ctl.pace(1.95) == pytest.approx(0.1 * (1.95 - first.at))
+    last = replay(ctl, [(2.0, 2.2, OK)])[-1]
+    assert (last.at, last.reason) == (2.2, Reason.BACKOFF)
+    assert last.pace_rate == pytest.approx(40 / 2.0)
+    assert ctl.pace(2.3) == pytest.approx(1 / 20)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
