@@ -1708,8 +1708,7 @@ class DomainController:
         self._rate = estimate
         self._paced_measure = estimate
         self._pace_ceiling = None
-        self._pace_rate = max(min(self._pace_rate, estimate), _MIN_PACE_RATE)
-        self._restart_pace(now)
+        self._enter_paced(now, min(self._pace_rate, estimate))
         ev.reset_climb()
         return self._apply(now, self._paced_limit(ev.answer_time()), Reason.BACKOFF)
 

@@ -34,6 +34,7 @@ from scrapy_justproxies.controller import (
     Outcome,
     Ticket,
 )
+from scrapy_justproxies.sandbox import policy
 
 LATENCY_P50 = 0.200
 LATENCY_P95 = 0.350
@@ -142,27 +143,22 @@ class FixedWindow:
 
 
 class SlidingWindowLog:
-    """Admits at most ``limit`` requests in any ``window`` seconds: a log of
-    admission times, as the sandbox's ``SlidingWindowLog`` (and the
-    sorted-set limiters kept in Redis). No reset instant: a burst admitted
-    at the start frees its places one window later, at the pace it came."""
+    """Admits at most ``limit`` requests in any ``window`` seconds: the
+    sandbox's own sliding log (no reset instant: a burst admitted at the
+    start frees its places one window later, at the pace it came)."""
 
     def __init__(self, limit: int, window: float) -> None:
         self.limit = limit
         self.window = window
-        self.admitted: deque[float] = deque()
+        self._log = policy.SlidingWindowLog(
+            policy.RateSchedule(limit / window), window, 0.0
+        )
 
     def capacity(self, now: float) -> float:
         return self.limit / self.window
 
     def admit(self, now: float) -> bool:
-        admitted = self.admitted
-        while admitted and admitted[0] + self.window <= now + 1e-9:
-            admitted.popleft()
-        if len(admitted) < self.limit:
-            admitted.append(now)
-            return True
-        return False
+        return self._log.try_acquire(now)
 
     def release(self, now: float) -> None:
         pass
