@@ -715,6 +715,19 @@ first answers after the climb, changed what its next climb measured and
 broke five of the seeded simulations.)"""
 _HOLD_REFUSED = 2
 """Probes of the trickle refused that mean the site was closed."""
+_REORDERED = 0.05
+"""Seconds within which two requests may reach the site in either order
+(the gateway's connections): a request sent this soon after a refused one
+and admitted says nothing about whether the site was closed."""
+_WINDOW_STEP = 0.02
+"""Largest step of a paced rate's probe on a site seen closed (a window
+limiter): it shows an overload only at its window's end, several steps
+later."""
+_HOLD_CLOSED = 1.0
+"""Seconds from a climb's first 429 to the first request after it that is
+admitted which mean the site was closed, however few probes were refused
+(a ``Retry-After`` that held the slot sends none): a token bucket of more
+than one request a second admits one sooner."""
 
 # -- evidence ---------------------------------------------------------------
 
@@ -805,6 +818,9 @@ class Evidence:
         # sent, and when it was sent.
         self.refused_inflight: int | None = None
         self.refused_sent: float | None = None
+        # Clean answers since then to requests sent after it: none by the
+        # time the 429s climb, and the site may be closed (_Hold).
+        self.admitted_after_refusal = 0
         # Answer times of the last 429s.
         self.refusals: list[float] = []
         # Clean answers ever (any epoch), and (time, clean answers then) at
@@ -812,6 +828,12 @@ class Evidence:
         # from there to its next 429 is at most its rate.
         self.ok_total = 0
         self.refusal_mark: tuple[float, int] | None = None
+        # (when the request that found a held site open was sent, clean
+        # answers before it): where the next closed cycle is counted from.
+        self.open_mark: tuple[float, int] | None = None
+        # Seconds from the reopening before that one to it (a fixed
+        # window's length, about).
+        self.open_cycle: float | None = None
 
     def sent(self, now: float, inflight: int) -> Ticket:
         if now >= self.evidence_from:
@@ -832,6 +854,12 @@ class Evidence:
             # The others in flight when this one was refused were admitted.
             self.refused_inflight = max(0, ticket.inflight - 1)
             self.refused_sent = ticket.sent_at
+        elif (
+            not limited
+            and self.refused_sent is not None
+            and ticket.sent_at > self.refused_sent + _REORDERED
+        ):
+            self.admitted_after_refusal += 1
         if limited:
             _keep_last(self.refusals, max(0.0, now - ticket.sent_at), _REFUSALS_KEPT)
             self.refusal_mark = (now, self.ok_total)
@@ -1002,6 +1030,7 @@ class Evidence:
 
     def reset_climb(self) -> None:
         self.refused_inflight = self.refused_sent = None
+        self.admitted_after_refusal = 0
         self.cusum = 0.0
         self.run_ok = self.run_limited = 0
         self.recent.clear()
@@ -1048,6 +1077,9 @@ class _Hold:
     """Probes refused."""
     opened: float | None = None
     """When the first request admitted after ``after`` was sent."""
+    pace: float | None = None
+    """A paced climb's: the pace before its cut (a closed site is paced at
+    no more than it); None after slow start's climb (its pace is a guess)."""
 
 
 class DomainController:
@@ -1642,6 +1674,10 @@ class DomainController:
             self._rate = pace / (1 - s.pace_margin)
             # A rate measured: 429s at a pace below it are an in-flight cap's.
             self._capped_seen = self._capped_429s = 0
+        if ev.open_mark is not None and ev.refused_sent is not None:
+            # A window limiter (seen closed before): this 429 may be its
+            # window running out, closed until it ends (_Hold).
+            self._hold = _Hold(since=now, after=ev.refused_sent, pace=self._pace_rate)
         self._restart_pace(now)
         ev.reset_climb()
         measure = pace / (1 - s.pace_margin)
@@ -1675,40 +1711,50 @@ class DomainController:
         return max(answer_time * _HOLD_FIRST, (now - hold.since) * _HOLD_SHARE)
 
     def _end_hold(self, hold: _Hold, now: float) -> Decision | None:
-        """Held (see :class:`_Hold`) until a request sent after the first
-        climb's first 429 is admitted: None before. Then, if the trickle's
-        probes were refused (``_HOLD_REFUSED``), the site was closed, not
-        rate-limiting: a window limiter whose count slow start spent, which
-        admits again once its oldest admission leaves the window. Slow
-        start's pace (the rate measured over the burst, twice the site's
-        or more) would be refused whole again until a climb halved it. The
-        site's rate is what it admitted over the whole span, closed time
-        included: the clean answers to requests sent before the one that
-        found it open, per second from the first of them to that one (a
-        lower bound, by the gap between two probes). Otherwise nothing
-        changes, and slow start's pace stands: a token bucket admits its
-        rate of what follows its first 429, so the request admitted was
-        sent before the climb was judged, whatever was refused meanwhile
-        (behind a slow hop the 429s come back first)."""
+        """Held (see :class:`_Hold`) until a request sent after the climb's
+        first 429 is admitted: None before. Then, if the site was closed
+        (the trickle's probes refused, ``_HOLD_REFUSED``, or nothing sent
+        after the first 429 admitted for ``_HOLD_CLOSED`` seconds: a
+        ``Retry-After`` that held the slot sends no probes), it was not
+        rate-limiting: a window limiter whose count was spent, which admits
+        again once its window frees. Slow start's pace (the rate measured
+        over the burst, twice the site's or more) would be refused whole
+        again until a climb halved it; a paced climb's cut would halve a
+        pace the window admits most of. The site's rate is what it
+        admitted over the whole cycle, closed time included: the clean
+        answers to requests sent from the last time it reopened (or the
+        crawl's first) to the one that found it open now, per second (a
+        lower bound, by the gap between two probes): a fixed window's count
+        over its length. Otherwise nothing changes, and the climb's pace
+        stands: a token bucket admits its rate of what follows its first
+        429, so the request admitted was sent before the climb was judged,
+        or soon after the first 429, whatever was refused meanwhile (behind
+        a slow hop the 429s come back first)."""
         if hold.opened is None:
             return None
         self._hold = None
         ev = self._evidence
-        first = ev.first_sent
-        if (
-            hold.refused < _HOLD_TRICKLE + _HOLD_REFUSED
-            or hold.opened <= hold.since  # admitted before the climb: open
-            or first is None
-        ):
+        closed = hold.opened > hold.since and (  # sent before the climb: open
+            hold.refused >= _HOLD_TRICKLE + _HOLD_REFUSED
+            or hold.opened - hold.after >= _HOLD_CLOSED
+        )
+        mark = ev.open_mark
+        if mark is None and ev.first_sent is not None:
+            mark = (ev.first_sent, 0)
+        if not closed or mark is None or hold.opened <= mark[0]:
             return None
+        # The request that found it open starts the next cycle.
+        ev.open_mark = (hold.opened, ev.ok_total - 1)
+        ev.open_cycle = hold.opened - mark[0]
         assert self._pace_rate is not None
         # A lower bound: the first place freed before the probe that found
         # it (as much as the gap between two probes before).
-        estimate = (ev.ok_total - 1) / (hold.opened - first)
+        estimate = (ev.ok_total - 1 - mark[1]) / (hold.opened - mark[0])
+        before = self._pace_rate if hold.pace is None else hold.pace
         self._rate = estimate
         self._paced_measure = estimate
         self._pace_ceiling = None
-        self._enter_paced(now, min(self._pace_rate, estimate))
+        self._enter_paced(now, min(before, estimate))
         ev.reset_climb()
         return self._apply(now, self._paced_limit(ev.answer_time()), Reason.BACKOFF)
 
@@ -1843,8 +1889,7 @@ class DomainController:
             # time (a token bucket shows an overload only once its burst is
             # spent); beyond it, steps grow, so a raised limit is found soon.
             near = known is not None and self._pace_rate < known * _NEAR
-            step = s.pace_step if near else self._pace_step
-            self._pace_rate *= 1 + (_MAX_PACE_STEP if known is None else step)
+            self._pace_rate *= 1 + self._probe_step(known, near=near)
             ceiling = self._pace_ceiling
             if known is None and ceiling is not None:
                 top = ceiling * (1 - s.pace_margin)
@@ -1860,6 +1905,20 @@ class DomainController:
                 self._pace_step = min(self._pace_step * 2, _MAX_PACE_STEP)
             reason = Reason.PROBE
         return self._apply(now, self._paced_limit(answer_time), reason, new_epoch=False)
+
+    def _probe_step(self, known: float | None, *, near: bool) -> float:
+        """The paced rate's next probe step up: full steps with nothing
+        measured yet; near the rate measured, small ones; beyond it, steps
+        that grow. On a site seen closed (a window limiter), at most
+        ``_WINDOW_STEP``: it shows an overload only at its window's end,
+        several steps later."""
+        if known is None:
+            step = _MAX_PACE_STEP
+        else:
+            step = self._settings.pace_step if near else self._pace_step
+        if self._evidence.open_mark is not None:
+            step = min(step, _WINDOW_STEP)
+        return step
 
     def _on_paced_climb(self, now: float) -> Decision:
         """The 429s climbed while paced: pace a little below what the site
@@ -1879,9 +1938,23 @@ class DomainController:
         # the climb's share of clean answers times the pace is the rate (the
         # admitted rate also counts a burst spent just before).
         ok_share = ev.ok_share_of_climb()
+        refused_sent = ev.refused_sent
+        admitted_after = ev.admitted_after_refusal
+        climb_429s = ev.run_limited
         ev.reset_climb()
         self._pace_ceiling = None
         self._restart_pace(now)
+        if refused_sent is not None and not admitted_after:
+            # Nothing sent after the climb's first 429 admitted yet: the
+            # site may be closed (a fixed window whose count this pace spent
+            # before the window's end refuses everything until then). The
+            # cut below stands unless the requests sent from now on show it
+            # closed; then it is paced at what it admitted over the whole
+            # cycle (_end_hold), not at a cut that a window's end made
+            # look like a drop. A token bucket paced above its rate admits
+            # a share of what follows its first 429: by the climb, some of
+            # it has come back, and nothing is held.
+            self._hold = _Hold(since=now, after=refused_sent, pace=pace)
         if rate is None or answer_time is None:
             # Too few clean answers to measure: cut by the share of 429s.
             cut = max(s.decrease_factor, ok_share)
@@ -1908,6 +1981,14 @@ class DomainController:
             rate = min(rate, max(pace * ok_share, rate * _BURST_SHARE))
         if not dropped and self._in_flight_evidence():
             return self._leave_pacing(now, rate, answer_time)
+        cycle = ev.open_cycle
+        if cycle is not None and admitted_after:
+            # A window limiter (seen closed before) that admits again after
+            # the climb's first 429: its window ended. The pace spent its
+            # count that much early: less by the 429s over the window.
+            trimmed = (pace - max(climb_429s, 1) / cycle) * (1 - s.pace_margin)
+            self._pace_rate = max(trimmed, _MIN_PACE_RATE)
+            return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
         self._capped_seen = 0
         if not dropped and ev.answer_time_steady():
             # A saturated measurement: with another at a different answer

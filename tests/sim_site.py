@@ -34,6 +34,7 @@ from scrapy_justproxies.controller import (
     Outcome,
     Ticket,
 )
+from scrapy_justproxies.retry import Refusal, closed_until, ewma
 from scrapy_justproxies.sandbox import policy
 
 LATENCY_P50 = 0.200
@@ -140,6 +141,12 @@ class FixedWindow:
 
     def release(self, now: float) -> None:
         pass
+
+    def retry_after(self, now: float) -> float:
+        """The sandbox's ``Retry-After`` for a 429 at ``now``: the time to
+        the window's end, rounded up to whole seconds (at least 1)."""
+        end = (int(now // self.window) + 1) * self.window
+        return float(max(1, math.ceil(end - now - 1e-9)))
 
 
 class SlidingWindowLog:
@@ -289,6 +296,7 @@ def simulate(
     site_429_latency: bool = True,
     learned: Learned | None = None,
     pace_lag: float = 1.0,
+    retry_after_hold: bool = False,
 ) -> Run:
     """Crawl ``site`` for ``duration`` simulated seconds.
 
@@ -305,7 +313,11 @@ def simulate(
     answer; with ``site_429_latency=False`` a 429 takes only the hop.
     ``learned`` starts the controller warm. ``pace_lag`` stretches every
     paced gap (1.12: sends 11% below the pace, as Scrapy's download delay
-    does on a busy event loop).
+    does on a busy event loop). ``retry_after_hold``: a site with a
+    ``retry_after(now)`` (the fixed window) sends ``Retry-After`` with its
+    429s, and the crawler holds the whole slot when
+    :func:`~scrapy_justproxies.retry.closed_until` says the site is closed,
+    as the rate-limit middleware does (without its one check probe).
     """
     rng = random.Random(seed)
     mu = math.log(latency_p50)
@@ -329,9 +341,19 @@ def simulate(
     now = 0.0
 
     next_send = 0.0  # pacing: no send before this time
+    # Retry-After: per 429 on its way back (by event seq), the usual answer
+    # time (the middleware's moving average), the last 429's, and the time
+    # the slot is held until.
+    retry_afters: dict[int, float] = {}
+    usual: float | None = None
+    refusal: Refusal | None = None
+    held_until = 0.0
+    sent_at: dict[int, float] = {}
 
     def fill() -> None:
         nonlocal inflight, seq, next_send
+        if now < held_until:
+            return
         while inflight < limit:
             gap = controller.pace(now) if controller is not None else None
             if gap is not None and now < next_send - 1e-12:
@@ -379,10 +401,14 @@ def simulate(
             heapq.heappush(
                 events, (now + latency, seq, _DONE, ticket, outcome, admitted)
             )
+            if retry_after_hold:
+                sent_at[seq] = now
+                if outcome is Outcome.RATE_LIMITED and hasattr(site, "retry_after"):
+                    retry_afters[seq] = site.retry_after(now)
 
     fill()
     while events:
-        now, _, kind, ticket, outcome, _ = heapq.heappop(events)
+        now, event, kind, ticket, outcome, _ = heapq.heappop(events)
         if now >= duration:
             break
         if kind == _RELEASE:
@@ -390,6 +416,21 @@ def simulate(
             continue
         if kind == _DONE:
             inflight -= 1
+            if retry_after_hold:
+                took = now - sent_at.pop(event)
+                if outcome is Outcome.OK:
+                    usual = ewma(usual, took)
+                retry_after = retry_afters.pop(event, None)
+                if retry_after is not None:
+                    until = closed_until(now, retry_after, usual, refusal)
+                    refusal = Refusal(now, now + retry_after)
+                    if until is not None and until > held_until:
+                        held_until = until
+                        seq += 1
+                        heapq.heappush(
+                            events,
+                            (until, seq, _WAKE, None, Outcome.IGNORED, False),
+                        )
             if outcome is Outcome.OK:
                 run.ok.append(now)
             else:
