@@ -1075,7 +1075,10 @@ class _Hold:
     changes nothing. A window limiter whose count slow start spent admits
     nothing until the window frees, and every request sent meanwhile is a
     429: once ``_HOLD_TRICKLE`` of those sent after the climb are refused,
-    only a trickle of probes goes out (``DomainController._hold_gap``)."""
+    only a trickle of probes goes out (``DomainController._hold_gap``).
+    Also after a paced climb with nothing sent after its first 429 admitted
+    by then (a fixed window spent before its end), and after a probe's
+    first 429 on a site seen closed before."""
 
     since: float
     """When the climb was judged: requests sent from then on are probes."""
