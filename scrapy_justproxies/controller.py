@@ -62,9 +62,9 @@ Phases (:class:`Phase`, changed only in ``DomainController._enter``):
   trickle of probes goes out, and once one is admitted the site is paced
   at what it admitted over the whole span, closed time included (a
   sliding window of 100 per 2 s: about 50/s, not the 110/s of its burst).
-  A paced climb is held the same way when nothing sent after its first
-  429 was admitted by then (a fixed window whose count the pace spent
-  before the window's end); a closed site (probes refused, or nothing
+  On a site seen closed so, a paced climb is held the same way when
+  nothing sent after its first 429 was admitted by then (a fixed window
+  whose count the pace spent before the window's end); a closed site (probes refused, or nothing
   admitted for a second after the first 429: a ``Retry-After`` that held
   the slot) is then paced at what it admitted over the whole cycle, from
   the last time it reopened: a fixed window's count over its length, not
@@ -1076,9 +1076,9 @@ class _Hold:
     nothing until the window frees, and every request sent meanwhile is a
     429: once ``_HOLD_TRICKLE`` of those sent after the climb are refused,
     only a trickle of probes goes out (``DomainController._hold_gap``).
-    Also after a paced climb with nothing sent after its first 429 admitted
-    by then (a fixed window spent before its end), and after a probe's
-    first 429 on a site seen closed before."""
+    On a site seen closed before, also after a paced climb with nothing
+    sent after its first 429 admitted by then (a fixed window spent before
+    its end), and after a probe's first 429."""
 
     since: float
     """When the climb was judged: requests sent from then on are probes."""
@@ -1955,16 +1955,18 @@ class DomainController:
         ev.reset_climb()
         self._pace_ceiling = None
         self._restart_pace(now)
-        if refused_sent is not None and not admitted_after:
-            # Nothing sent after the climb's first 429 admitted yet: the
-            # site may be closed (a fixed window whose count this pace spent
+        if refused_sent is not None and not admitted_after and ev.open_mark:
+            # A site seen closed before (a window limiter), with nothing
+            # sent after the climb's first 429 admitted yet: it may be
+            # closed again (a fixed window whose count this pace spent
             # before the window's end refuses everything until then). The
             # cut below stands unless the requests sent from now on show it
             # closed; then it is paced at what it admitted over the whole
             # cycle (_end_hold), not at a cut that a window's end made
-            # look like a drop. A token bucket paced above its rate admits
-            # a share of what follows its first 429: by the climb, some of
-            # it has come back, and nothing is held.
+            # look like a drop. Not on a site never seen closed: behind a
+            # slow hop a token bucket's 429s come back before the answers
+            # it admitted meanwhile, and holding it cost a warm start on a
+            # lowered limit 51 429s against 14 (`warm-lowered`).
             self._hold = _Hold(since=now, after=refused_sent, pace=pace)
         if rate is None or answer_time is None:
             # Too few clean answers to measure: cut by the share of 429s.

@@ -845,27 +845,6 @@ def test_a_long_crawl_on_a_short_fixed_window(seed: int) -> None:
     assert run.goodput(0, 40) / RATE >= 0.9
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_a_pace_above_a_fixed_windows_average_is_not_halved(seed: int) -> None:
-    """Paced at 62/s (a rate learned when the site admitted more) on the
-    window of 250 per 5 s: each window's count runs out about a second
-    before its end, where the 429s' ``Retry-After: 1`` holds nothing. The
-    climb there used to halve the pace (to 22-25/s, then probed back up
-    for 25 s: 4.3-6.2% 429s over 40 s at 0.74-0.81 of the rate). Nothing
-    sent after the climb's first 429 was admitted: held to a trickle until
-    the window ends, then paced at what the site admitted over the whole
-    cycle (measured 49.6-50.1/s; 1.7-2.2% 429s, goodput 0.965-0.988)."""
-    learned = Learned(
-        concurrency=25, rate=62.0, kind=LimitKind.UNKNOWN, answer_time=0.3,
-        at=0.0, samples=1000,
-    )  # fmt: skip
-    run = short_fixed_window(seed, learned)
-    assert run.share_429() <= 0.03
-    assert run.goodput(0, 40) / RATE >= 0.95
-    paced = [pace for t, pace in run.paces if 5.5 < t < 30 and pace is not None]
-    assert paced and min(paced) >= 0.85 * RATE
-
-
 def replay(
     ctl: DomainController, requests: list[tuple[float, float, Outcome]]
 ) -> list[Decision]:
@@ -964,20 +943,21 @@ def test_a_token_bucket_paced_above_its_rate_is_not_held() -> None:
     assert ctl.pace(3.2) == pytest.approx(1 / ctl.pace_rate)
 
 
-def test_a_paced_site_that_closes_is_held_then_paced_over_the_cycle() -> None:
-    """Everything sent from t = 1 to t = 2 refused (a window spent early):
-    after the climb, probes trickle; the request that finds the site open
-    at t = 2 sets the pace to what it admitted over the cycle, 52 over the
-    2 s since the first send, not to a halving of the pace."""
+def test_a_paced_site_never_seen_closed_is_not_held() -> None:
+    """Everything sent from t = 1 to t = 2 refused, on a site never seen
+    closed: the climb cuts the pace and nothing is held (no trickle).
+    Behind a slow hop a token bucket's 429s come back before the answers it
+    admitted meanwhile, so "nothing admitted after the first 429 yet" does
+    not mean closed there; only a site seen closed before (a window
+    limiter, see test_a_long_crawl_on_a_short_fixed_window) is held."""
     ctl = paced_at_50()
     requests = sent_at_52(lambda i, t: REFUSED if 1.0 <= t < 2.0 else OK)
-    closed = [r for r in requests if r[0] < 2.0]
-    replay(ctl, closed)
-    assert ctl.pace_rate is not None
-    assert ctl.pace(1.95) > 2 / ctl.pace_rate  # a trickle
-    last = replay(ctl, [r for r in requests if r[0] >= 2.0])
-    reopened = next(d for d in last if d.reason is Reason.BACKOFF)
-    assert reopened.pace_rate == pytest.approx(52 / 2.0, rel=0.02)
+    cuts = [
+        d for d in replay(ctl, [r for r in requests if r[0] < 2.0])
+        if d.reason is Reason.BACKOFF
+    ]  # fmt: skip
+    assert cuts and ctl.pace_rate is not None and ctl.pace_rate < 50
+    assert ctl.pace(1.95) == pytest.approx(1 / ctl.pace_rate)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
