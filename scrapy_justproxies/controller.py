@@ -64,8 +64,9 @@ Phases (:class:`Phase`, changed only in ``DomainController._enter``):
   sliding window of 100 per 2 s: about 50/s, not the 110/s of its burst).
   On a site seen closed so, a paced climb is held the same way when
   nothing sent after its first 429 was admitted by then (a fixed window
-  whose count the pace spent before the window's end); a closed site (probes refused, or nothing
-  admitted for a second after the first 429: a ``Retry-After`` that held
+  whose count the pace spent before the window's end); a closed site
+  (probes refused, or nothing admitted for a second after the first 429:
+  a ``Retry-After`` that held
   the slot) is then paced at what it admitted over the whole cycle, from
   the last time it reopened: a fixed window's count over its length, not
   a halving. Once seen closed, its pace is probed up in small steps only,
