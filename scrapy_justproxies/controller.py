@@ -724,6 +724,12 @@ first answers after the climb, changed what its next climb measured and
 broke five of the seeded simulations.)"""
 _HOLD_REFUSED = 2
 """Probes of the trickle refused that mean the site was closed."""
+_HOLD_SHUT = 0.25
+"""... but only if nothing sent after the first 429 was admitted for this
+many seconds at least: refused at a pace of hundreds a second (slow start's
+guess on a site answering in milliseconds), five requests fit between two
+tokens of a 20 per second bucket (50 ms), and the bucket looked closed. A
+token bucket of 4 per second or more admits one sooner."""
 _REORDERED = 0.05
 """Seconds within which two requests may reach the site in either order
 (the gateway's connections): a request sent this soon after a refused one
@@ -1746,9 +1752,10 @@ class DomainController:
             return None
         self._hold = None
         ev = self._evidence
+        shut = hold.opened - hold.after
         closed = hold.opened > hold.since and (  # sent before the climb: open
-            hold.refused >= _HOLD_TRICKLE + _HOLD_REFUSED
-            or hold.opened - hold.after >= _HOLD_CLOSED
+            (hold.refused >= _HOLD_TRICKLE + _HOLD_REFUSED and shut >= _HOLD_SHUT)
+            or shut >= _HOLD_CLOSED
         )
         mark = ev.open_mark
         if mark is None and ev.first_sent is not None:
@@ -1828,7 +1835,7 @@ class DomainController:
         assert self._pace_rate is not None
         rate = ev.admitted_rate(now)
         answer_time = ev.answer_time()
-        if self._in_flight_evidence() and rate and answer_time:
+        if rate and answer_time and self._in_flight_evidence(rate, answer_time):
             return self._leave_pacing(now, rate, answer_time)
         self._pace_samples += w.samples
         self._pace_429s += w.rate_limited
@@ -1993,7 +2000,7 @@ class DomainController:
             # Not below what the burst can explain: a short climb's share
             # is noisy.
             rate = min(rate, max(pace * ok_share, rate * _BURST_SHARE))
-        if not dropped and self._in_flight_evidence():
+        if not dropped and self._in_flight_evidence(rate, answer_time):
             return self._leave_pacing(now, rate, answer_time)
         cycle = ev.open_cycle
         if cycle is not None and admitted_after:
@@ -2025,14 +2032,21 @@ class DomainController:
         self._pace_rate = max(min(rate, pace) * (1 - s.pace_margin), _MIN_PACE_RATE)
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
 
-    def _in_flight_evidence(self) -> bool:
+    def _in_flight_evidence(self, rate: float, answer_time: float) -> bool:
         """Count the 429s refused while the concurrency, not the pace, was
         binding (sent with the limit in flight): paced below a token
         bucket's rate, the concurrency never matters, so they say the site
         limits requests in flight. True once there are ``_INFLIGHT_429S``
-        since the last climb that measured a rate."""
+        since the last climb that measured a rate, and the ``rate``
+        admitted keeps at least one request in flight at ``answer_time``:
+        below that no in-flight cap explains it (on a site that answers in
+        milliseconds the limit is one or two, and binds whenever anything
+        is in flight)."""
         self._capped_seen += self._capped_429s
         self._capped_429s = 0
+        if admitted_level(rate, answer_time) < 1:
+            self._capped_seen = 0
+            return False
         return self._capped_seen >= _INFLIGHT_429S
 
     def _leave_pacing(self, now: float, rate: float, answer_time: float) -> Decision:

@@ -756,6 +756,33 @@ def test_cold_start_far_above_the_knee(seed: int, site: Any) -> None:
     assert (volley_cut.old_limit, volley_cut.new_limit) == (50, 25)
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("answer_time", [0.003, 0.01, 0.02])
+def test_a_site_that_answers_in_milliseconds(answer_time: float, seed: int) -> None:
+    """A token bucket of 20 per second answering within milliseconds (no
+    hop: the sandbox, a site next to the gateway). Slow start's pace is a
+    guess of hundreds per second, so five 429s come within one token's
+    50 ms: that once made the bucket look closed, and a cycle 54 ms long
+    trimmed the pace to its floor, a tenth of a request per second (the
+    crawl starved: one request each 10 s). And a limit of one or two binds
+    whenever anything is in flight: that once made it an in-flight cap,
+    left unpaced at one request in flight, 57-93% 429s."""
+    run = simulate(
+        TokenBucket.steady(20, 5),
+        ControllerSettings(start=4, maximum=16),
+        seed=seed,
+        duration=30,
+        latency_p50=answer_time,
+        latency_p95=answer_time * 1.6,
+    )
+    # Measured after the fix: 18.9-20.0 per second, 0.4-1.4% 429s from 5 s.
+    assert run.goodput(5, 30) >= 18
+    assert run.share_429(5) <= 0.03
+    paces = [pace for t, pace in run.paces if t >= 2]
+    assert None not in paces  # a rate, paced
+    assert min(p for p in paces if p is not None) >= 10
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_cold_start_on_a_sliding_window(seed: int) -> None:
     """A sliding-window log of 100 per 2 s (the benchmark's

@@ -144,6 +144,9 @@ def test_a_killed_crawl_leaves_a_trace_that_parses(
     child = subprocess.Popen(
         [sys.executable, str(CHILD), str(spec)],
         env={**env, **gateway_env},
+        # Its own directory: the default JUSTPROXIES_STATE_FILE (under
+        # .scrapy/) is not one that other crawls left in the checkout.
+        cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
