@@ -725,11 +725,12 @@ broke five of the seeded simulations.)"""
 _HOLD_REFUSED = 2
 """Probes of the trickle refused that mean the site was closed."""
 _HOLD_SHUT = 0.25
-"""... but only if nothing sent after the first 429 was admitted for this
-many seconds at least: refused at a pace of hundreds a second (slow start's
-guess on a site answering in milliseconds), five requests fit between two
-tokens of a 20 per second bucket (50 ms), and the bucket looked closed. A
-token bucket of 4 per second or more admits one sooner."""
+"""... but only if they and the answer that found the site open again span
+this many seconds at least (from the first refused request out): refused
+at a pace of hundreds a second (slow start's guess on a site answering in
+milliseconds), five requests fit between two tokens of a 20 per second
+bucket (50 ms), and the bucket looked closed. Behind a hop each answer
+takes longer than this alone, and the rule is as before."""
 _REORDERED = 0.05
 """Seconds within which two requests may reach the site in either order
 (the gateway's connections): a request sent this soon after a refused one
@@ -1753,8 +1754,11 @@ class DomainController:
         self._hold = None
         ev = self._evidence
         shut = hold.opened - hold.after
+        # From the first refused request out to the answer that found the
+        # site open again (about an answer time after the opener went out).
+        told = shut + (ev.answer_time() or 0.0)
         closed = hold.opened > hold.since and (  # sent before the climb: open
-            (hold.refused >= _HOLD_TRICKLE + _HOLD_REFUSED and shut >= _HOLD_SHUT)
+            (hold.refused >= _HOLD_TRICKLE + _HOLD_REFUSED and told >= _HOLD_SHUT)
             or shut >= _HOLD_CLOSED
         )
         mark = ev.open_mark
