@@ -756,6 +756,24 @@ def test_cold_start_far_above_the_knee(seed: int, site: Any) -> None:
     assert (volley_cut.old_limit, volley_cut.new_limit) == (50, 25)
 
 
+def answering_in_milliseconds(
+    site: Any,
+    seed: int,
+    duration: float,
+    answer_time: float = 0.003,
+    latency_p95: float = 0.005,
+    *,
+    retry_after_hold: bool = False,
+) -> Run:
+    """``site`` answering within milliseconds, with no hop (the sandbox, a
+    site next to the gateway), from a small start (4, at most 16)."""
+    return simulate(
+        site, ControllerSettings(start=4, maximum=16), seed=seed,
+        duration=duration, latency_p50=answer_time, latency_p95=latency_p95,
+        retry_after_hold=retry_after_hold,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("answer_time", [0.003, 0.01, 0.02])
 def test_a_site_that_answers_in_milliseconds(answer_time: float, seed: int) -> None:
@@ -767,13 +785,8 @@ def test_a_site_that_answers_in_milliseconds(answer_time: float, seed: int) -> N
     crawl starved: one request each 10 s). And a limit of one or two binds
     whenever anything is in flight: that once made it an in-flight cap,
     left unpaced at one request in flight, 57-93% 429s."""
-    run = simulate(
-        TokenBucket.steady(20, 5),
-        ControllerSettings(start=4, maximum=16),
-        seed=seed,
-        duration=30,
-        latency_p50=answer_time,
-        latency_p95=answer_time * 1.6,
+    run = answering_in_milliseconds(
+        TokenBucket.steady(20, 5), seed, 30, answer_time, answer_time * 1.6
     )
     # Measured after the fix: 18.6-20.0 per second, 0.6-1.2% 429s from 5 s.
     assert run.goodput(5, 30) >= 18
@@ -793,10 +806,7 @@ def test_a_slow_token_bucket_at_millisecond_answers(rate: float, seed: int) -> N
     18% 429s); before the fix a bucket of 5 starved the same way on every
     seed (2%). Never cut deeper than a backoff: 64-100% of the rate, at
     most 2.9% 429s."""
-    run = simulate(
-        TokenBucket.steady(rate, 5), ControllerSettings(start=4, maximum=16),
-        seed=seed, duration=40, latency_p50=0.003, latency_p95=0.005,
-    )  # fmt: skip
+    run = answering_in_milliseconds(TokenBucket.steady(rate, 5), seed, 40)
     assert run.goodput(5, 40) >= 0.5 * rate
     assert run.share_429(5) <= 0.04
 
@@ -822,10 +832,7 @@ def test_every_limiter_kind_at_millisecond_answers(
     seeds of 12, and on one (seed 3) 3.9% at 35%: its window, never seen
     closed, refused a paced climb's requests until its end, and four climbs
     halved the pace in half a second (see README, Known limitations)."""
-    run = simulate(
-        site(), ControllerSettings(start=4, maximum=16), seed=seed, duration=40,
-        latency_p50=0.003, latency_p95=0.005, retry_after_hold=True,
-    )  # fmt: skip
+    run = answering_in_milliseconds(site(), seed, 40, retry_after_hold=True)
     if rate is not None:
         assert run.share_429(5) <= 0.03
         assert run.goodput(5, 40) >= 0.9 * rate
