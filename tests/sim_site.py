@@ -349,21 +349,25 @@ def simulate(
     refusal: Refusal | None = None
     held_until = 0.0
     sent_at: dict[int, float] = {}
+    # The pacing wake-up already queued: one per send time, not one per event
+    # that found the slot waiting (those piled up, millions per run).
+    wake_at = -math.inf
 
     def fill() -> None:
-        nonlocal inflight, seq, next_send
+        nonlocal inflight, seq, next_send, wake_at
         if now < held_until:
             return
         while inflight < limit:
             gap = controller.pace(now) if controller is not None else None
             if gap is not None and now < next_send - 1e-12:
                 # Paced (the glue's slot delay): wake up when the next may go.
-                seq += 1
-                heapq.heappush(
-                    events, (next_send, seq, _WAKE, None, Outcome.IGNORED, False)
-                )
+                if wake_at != next_send:
+                    wake_at = next_send
+                    seq += 1
+                    heapq.heappush(
+                        events, (next_send, seq, _WAKE, None, Outcome.IGNORED, False)
+                    )
                 return
-            next_send = now + (gap or 0.0) * pace_lag
             due_retry = bool(retries) and retries[0] <= now
             if not due_retry:
                 outstanding = inflight + len(retries)
@@ -372,6 +376,9 @@ def simulate(
                 run.issued += 1
             else:
                 retries.popleft()
+            # Scrapy's slot delay counts from the last download, not from the
+            # last time the spider had nothing to give.
+            next_send = now + (gap or 0.0) * pace_lag
             inflight += 1
             ticket = controller.on_sent(now, inflight) if controller else None
             if rng.random() < gateway_failure:
