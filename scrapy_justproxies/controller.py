@@ -438,6 +438,9 @@ class Ticket:
     sent_at: float
     inflight: int = 0
     """Requests in flight to the domain once this one was sent."""
+    seq: int = 0
+    """Requests sent to the domain, this one included: 429s to consecutive
+    sends say the site refused everything sent."""
 
 
 class Phase(str, enum.Enum):
@@ -650,6 +653,16 @@ def cusum_step(total: float, rate_limited: bool, tolerated_share: float) -> floa
     return max(0.0, total + (1.0 if rate_limited else 0.0) - tolerated_share)
 
 
+_CLOSED_RUN = 8
+"""429s, to all or nearly all (``_CLOSED_SHARE``) of the sends from the
+first one on, that make a held site trickle at once
+(:meth:`Evidence.refused_everything`): slow start's climb fires on the
+first three or four, and the pace goes on sending, an answer time's worth,
+until three sent after the climb come back refused (``_HOLD_TRICKLE``).
+Eight in a row from a token bucket at slow start's overshoot (twice its
+rate or so, half admitted) are rare; from a window whose count is spent,
+the rule."""
+_CLOSED_SHARE = 0.9
 _NEAR = 1.05
 """Paced rates up to this much above the rate measured at the last climb
 are probed one small step at a time; beyond, the steps grow."""
@@ -843,6 +856,12 @@ class Evidence:
         # sent, and when it was sent.
         self.refused_inflight: int | None = None
         self.refused_sent: float | None = None
+        # Sends so far; of the sends from the first 429's on (by ``seq``), the
+        # 429s back, and the last of them.
+        self.sends_total = 0
+        self.refused_first_seq: int | None = None
+        self.refused_since = 0
+        self.refused_last_seq = 0
         # Clean answers since then to requests sent after it: none by the
         # time the 429s climb, and the site may be closed (_Hold).
         self.admitted_after_refusal = 0
@@ -861,12 +880,15 @@ class Evidence:
         self.open_cycle: float | None = None
 
     def sent(self, now: float, inflight: int) -> Ticket:
+        self.sends_total += 1
         if now >= self.evidence_from:
             w = self.window
             w.sends += 1
             w.inflight_sum += inflight
             w.peak_inflight = max(w.peak_inflight, inflight)
-        return Ticket(epoch=self.epoch, sent_at=now, inflight=inflight)
+        return Ticket(
+            epoch=self.epoch, sent_at=now, inflight=inflight, seq=self.sends_total
+        )
 
     def answered(
         self, ticket: Ticket, outcome: Outcome, now: float, *, any_epoch: bool
@@ -879,6 +901,7 @@ class Evidence:
             # The others in flight when this one was refused were admitted.
             self.refused_inflight = max(0, ticket.inflight - 1)
             self.refused_sent = ticket.sent_at
+            self.refused_first_seq = ticket.seq
         elif (
             not limited
             and self.refused_sent is not None
@@ -886,8 +909,7 @@ class Evidence:
         ):
             self.admitted_after_refusal += 1
         if limited:
-            _keep_last(self.refusals, max(0.0, now - ticket.sent_at), _REFUSALS_KEPT)
-            self.refusal_mark = (now, self.ok_total)
+            self._refused(ticket, now)
         if not limited:
             # The site's side of things: counted whatever the epoch.
             if self.first_answer is None:
@@ -921,6 +943,14 @@ class Evidence:
             self.run_limited += 1
         else:
             self.run_ok += 1
+
+    def _refused(self, ticket: Ticket, now: float) -> None:
+        first = self.refused_first_seq
+        if first is not None and ticket.seq >= first:
+            self.refused_since += 1
+            self.refused_last_seq = max(self.refused_last_seq, ticket.seq)
+        _keep_last(self.refusals, max(0.0, now - ticket.sent_at), _REFUSALS_KEPT)
+        self.refusal_mark = (now, self.ok_total)
 
     def ignored_share(self) -> float:
         """Share of the last answers that never reached the site."""
@@ -1053,8 +1083,23 @@ class Evidence:
         self.evidence_from = now
         self.reset_climb()
 
+    def refused_everything(self) -> bool:
+        """Nearly every request sent from the first 429 on, up to the last
+        refused, was refused too (``_CLOSED_RUN`` of them at least): a
+        window limiter whose count is spent, not a token bucket (which
+        admits its rate of what comes, and some of those sends). Behind a
+        hop a 429 comes back an answer time before a clean answer, so this
+        is known before any clean answer to those sends can be."""
+        first = self.refused_first_seq
+        if first is None or self.refused_since < _CLOSED_RUN:
+            return False
+        sent = self.refused_last_seq - first + 1
+        return self.refused_since >= _CLOSED_SHARE * sent
+
     def reset_climb(self) -> None:
         self.refused_inflight = self.refused_sent = None
+        self.refused_first_seq = None
+        self.refused_since = self.refused_last_seq = 0
         self.admitted_after_refusal = 0
         self.cusum = 0.0
         self.run_ok = self.run_limited = 0
@@ -1108,6 +1153,10 @@ class _Hold:
     pace: float | None = None
     """A paced climb's: the pace before its cut (a closed site is paced at
     no more than it); None after slow start's climb (its pace is a guess)."""
+    trickle: bool = False
+    """Trickle at once, for ``_HOLD_CLOSED`` from the climb: the site
+    refused (nearly) everything sent since the climb's first 429
+    (:meth:`Evidence.refused_everything`)."""
 
 
 class DomainController:
@@ -1303,6 +1352,12 @@ class DomainController:
             hold = self._hold
             if hold is not None and hold.refused >= _HOLD_TRICKLE:
                 return max(self._hold_gap(hold, now), 1.0 / self._send_rate())
+            if hold is not None and hold.trickle and now - hold.since < _HOLD_CLOSED:
+                # Not yet probed: the first gap. Later, the trickle goes on
+                # only if its probes were refused: a Retry-After that held
+                # the slot sent none, and the site it names open is open.
+                first = (self._evidence.answer_time() or _HOLD_SHARE) * _HOLD_FIRST
+                return max(first, 1.0 / self._send_rate())
             return 1.0 / self._send_rate()
         if self._ramp is not None:
             return 1.0 / self._ramp.rate
@@ -1346,6 +1401,14 @@ class DomainController:
         self._evidence.answered(
             ticket, outcome, now, any_epoch=self._phase is Phase.SLOW_START
         )
+        if (
+            hold is not None
+            and outcome is Outcome.RATE_LIMITED
+            and self._evidence.refused_everything()
+        ):
+            # Still coming back from the sends before the climb: the site
+            # refused them all, so the pace would be refused whole too.
+            hold.trickle = True
         if self._ramp is not None:
             self._ramp_answer(self._ramp, ticket, outcome, now)
         if (
