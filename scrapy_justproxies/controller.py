@@ -1352,21 +1352,9 @@ class DomainController:
         while ``PACED``; otherwise only over the first answer time of a warm
         start, so its first volley does not go out at once."""
         if self._pace_rate is not None:
+            paced = 1.0 / self._send_rate()
             hold = self._hold
-            if hold is not None and hold.refused >= _HOLD_TRICKLE:
-                return max(self._hold_gap(hold, now), 1.0 / self._send_rate())
-            answer_time = self._evidence.answer_time() or _HOLD_SHARE
-            if (
-                hold is not None
-                and hold.trickle
-                and now - hold.since < max(_HOLD_CLOSED, 2 * answer_time)
-            ):
-                # Not yet probed: the first gap. Later (once a probe can have
-                # come back), the trickle goes on only if its probes were
-                # refused: a Retry-After that held the slot sent none, and
-                # the site it names open is open.
-                return max(answer_time * _HOLD_FIRST, 1.0 / self._send_rate())
-            return 1.0 / self._send_rate()
+            return paced if hold is None else max(self._held_gap(hold, now), paced)
         if self._ramp is not None:
             return 1.0 / self._ramp.rate
         if self._pace is not None and now < self._pace_until:
@@ -1800,6 +1788,22 @@ class DomainController:
         ):
             self._derive_at(answer_time)
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
+
+    def _held_gap(self, hold: _Hold, now: float) -> float:
+        """Seconds between two sends while held: the trickle's gap once
+        ``_HOLD_TRICKLE`` sent after the climb were refused, or, told at
+        once (``hold.trickle``), its first gap until a probe can have come
+        back; 0 otherwise (the pace alone)."""
+        if hold.refused >= _HOLD_TRICKLE:
+            return self._hold_gap(hold, now)
+        if hold.trickle:
+            # Later, the trickle goes on only if its probes were refused: a
+            # Retry-After that held the slot sent none, and the site it
+            # names open is open.
+            answer_time = self._evidence.answer_time() or _HOLD_SHARE
+            if now - hold.since < max(_HOLD_CLOSED, 2 * answer_time):
+                return answer_time * _HOLD_FIRST
+        return 0.0
 
     def _hold_gap(self, hold: _Hold, now: float) -> float:
         """Seconds between two probes of the trickle: ``_HOLD_FIRST`` of an

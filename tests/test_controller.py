@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from functools import cache
 from typing import Any
 
 import pytest
@@ -843,6 +844,16 @@ def test_every_limiter_kind_at_millisecond_answers(
         assert run.goodput(5, 40) >= 0.3 * 50  # not starved
 
 
+@cache
+def sliding_window_cold(seed: int, hop: float = DATACENTER_HOP) -> Run:
+    """The benchmark's cold-sliding-window (100 per 2 s, datacenter preset,
+    30 s), behind ``hop``; one run per seed and hop, read by several tests."""
+    return simulate(
+        SlidingWindowLog(100, 2.0), DATACENTER, seed=seed, duration=30,
+        hop=hop, site_429_latency=False,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_cold_start_on_a_sliding_window(seed: int) -> None:
     """A sliding-window log of 100 per 2 s (the benchmark's
@@ -853,10 +864,7 @@ def test_cold_start_on_a_sliding_window(seed: int) -> None:
     it (measured before: 8.6-10.2% 429s over 30 s; after: 3.5-4.1%). Held
     to a trickle of probes until the site admits again, the pace is what
     it admitted over the whole span, closed time included."""
-    run = simulate(
-        SlidingWindowLog(100, 2.0), DATACENTER, seed=seed, duration=30,
-        hop=DATACENTER_HOP, site_429_latency=False,
-    )  # fmt: skip
+    run = sliding_window_cold(seed)
     assert run.share_429() <= 0.045  # measured 2.7-3.5%
     assert run.goodput(0, 30) / RATE >= 0.94  # measured 0.947-0.965
     first, second = [d for d in run.decisions if d.reason is Reason.BACKOFF][:2]
@@ -878,12 +886,9 @@ def test_a_spent_window_is_held_to_a_trickle_before_the_pace_comes_back(
     (3.5-4.1% over 30 s). The 429s still coming back from before the climb
     tell it sooner: eight in a row, to consecutive sends, and the site is
     held to a trickle at once (measured 8-11 after the climb and 2.7-3.5%
-    in all on these seeds; over 16 seeds 2.0-3.8%, goodput 0.960 against
+    in all on these seeds; over 16 seeds 2.0-3.8%, goodput 0.961 against
     0.962)."""
-    run = simulate(
-        SlidingWindowLog(100, 2.0), DATACENTER, seed=seed, duration=30,
-        hop=DATACENTER_HOP, site_429_latency=False,
-    )  # fmt: skip
+    run = sliding_window_cold(seed)
     climb = next(d.at for d in run.decisions if d.reason is Reason.BACKOFF)
     # Answered one hop after it was sent: sent after the climb.
     after = sum(1 for t in run.limited if climb + DATACENTER_HOP <= t < climb + 2)
@@ -900,10 +905,7 @@ def test_a_spent_window_held_at_once_is_still_told_closed(seed: int) -> None:
     burst's) stood, drawing 233 and 258 429s on seeds 1 and 3 (75 and 83
     before the early trickle). The 429s that started the trickle tell it
     closed as well (measured: 53-102 429s, second pace 23.5-41.1/s)."""
-    run = simulate(
-        SlidingWindowLog(100, 2.0), DATACENTER, seed=seed, duration=30,
-        hop=0.3, site_429_latency=False,
-    )  # fmt: skip
+    run = sliding_window_cold(seed, hop=0.3)
     second = [d for d in run.decisions if d.reason is Reason.BACKOFF][1]
     assert second.pace_rate is not None and second.pace_rate <= RATE
     assert len(run.limited) <= 110
