@@ -766,6 +766,17 @@ _HOLD_CLOSED = 1.0
 admitted which mean the site was closed, however few probes were refused
 (a ``Retry-After`` that held the slot sends none): a token bucket of more
 than one request a second admits one sooner."""
+# What a site admitted between its 429s (Evidence.admitted_between_429s):
+# over at least _WATCH_SPAN seconds of sending, _WATCH_ANSWERS clean answers
+# and _WATCH_429S 429s, _WATCH_SHARE of the answers at least; at most
+# _WATCH_KEPT sends, for at most _WATCH_SECONDS (a pace the site admits whole
+# never draws the 429s that end the watch).
+_WATCH_SPAN = 0.5
+_WATCH_ANSWERS = 8
+_WATCH_429S = 3
+_WATCH_SHARE = 0.1
+_WATCH_KEPT = 256
+_WATCH_SECONDS = 4.0
 
 # -- evidence ---------------------------------------------------------------
 
@@ -872,12 +883,11 @@ class Evidence:
         # from there to its next 429 is at most its rate.
         self.ok_total = 0
         self.refusal_mark: tuple[float, int] | None = None
-        # (when the request that found a held site open was sent, clean
-        # answers before it): where the next closed cycle is counted from.
-        self.open_mark: tuple[float, int] | None = None
-        # Seconds from the reopening before that one to it (a fixed
-        # window's length, about).
-        self.open_cycle: float | None = None
+        # The last time a held site was found open (a window limiter).
+        self.reopened: _Reopened | None = None
+        # The answers to requests sent from a 429 on, or (not started yet)
+        # from the next 429 on: see admitted_between_429s.
+        self.watch: _Watch | None = None
 
     def sent(self, now: float, inflight: int) -> Ticket:
         self.sends_total += 1
@@ -893,7 +903,7 @@ class Evidence:
     def answered(
         self, ticket: Ticket, outcome: Outcome, now: float, *, any_epoch: bool
     ) -> None:
-        _keep_last(self.ignored_seen, outcome is Outcome.IGNORED, _IGNORED_SEEN)
+        self._seen(ticket, outcome)
         if outcome is Outcome.IGNORED:
             return
         limited = outcome is Outcome.RATE_LIMITED
@@ -944,6 +954,12 @@ class Evidence:
         else:
             self.run_ok += 1
 
+    def _seen(self, ticket: Ticket, outcome: Outcome) -> None:
+        """Every answer, whether it reached the site or not."""
+        _keep_last(self.ignored_seen, outcome is Outcome.IGNORED, _IGNORED_SEEN)
+        if self.watch is not None:
+            self.watch.answered(ticket, outcome)
+
     def _refused(self, ticket: Ticket, now: float) -> None:
         first = self.refused_first_seq
         if first is not None and ticket.seq >= first:
@@ -951,6 +967,54 @@ class Evidence:
             self.refused_last_seq = max(self.refused_last_seq, ticket.seq)
         _keep_last(self.refusals, max(0.0, now - ticket.sent_at), _REFUSALS_KEPT)
         self.refusal_mark = (now, self.ok_total)
+
+    def watch_from_next_429(self) -> None:
+        """Keep the answers to the requests sent from the next 429 on (see
+        :meth:`admitted_between_429s`)."""
+        self.watch = _Watch()
+
+    def unwatch(self) -> None:
+        self.watch = None
+
+    def admitted_between_429s(self) -> float | None:
+        """Clean answers per second of sending between the 429 the watch
+        began at (:meth:`watch_from_next_429`) and the last 429 to a later
+        request,
+        once every request sent in between has come back (counted by the
+        tickets' ``seq``). A token bucket (or a GCRA) was empty at both, so
+        in between it admitted its rate, whatever its burst (the burst is
+        what the rate over slow start's last second overstates), less only
+        what it refilled past its burst while too little was sent: a lower
+        bound. None until ``_WATCH_SPAN`` seconds with ``_WATCH_ANSWERS``
+        clean answers and ``_WATCH_429S`` 429s, at least ``_WATCH_SHARE``
+        of them 429s (the site refused all along: not a stray 429 long
+        before the rest)."""
+        watch = self.watch
+        answers = None if watch is None else watch.answers
+        if watch is None or answers is None:
+            return None
+        end = watch.first
+        ok = refused = ok_before_last = 0
+        last: float | None = None
+        while end in answers:  # up to the first request not back yet
+            sent_at, outcome = answers[end]
+            if outcome is Outcome.RATE_LIMITED:
+                refused += 1
+                last = sent_at
+                ok_before_last = ok
+            elif outcome is Outcome.OK:
+                ok += 1
+            end += 1
+        if last is None or refused < _WATCH_429S:
+            return None
+        span = last - watch.since
+        if (
+            span < _WATCH_SPAN
+            or ok_before_last < _WATCH_ANSWERS
+            or refused < _WATCH_SHARE * (ok_before_last + refused)
+        ):
+            return None
+        return ok_before_last / span
 
     def ignored_share(self) -> float:
         """Share of the last answers that never reached the site."""
@@ -1115,6 +1179,41 @@ class Evidence:
 # -- the controller ---------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Reopened:
+    """A held site found open: when the request that found it was sent,
+    the clean answers before it (the next closed cycle counts from here),
+    and the seconds since the reopening before (a fixed window's length,
+    about)."""
+
+    sent: float
+    ok_before: int
+    cycle: float
+
+
+@dataclass(slots=True)
+class _Watch:
+    """The answers to requests sent from a 429's on (``first``, its
+    ``seq``, 0 until that 429 comes; ``since``, its send time), by ``seq``:
+    send time and outcome, at most ``_WATCH_KEPT``."""
+
+    first: int = 0
+    since: float = 0.0
+    # Made at the first 429: every domain in slow start has a watch.
+    answers: dict[int, tuple[float, Outcome]] | None = None
+
+    def answered(self, ticket: Ticket, outcome: Outcome) -> None:
+        answers = self.answers
+        if answers is None:
+            if outcome is not Outcome.RATE_LIMITED or not ticket.seq:
+                return  # (tickets without a send count say nothing)
+            self.first = ticket.seq
+            self.since = ticket.sent_at
+            answers = self.answers = {}
+        if 0 <= ticket.seq - self.first < _WATCH_KEPT:
+            answers[ticket.seq] = (ticket.sent_at, outcome)
+
+
 @dataclass(slots=True)
 class _Probe:
     """PACED, probing up: the pace the probes rose from (clean since the last
@@ -1231,6 +1330,7 @@ class DomainController:
         elif settings.slow_start and settings.slow_start < settings.start:
             self._limit = max(settings.floor, settings.slow_start)
             self._phase = Phase.SLOW_START
+            self._evidence.watch_from_next_429()
             if settings.slow_start_rate > 0:
                 self._ramp = _Ramp(rate=settings.slow_start_rate)
 
@@ -1433,6 +1533,10 @@ class DomainController:
             return self._ramp_step(self._ramp, now)
         if self._hold is not None:
             return self._end_hold(self._hold, now)
+        if ev.watch is not None and ev.watch.first and self._phase is Phase.PACED:
+            checked = self._check_pace(now)
+            if checked is not None:
+                return checked
         at_once = self._cap_shift(now)
         if at_once is None and self._probing.hit and self._phase is Phase.PACED:
             at_once = self._end_probe(now)
@@ -1619,6 +1723,7 @@ class DomainController:
         s = self._settings
         ev = self._evidence
         opening = self.untouched  # the crawl's first climb on this site
+        slow_start = self._phase is Phase.SLOW_START
         answer_time = ev.answer_time()
         rate = ev.admitted_rate(now)
         steady = ev.answer_time_steady()
@@ -1704,7 +1809,9 @@ class DomainController:
                 # the burst inflates the rate (a later climb has it
                 # spread over a longer span).
                 guess *= s.slow_start_pace_share
-            self._enter_paced(now, guess)
+            # Slow start's guess is checked against what the site admits of
+            # it (_check_pace).
+            self._enter_paced(now, guess, check=slow_start)
             if opening and refused_sent is not None:
                 # Slow start's climb: sent at once, a window limiter whose
                 # count slow start spent refuses the whole pace; first find
@@ -1716,14 +1823,54 @@ class DomainController:
 
     # -- paced: a rate limit ---------------------------------------------------
 
+    def _check_pace(self, now: float) -> Decision | None:
+        """A pace from an estimate that may overstate the site's rate is
+        checked against what the site admitted between its 429s from the
+        next one on (:meth:`Evidence.admitted_between_429s`): slow start's
+        (the rate over a burst), a trim's (by the share of 429s in a window
+        the burst half hid), a probe's end (the rate between two 429s
+        seconds apart). Above it, the pace goes a little below it, measured.
+        Not measured within ``_WATCH_SECONDS`` (too few 429s: the pace is not
+        above the site's rate), it stands."""
+        ev = self._evidence
+        watch = ev.watch
+        assert watch is not None and self._pace_rate is not None
+        if ev.reopened is not None:
+            # A window limiter (seen closed): what it admits between 429s is
+            # what it admitted a window before, not a rate (_end_hold).
+            ev.unwatch()
+            return None
+        rate = ev.admitted_between_429s()
+        if rate is None:
+            if now - watch.since > _WATCH_SECONDS:
+                ev.unwatch()
+            return None
+        ev.unwatch()
+        pace = rate * (1 - self._settings.pace_margin)
+        if pace >= self._pace_rate:
+            return None
+        self._rate = rate
+        self._paced_measure = rate
+        self._pace_ceiling = None
+        self._pace_rate = max(pace, _MIN_PACE_RATE)
+        self._restart_pace(now)
+        ev.reset_climb()
+        answer_time = ev.answer_time()
+        return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
+
     def _pace_count_reset(self) -> None:
         self._pace_samples = self._pace_429s = 0
 
-    def _restart_pace(self, now: float, *, step: bool = True) -> None:
+    def _restart_pace(
+        self, now: float, *, step: bool = True, check: bool = False
+    ) -> None:
         """The pace changed: probes wait from now, none is under way, the
         429s counted at the old pace are forgotten, and (``step``) the next
-        probe step is the first again."""
+        probe step is the first again; unless ``check``, the answers from
+        a 429 on are no longer watched (_check_pace)."""
         self._paced_since = now
+        if not check:
+            self._evidence.unwatch()
         self._probe_reset()
         self._pace_count_reset()
         if step:
@@ -1761,12 +1908,14 @@ class DomainController:
             self._rate = pace / (1 - s.pace_margin)
             # A rate measured: 429s at a pace below it are an in-flight cap's.
             self._capped_seen = self._capped_429s = 0
-        if ev.open_mark is not None and ev.refused_sent is not None:
+        if ev.reopened is not None and ev.refused_sent is not None:
             # A window limiter (seen closed before): this 429 may be its
             # window running out, closed until it ends (_Hold).
             self._hold = _Hold(since=now, after=ev.refused_sent, pace=self._pace_rate)
         self._restart_pace(now)
         ev.reset_climb()
+        if self._hold is None:
+            ev.watch_from_next_429()  # _check_pace
         measure = pace / (1 - s.pace_margin)
         if self._pace_rate <= measure * (1 + _MAX_PACE_STEP) ** 2:
             # The 429 came within two full steps of where the pace is back
@@ -1848,18 +1997,21 @@ class DomainController:
             or (hold.trickle and told >= _HOLD_SHUT)
             or shut >= _HOLD_CLOSED
         )
-        mark = ev.open_mark
-        if mark is None and ev.first_sent is not None:
-            mark = (ev.first_sent, 0)
-        if not closed or mark is None or hold.opened <= mark[0]:
+        mark = ev.reopened
+        if mark is not None:
+            since, ok_then = mark.sent, mark.ok_before
+        elif ev.first_sent is not None:
+            since, ok_then = ev.first_sent, 0
+        else:
+            return None
+        if not closed or hold.opened <= since:
             return None
         # The request that found it open starts the next cycle.
-        ev.open_mark = (hold.opened, ev.ok_total - 1)
-        ev.open_cycle = hold.opened - mark[0]
+        ev.reopened = _Reopened(hold.opened, ev.ok_total - 1, hold.opened - since)
         assert self._pace_rate is not None
         # A lower bound: the first place freed before the probe that found
         # it (as much as the gap between two probes before).
-        estimate = (ev.ok_total - 1 - mark[1]) / (hold.opened - mark[0])
+        estimate = (ev.ok_total - 1 - ok_then) / (hold.opened - since)
         before = self._pace_rate if hold.pace is None else hold.pace
         self._rate = estimate
         self._paced_measure = estimate
@@ -1868,8 +2020,10 @@ class DomainController:
         ev.reset_climb()
         return self._apply(now, self._paced_limit(ev.answer_time()), Reason.BACKOFF)
 
-    def _enter_paced(self, now: float, pace_rate: float) -> None:
-        self._restart_pace(now)
+    def _enter_paced(
+        self, now: float, pace_rate: float, *, check: bool = False
+    ) -> None:
+        self._restart_pace(now, check=check)
         self._pace_rate = max(pace_rate, _MIN_PACE_RATE)
         self._overload_level = None
         self._enter(Phase.PACED)
@@ -1914,6 +2068,7 @@ class DomainController:
             self._derive_at(answer_time)
         self._pace_rate = self._pace_rate * (1 - share) * (1 - s.pace_margin)
         self._restart_pace(now)
+        ev.watch_from_next_429()  # _check_pace
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
 
     def _paced_window(self, now: float) -> Decision:
@@ -2026,7 +2181,7 @@ class DomainController:
             step = _MAX_PACE_STEP
         else:
             step = self._settings.pace_step if near else self._pace_step
-        if self._evidence.open_mark is not None:
+        if self._evidence.reopened is not None:
             step = min(step, _WINDOW_STEP)
         return step
 
@@ -2054,7 +2209,7 @@ class DomainController:
         ev.reset_climb()
         self._pace_ceiling = None
         self._restart_pace(now)
-        if refused_sent is not None and not admitted_after and ev.open_mark:
+        if refused_sent is not None and not admitted_after and ev.reopened:
             # A site seen closed before (a window limiter), with nothing
             # sent after the climb's first 429 admitted yet: it may be
             # closed again (a fixed window whose count this pace spent
@@ -2093,7 +2248,7 @@ class DomainController:
             rate = min(rate, max(pace * ok_share, rate * _BURST_SHARE))
         if not dropped and self._in_flight_evidence(rate, answer_time):
             return self._leave_pacing(now, rate, answer_time)
-        cycle = ev.open_cycle
+        cycle = None if ev.reopened is None else ev.reopened.cycle
         if cycle is not None and admitted_after:
             # A window limiter (seen closed before) that admits again after
             # the climb's first 429: its window ended. The pace spent its
@@ -2285,6 +2440,8 @@ class DomainController:
         if phase is not Phase.PACED:
             self._pace_rate = None
             self._hold = None
+            if phase is not Phase.SLOW_START:
+                self._evidence.unwatch()
         if phase is not Phase.PROBE:
             self._probe_successes = 0
         if phase is Phase.GROW:
