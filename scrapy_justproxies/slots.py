@@ -26,7 +26,8 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, MutableSet
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, cast
 
 from scrapy import signals
 
@@ -142,6 +143,47 @@ class _Place:
     __slots__ = ()
 
 
+LATE_KEPT: Final = 16
+"""How many of a paced slot's last sends its lateness is the mean of."""
+SHORTEST_DELAY_SHARE: Final = 0.5
+"""A paced slot's delay is never shortened below this share of its pace."""
+
+
+@dataclass(slots=True)
+class Pacing:
+    """A slot paced at one send every ``interval`` seconds. Scrapy's download
+    delay fires on the event loop a millisecond or two after it is due, and
+    each send waits the whole delay from the one before: in the benchmark's
+    traces a 50 req/s pace sent 87-96% of it, a 20 req/s one 95-99%. So the
+    delay set on the slot is the interval less the mean lateness of its
+    last sends, and the sends keep the interval."""
+
+    interval: float
+    last: float | None = None
+    """When the slot last sent."""
+    late: list[float] = field(default_factory=list)
+    """Seconds past its delay each of the last sends went out."""
+
+    def delay(self) -> float:
+        """The download delay that sends every ``interval``."""
+        if not self.late:
+            return self.interval
+        late = sum(self.late) / len(self.late)
+        return max(self.interval - late, self.interval * SHORTEST_DELAY_SHARE)
+
+    def sent(self, now: float, delay: float) -> None:
+        """The slot sent at ``now``, its delay ``delay``."""
+        if self.last is not None:
+            late = now - self.last - delay
+            # Sent when the delay was due, not when a request came in after
+            # the slot ran dry (nor early: its first send after a change).
+            if 0 <= late < delay * SHORTEST_DELAY_SHARE:
+                self.late.append(late)
+                if len(self.late) > LATE_KEPT:
+                    del self.late[0]
+        self.last = now
+
+
 class SlotGuard:
     """Per crawler: installs the claiming queue on every download slot, sets
     each new slot's starting concurrency and delay (from
@@ -160,6 +202,7 @@ class SlotGuard:
         self.throttle: SlotListener | None = None
         self.listeners: list[ClaimListener] = []
         self._unpaced: dict[str, tuple[float, Any]] = {}  # key: (delay, jitter)
+        self._pacing: dict[str, Pacing] = {}
         self._overrides: dict[str, Any] = crawler.settings.getdict("DOWNLOAD_SLOTS")
         self._process_queue: Callable[[Any], None] | None = None
         self._paused: dict[str, tuple[float, int]] = {}  # key: (until, limit)
@@ -480,12 +523,14 @@ class SlotGuard:
         elif interval is None:
             # Scrapy dropped the idle slot: nothing left to restore.
             del self._unpaced[key]
+            self._pacing.pop(key, None)
 
     def _pace(self, key: str, slot: Any, interval: float | None) -> None:
         # Scrapy 2.14+ calls the random variation "jitter" (a magnitude),
         # older versions "randomize_delay" (a flag).
         name = "jitter" if hasattr(type(slot), "jitter") else "randomize_delay"
         if interval is None:
+            self._pacing.pop(key, None)
             unpaced = self._unpaced.pop(key, None)
             if unpaced is not None:
                 slot.delay = unpaced[0]
@@ -493,10 +538,17 @@ class SlotGuard:
             return
         if key not in self._unpaced:
             self._unpaced[key] = (slot.delay, getattr(slot, name))
-        slot.delay = interval
+        pacing = self._pacing.get(key)
+        if pacing is None:
+            pacing = self._pacing[key] = Pacing(interval)
+        pacing.interval = interval
+        slot.delay = pacing.delay()
         setattr(slot, name, 0.0 if name == "jitter" else False)
 
     def _claimed(self, key: str, request: Request, in_flight: int) -> None:
+        pacing = self._pacing.get(key)
+        if pacing is not None:
+            self._keep_pace(key, pacing)
         if key in self._probing:  # the probe is out: closed again
             self._probing.discard(key)
             slot = self.slot(key)
@@ -508,6 +560,15 @@ class SlotGuard:
             listener(key, request, in_flight)
         if self.room_listeners:
             self._roomy(key)  # a paced slot's waiting request just left
+
+    def _keep_pace(self, key: str, pacing: Pacing) -> None:
+        slot = self.slot(key)
+        if slot is None:
+            return
+        pacing.sent(time.monotonic(), slot.delay)
+        delay = pacing.delay()
+        if abs(delay - slot.delay) > 1e-4:
+            slot.delay = delay
 
 
 def wake_engine(engine: Any) -> None:

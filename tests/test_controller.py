@@ -917,10 +917,10 @@ RESIDENTIAL_HOP = 0.265
 
 
 @cache
-def residential_slow_site(seed: int) -> Run:
-    """The benchmark's cold-residential-two, its 20 req/s site (burst 10)."""
+def residential_cold(seed: int, rate: float) -> Run:
+    """The benchmark's cold-residential-two, one of its sites (burst 10)."""
     return simulate(
-        TokenBucket.steady(20, burst=10), RESIDENTIAL, seed=seed, duration=20,
+        TokenBucket.steady(rate, burst=10), RESIDENTIAL, seed=seed, duration=20,
         hop=RESIDENTIAL_HOP, site_429_latency=False,
     )  # fmt: skip
 
@@ -937,7 +937,7 @@ def test_slow_start_pace_is_checked_against_what_the_site_admitted(
     its 429s (an empty bucket admits exactly its rate) says the rate within
     0.5-1.3 s (measured: 18.0-21.9/s on 16 seeds; 0-6 429s from the first
     pace; 2.7-6.7% over 20 s)."""
-    run = residential_slow_site(seed)
+    run = residential_cold(seed, 20)
     first, second = [d for d in run.decisions if d.reason is Reason.BACKOFF][:2]
     assert first.pace_rate is not None and first.pace_rate > 1.1 * 20
     assert second.at - first.at <= 1.4  # measured 0.51-1.32 s
@@ -957,10 +957,7 @@ def test_a_pace_trimmed_short_of_the_rate_is_checked_too() -> None:
     91.5% against 92.5%)."""
     checked = []
     for seed in SEEDS:
-        run = simulate(
-            TokenBucket.steady(RATE, burst=10), RESIDENTIAL, seed=seed,
-            duration=20, hop=RESIDENTIAL_HOP, site_429_latency=False,
-        )  # fmt: skip
+        run = residential_cold(seed, RATE)
         backoffs = [d for d in run.decisions if d.reason is Reason.BACKOFF]
         for trim, after in itertools.pairwise(backoffs[1:]):
             assert trim.pace_rate is not None and after.pace_rate is not None
