@@ -96,6 +96,7 @@ from __future__ import annotations
 
 import enum
 import math
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TypeVar
@@ -768,13 +769,15 @@ admitted which mean the site was closed, however few probes were refused
 than one request a second admits one sooner."""
 # What a site admitted between its 429s (Evidence.admitted_between_429s):
 # over at least _WATCH_SPAN seconds of sending, _WATCH_ANSWERS clean answers
-# and _WATCH_429S 429s, _WATCH_SHARE of the answers at least; at most
-# _WATCH_KEPT sends, for at most _WATCH_SECONDS (a pace the site admits whole
-# never draws the 429s that end the watch).
+# and _WATCH_429S 429s, _WATCH_SHARE of the answers at least, none more than
+# _WATCH_GAP after the 429 before (else counted from it); at most _WATCH_KEPT
+# sends, for at most _WATCH_SECONDS from the first 429 or from when it was
+# armed (a pace the site admits whole never draws the 429s that end it).
 _WATCH_SPAN = 0.5
 _WATCH_ANSWERS = 8
 _WATCH_429S = 3
 _WATCH_SHARE = 0.1
+_WATCH_GAP = 1.0
 _WATCH_KEPT = 256
 _WATCH_SECONDS = 4.0
 
@@ -968,10 +971,11 @@ class Evidence:
         _keep_last(self.refusals, max(0.0, now - ticket.sent_at), _REFUSALS_KEPT)
         self.refusal_mark = (now, self.ok_total)
 
-    def watch_from_next_429(self) -> None:
+    def watch_from_next_429(self, now: float | None = None) -> None:
         """Keep the answers to the requests sent from the next 429 on (see
-        :meth:`admitted_between_429s`)."""
-        self.watch = _Watch()
+        :meth:`admitted_between_429s`); armed at ``now`` (None: until the
+        next 429, however late)."""
+        self.watch = _Watch(armed_at=now)
 
     def unwatch(self) -> None:
         self.watch = None
@@ -979,42 +983,18 @@ class Evidence:
     def admitted_between_429s(self) -> float | None:
         """Clean answers per second of sending between the 429 the watch
         began at (:meth:`watch_from_next_429`) and the last 429 to a later
-        request,
-        once every request sent in between has come back (counted by the
-        tickets' ``seq``). A token bucket (or a GCRA) was empty at both, so
-        in between it admitted its rate, whatever its burst (the burst is
-        what the rate over slow start's last second overstates), less only
-        what it refilled past its burst while too little was sent: a lower
-        bound. None until ``_WATCH_SPAN`` seconds with ``_WATCH_ANSWERS``
-        clean answers and ``_WATCH_429S`` 429s, at least ``_WATCH_SHARE``
-        of them 429s (the site refused all along: not a stray 429 long
-        before the rest)."""
-        watch = self.watch
-        answers = None if watch is None else watch.answers
-        if watch is None or answers is None:
-            return None
-        end = watch.first
-        ok = refused = ok_before_last = 0
-        last: float | None = None
-        while end in answers:  # up to the first request not back yet
-            sent_at, outcome = answers[end]
-            if outcome is Outcome.RATE_LIMITED:
-                refused += 1
-                last = sent_at
-                ok_before_last = ok
-            elif outcome is Outcome.OK:
-                ok += 1
-            end += 1
-        if last is None or refused < _WATCH_429S:
-            return None
-        span = last - watch.since
-        if (
-            span < _WATCH_SPAN
-            or ok_before_last < _WATCH_ANSWERS
-            or refused < _WATCH_SHARE * (ok_before_last + refused)
-        ):
-            return None
-        return ok_before_last / span
+        request, once every request sent in between has come back (counted
+        by the tickets' ``seq``). A token bucket (or a GCRA) was empty at
+        each 429, so in between it admitted its rate, whatever its burst
+        (the burst is what the rate over slow start's last second
+        overstates), less only what it refilled past its burst while too
+        little was sent: a lower bound. A 429 more than ``_WATCH_GAP``
+        after the one before starts the count again (the site had time to
+        refill: a stray 429 before the rest). None until ``_WATCH_SPAN``
+        seconds with ``_WATCH_ANSWERS`` clean answers and ``_WATCH_429S``
+        429s, at least ``_WATCH_SHARE`` of them 429s (the site refused all
+        along)."""
+        return None if self.watch is None else self.watch.rate()
 
     def ignored_share(self) -> float:
         """Share of the last answers that never reached the site."""
@@ -1191,27 +1171,99 @@ class _Reopened:
     cycle: float
 
 
+_BACK_OK, _BACK_429, _BACK_IGNORED = 1, 2, 3
+"""How a watched request came back (0: not yet)."""
+
+
 @dataclass(slots=True)
 class _Watch:
-    """The answers to requests sent from a 429's on (``first``, its
-    ``seq``, 0 until that 429 comes; ``since``, its send time), by ``seq``:
-    send time and outcome, at most ``_WATCH_KEPT``."""
+    """The answers to requests sent from a 429's on (``first``, its ``seq``,
+    0 until that 429 comes; ``since``, its send time), by ``seq`` less
+    ``first``: send time and how it came back, at most ``_WATCH_KEPT``
+    (9 bytes each). ``armed_at``: when it was armed (None: slow start's,
+    which waits for its first 429 however long). The answers are scanned
+    once each, in ``seq`` order, up to the first not back yet."""
 
+    armed_at: float | None = None
     first: int = 0
     since: float = 0.0
-    # Made at the first 429: every domain in slow start has a watch.
-    answers: dict[int, tuple[float, Outcome]] | None = None
+    sent: array[float] | None = None
+    back: bytearray | None = None
+    # The scan: the next index, the 429 before it (send time), clean
+    # answers since that 429, and what is counted between 429s so far.
+    scanned: int = 0
+    last_429: float = 0.0
+    ok_run: int = 0
+    counted_ok: int = 0
+    span: float = 0.0
+    refused: int = 0
 
     def answered(self, ticket: Ticket, outcome: Outcome) -> None:
-        answers = self.answers
-        if answers is None:
+        if self.back is None:
             if outcome is not Outcome.RATE_LIMITED or not ticket.seq:
                 return  # (tickets without a send count say nothing)
-            self.first = ticket.seq
-            self.since = ticket.sent_at
-            answers = self.answers = {}
-        if 0 <= ticket.seq - self.first < _WATCH_KEPT:
-            answers[ticket.seq] = (ticket.sent_at, outcome)
+            self._start(ticket.seq, ticket.sent_at)
+        assert self.back is not None and self.sent is not None
+        index = ticket.seq - self.first
+        if not 0 <= index < _WATCH_KEPT:
+            return
+        if index >= len(self.back):
+            more = index + 1 - len(self.back)
+            self.back.extend(bytes(more))
+            self.sent.extend([0.0] * more)
+        self.sent[index] = ticket.sent_at
+        self.back[index] = (
+            _BACK_429
+            if outcome is Outcome.RATE_LIMITED
+            else _BACK_OK
+            if outcome is Outcome.OK
+            else _BACK_IGNORED
+        )
+
+    def _start(self, seq: int, sent_at: float) -> None:
+        self.first = seq
+        self.since = self.last_429 = sent_at
+        self.sent = array("d")
+        self.back = bytearray()
+        self.scanned = 1  # the 429 it begins at
+        self.ok_run = self.counted_ok = 0
+        self.span = 0.0
+        self.refused = 1
+
+    def rate(self) -> float | None:
+        """See :meth:`Evidence.admitted_between_429s`."""
+        back, sent = self.back, self.sent
+        if back is None or sent is None:
+            return None
+        index = self.scanned
+        while index < len(back) and back[index]:
+            if back[index] == _BACK_429:
+                gap = sent[index] - self.last_429
+                if gap > _WATCH_GAP:
+                    # The site had its burst back since the 429 before (a
+                    # stray one): count from this one.
+                    self._start(self.first + index, sent[index])
+                    del back[:index], sent[:index]
+                    self.back, self.sent = back, sent
+                    index = 1
+                    continue
+                self.span += gap
+                self.counted_ok += self.ok_run
+                self.refused += 1
+                self.ok_run = 0
+                self.last_429 = sent[index]
+            elif back[index] == _BACK_OK:
+                self.ok_run += 1
+            index += 1
+        self.scanned = index
+        if (
+            self.refused < _WATCH_429S
+            or self.span < _WATCH_SPAN
+            or self.counted_ok < _WATCH_ANSWERS
+            or self.refused < _WATCH_SHARE * (self.counted_ok + self.refused)
+        ):
+            return None
+        return self.counted_ok / self.span
 
 
 @dataclass(slots=True)
@@ -1533,7 +1585,7 @@ class DomainController:
             return self._ramp_step(self._ramp, now)
         if self._hold is not None:
             return self._end_hold(self._hold, now)
-        if ev.watch is not None and ev.watch.first and self._phase is Phase.PACED:
+        if ev.watch is not None and self._phase is Phase.PACED:
             checked = self._check_pace(now)
             if checked is not None:
                 return checked
@@ -1835,6 +1887,11 @@ class DomainController:
         ev = self._evidence
         watch = ev.watch
         assert watch is not None and self._pace_rate is not None
+        if not watch.first:
+            # Armed, and no 429 yet.
+            if watch.armed_at is not None and now - watch.armed_at > _WATCH_SECONDS:
+                ev.unwatch()
+            return None
         if ev.reopened is not None:
             # A window limiter (seen closed): what it admits between 429s is
             # what it admitted a window before, not a rate (_end_hold).
@@ -1852,6 +1909,8 @@ class DomainController:
         self._rate = rate
         self._paced_measure = rate
         self._pace_ceiling = None
+        # A rate measured: 429s at a pace below it are an in-flight cap's.
+        self._capped_seen = self._capped_429s = 0
         self._pace_rate = max(pace, _MIN_PACE_RATE)
         self._restart_pace(now)
         ev.reset_climb()
@@ -1915,7 +1974,7 @@ class DomainController:
         self._restart_pace(now)
         ev.reset_climb()
         if self._hold is None:
-            ev.watch_from_next_429()  # _check_pace
+            ev.watch_from_next_429(now)  # _check_pace
         measure = pace / (1 - s.pace_margin)
         if self._pace_rate <= measure * (1 + _MAX_PACE_STEP) ** 2:
             # The 429 came within two full steps of where the pace is back
@@ -2068,7 +2127,7 @@ class DomainController:
             self._derive_at(answer_time)
         self._pace_rate = self._pace_rate * (1 - share) * (1 - s.pace_margin)
         self._restart_pace(now)
-        ev.watch_from_next_429()  # _check_pace
+        ev.watch_from_next_429(now)  # _check_pace
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
 
     def _paced_window(self, now: float) -> Decision:

@@ -145,8 +145,10 @@ class _Place:
 
 LATE_KEPT: Final = 16
 """How many of a paced slot's last sends its lateness is the mean of."""
-SHORTEST_DELAY_SHARE: Final = 0.5
-"""A paced slot's delay is never shortened below this share of its pace."""
+LATE_SHARE: Final = 0.25
+"""Lateness counted, and taken off a paced slot's delay, at most: this share
+of its interval (the event loop's is a few per cent; more is a send that
+waited for a request or a transfer place, not for the timer)."""
 
 
 @dataclass(slots=True)
@@ -166,10 +168,11 @@ class Pacing:
 
     def delay(self) -> float:
         """The download delay that sends every ``interval``."""
-        if not self.late:
+        # (Counted under an interval since changed: only what fits this one.)
+        late = [x for x in self.late if x < self.interval * LATE_SHARE]
+        if not late:
             return self.interval
-        late = sum(self.late) / len(self.late)
-        return max(self.interval - late, self.interval * SHORTEST_DELAY_SHARE)
+        return self.interval - sum(late) / len(late)
 
     def sent(self, now: float, delay: float) -> None:
         """The slot sent at ``now``, its delay ``delay``."""
@@ -177,7 +180,7 @@ class Pacing:
             late = now - self.last - delay
             # Sent when the delay was due, not when a request came in after
             # the slot ran dry (nor early: its first send after a change).
-            if 0 <= late < delay * SHORTEST_DELAY_SHARE:
+            if 0 <= late < delay * LATE_SHARE:
                 self.late.append(late)
                 if len(self.late) > LATE_KEPT:
                     del self.late[0]
@@ -500,6 +503,10 @@ class SlotGuard:
         slot.active = _WatchedSet(slot.active, self._entered_slot, None)
         if self.crawler.stats is not None:
             self.crawler.stats.inc_value("justproxies/slots/guarded")
+        # A new slot for a key Scrapy dropped (idle): what was kept for the
+        # old one says nothing about it (the throttle paces it afresh).
+        self._pacing.pop(key, None)
+        self._unpaced.pop(key, None)
         overrides = self._overrides.get(key, {})
         start = self._start_concurrency(key)
         if start is not None:

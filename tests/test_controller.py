@@ -965,7 +965,7 @@ def test_a_pace_trimmed_short_of_the_rate_is_checked_too() -> None:
                 checked.append(seed)
                 assert after.at - trim.at <= 1.3
                 assert 0.95 * RATE <= after.pace_rate <= RATE
-    assert checked == [1, 2, 4]
+    assert len(checked) >= 2  # seeds 1, 2 and 4 of 5 at this writing
 
 
 def test_admitted_between_429s() -> None:
@@ -1017,12 +1017,43 @@ def test_admitted_between_429s() -> None:
     ev.watch_from_next_429()
     assert ev.watch is not None and not ev.watch.first
     assert ev.admitted_between_429s() is None
+    # A stray 429, 2 s of clean answers at 20/s, then 429s among sends at
+    # 80/s to a site that admits 40/s: counted from the first of those (the
+    # site had its burst back), not from the stray one (which said 20.8/s).
+    ev = Evidence(RESIDENTIAL, now=0.0)
+    ev.watch_from_next_429()
+    sends = [(0.0, "x")] + [(0.05 * (i + 1), "o") for i in range(40)]
+    sends += [(2.05 + i / 80, "xo"[i % 2]) for i in range(81)]
+    for i, (at, outcome) in enumerate(sends):
+        ticket = ev.sent(at, i)
+        back = Outcome.RATE_LIMITED if outcome == "x" else Outcome.OK
+        ev.answered(ticket, back, at + 0.3, any_epoch=True)
+    assert ev.admitted_between_429s() == pytest.approx(40 / 1.0)
+    assert ev.watch is not None and ev.watch.since == pytest.approx(2.05)
     # Tickets without a send count (seq 0) start no watch.
     ev = Evidence(RESIDENTIAL, now=0.0)
     ev.watch_from_next_429()
     ev.answered(Ticket(epoch=0, sent_at=0.0, inflight=1), Outcome.RATE_LIMITED,
                 0.3, any_epoch=True)  # fmt: skip
     assert ev.watch is not None and not ev.watch.first
+
+
+def test_a_watch_armed_after_a_cut_ends_if_no_429_comes() -> None:
+    """Armed after a trim or a probe's end, a watch that no 429 starts within
+    _WATCH_SECONDS is dropped: a 429 minutes later (a probe's) would
+    otherwise be counted from, over seconds of a pace below the rate."""
+    learned = Learned(10, 20.0, LimitKind.RATE, 0.3, 0.0, 100)
+    ctl = DomainController(LOW_START, now=0.0, learned=learned)
+    assert ctl.phase is Phase.PACED
+    ctl._evidence.watch_from_next_429(1.0)
+    ctl.decide(4.9)
+    assert ctl._evidence.watch is not None
+    ctl.decide(5.1)
+    assert ctl._evidence.watch is None
+    # Slow start's waits for its first 429, however late.
+    ctl._evidence.watch_from_next_429()
+    ctl.decide(60.0)
+    assert ctl._evidence.watch is not None
 
 
 def test_refused_everything_tells_a_spent_window_from_a_token_bucket() -> None:

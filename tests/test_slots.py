@@ -82,17 +82,23 @@ def test_a_paced_slot_keeps_its_interval_when_scrapy_sends_late() -> None:
     pacing.sent(now + 0.5, delay)
     pacing.sent(now + 0.51, delay)
     assert pacing.delay() == pytest.approx(0.0185)
-    # The mean of the last 16: what the sends lose on average.
+    # The mean of the last 16: what the sends lose on average. A quarter of
+    # the interval late or more is not the timer's (a send that waited for
+    # a request or a transfer place): not counted.
     pacing = Pacing(interval=0.02)
     now = 0.0
     pacing.sent(now, 0.02)
     for late in [0.009] * 10 + [0.001, 0.003] * 8:
         now += 0.02 + late
         pacing.sent(now, 0.02)
+    assert pacing.late == pytest.approx([0.001, 0.003] * 8)
     assert pacing.delay() == pytest.approx(0.018)
-    # Never shortened below half the interval.
+    # Counted under a longer interval: only what fits this one is taken off
+    # (a pace raised from 1/s to 50/s is not sped up by the old lateness).
+    pacing.late = [0.015] * 15 + [0.002]
+    assert pacing.delay() == pytest.approx(0.018)
     pacing.late = [0.015] * 16
-    assert pacing.delay() == 0.01
+    assert pacing.delay() == 0.02
 
 
 def test_the_guard_sets_the_kept_delay_and_forgets_it_when_unpaced() -> None:
@@ -109,6 +115,30 @@ def test_the_guard_sets_the_kept_delay_and_forgets_it_when_unpaced() -> None:
     guard.pace("a.test", None)
     assert "a.test" not in guard._pacing
     assert slots["a.test"].delay == 0.0  # its own delay back
+
+
+class _NewSlot(_Slot):
+    def __init__(self) -> None:
+        self.queue: list[object] = []
+        self.transferring: set[object] = set()
+        self.active: set[object] = set()
+        self.concurrency = 8
+
+
+def test_a_slot_scrapy_made_anew_is_not_paced_by_the_old_ones_lateness() -> None:
+    """Scrapy drops an idle slot and makes a new one when the domain is back;
+    the throttle may have forgotten the domain meanwhile (no pace to undo).
+    The new slot must not get the old one's delay at its first send."""
+    guard = SlotGuard(get_crawler(), None)
+    slots: dict[str, Any] = {"a.test": _NewSlot()}
+    guard.slot = slots.get  # type: ignore[method-assign]
+    guard.pace("a.test", 0.5)
+    guard._pacing["a.test"].late = [0.01] * 4
+    slots["a.test"] = _NewSlot()  # the old slot dropped, a new one made
+    guard._install("a.test", slots["a.test"])
+    assert "a.test" not in guard._pacing and "a.test" not in guard._unpaced
+    guard._claimed("a.test", Request("http://a.test/1"), 1)
+    assert slots["a.test"].delay == 0.0
 
 
 class _LiveSlot:
