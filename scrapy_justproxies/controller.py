@@ -1199,11 +1199,12 @@ class _Watch:
     refused: int = 0
 
     def answered(self, ticket: Ticket, outcome: Outcome) -> None:
-        if self.back is None:
+        if self.back is None or self.sent is None:
             if outcome is not Outcome.RATE_LIMITED or not ticket.seq:
                 return  # (tickets without a send count say nothing)
-            self._start(ticket.seq, ticket.sent_at)
-        assert self.back is not None and self.sent is not None
+            self.sent = array("d")
+            self.back = bytearray()
+            self._count_from(ticket.seq, ticket.sent_at)
         index = ticket.seq - self.first
         if not 0 <= index < _WATCH_KEPT:
             return
@@ -1220,11 +1221,10 @@ class _Watch:
             else _BACK_IGNORED
         )
 
-    def _start(self, seq: int, sent_at: float) -> None:
+    def _count_from(self, seq: int, sent_at: float) -> None:
+        """Count from the 429 to request ``seq``, sent at ``sent_at``."""
         self.first = seq
         self.since = self.last_429 = sent_at
-        self.sent = array("d")
-        self.back = bytearray()
         self.scanned = 1  # the 429 it begins at
         self.ok_run = self.counted_ok = 0
         self.span = 0.0
@@ -1242,9 +1242,8 @@ class _Watch:
                 if gap > _WATCH_GAP:
                     # The site had its burst back since the 429 before (a
                     # stray one): count from this one.
-                    self._start(self.first + index, sent[index])
+                    self._count_from(self.first + index, sent[index])
                     del back[:index], sent[:index]
-                    self.back, self.sent = back, sent
                     index = 1
                     continue
                 self.span += gap
@@ -1887,11 +1886,6 @@ class DomainController:
         ev = self._evidence
         watch = ev.watch
         assert watch is not None and self._pace_rate is not None
-        if not watch.first:
-            # Armed, and no 429 yet.
-            if watch.armed_at is not None and now - watch.armed_at > _WATCH_SECONDS:
-                ev.unwatch()
-            return None
         if ev.reopened is not None:
             # A window limiter (seen closed): what it admits between 429s is
             # what it admitted a window before, not a rate (_end_hold).
@@ -1899,7 +1893,9 @@ class DomainController:
             return None
         rate = ev.admitted_between_429s()
         if rate is None:
-            if now - watch.since > _WATCH_SECONDS:
+            # From its first 429, or (none yet) from when it was armed.
+            began = watch.since if watch.first else watch.armed_at
+            if began is not None and now - began > _WATCH_SECONDS:
                 ev.unwatch()
             return None
         ev.unwatch()
