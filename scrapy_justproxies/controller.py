@@ -152,11 +152,6 @@ class Reason(str, enum.Enum):
     REDERIVE = "rederive"
     """The answer time moved on a rate-limited site: the level was derived
     again from the learned rate."""
-    WITHHOLD = "withhold"
-    """Slow start, a 429 back before the climb is judged: one lower, so that
-    its place is not filled again (behind a hop a 429 comes back before the
-    clean answers sent with it, and would send another request into the
-    same refusal)."""
 
 
 class ControllerSettingsError(ValueError):
@@ -692,10 +687,15 @@ at 25-40 ms answers unpaced at one in flight, 37-49% 429s on most seeds;
 1 costs a cap of 2 at 200 ms, whose paced level dips to 0.97, a little:
 6.2% against 5.8% on one seed of six.)"""
 _MAX_PACE_STEP = 0.1
-_FASTER_STEP = 0.25
 """Largest step of a paced rate's probe: a token bucket's burst hides an
 overload for a while, and the steps go on meanwhile."""
 _IGNORED_SEEN = 200
+_QUIET_SECONDS = 3.0
+"""Slow start grows again once no 429 came back for this long (or an
+answer time, if longer), whatever the CUSUM still holds: near a token
+bucket's rate its 429s are sparse, seconds apart, but a site that refuses
+1% of its pages whatever the load would otherwise hold slow start's first
+volley of 4 for a whole crawl."""
 """Answers kept to tell the share that fails before the site."""
 _BURST_SHARE = 0.85
 """At most this share of the admitted rate measured at a paced climb is
@@ -1358,7 +1358,6 @@ class DomainController:
         "_ramp",
         "_rate",
         "_settings",
-        "_withheld",
     )
 
     def __init__(
@@ -1416,9 +1415,6 @@ class DomainController:
         self._probing = _Probe()
         # After slow start's climb, until the site admits again (_Hold).
         self._hold: _Hold | None = None
-        # Slow start: the 429s of the current run seen, and the places they
-        # took off the limit (see _withhold).
-        self._withheld = (0, 0)
         if learned is not None:
             self._start_warm(learned, now)
         elif settings.slow_start and settings.slow_start < settings.start:
@@ -1640,12 +1636,8 @@ class DomainController:
             if self._phase is Phase.PACED:
                 return self._on_paced_climb(now)
             return self._on_climb(now)
-        if self._phase is Phase.SLOW_START:
-            withheld = self._withhold(now)
-            if withheld is not None:
-                return withheld
-            if self._limit < self._slow_start_top():
-                return self._slow_start_step(now)
+        if self._phase is Phase.SLOW_START and self._limit < self._slow_start_top():
+            return self._slow_start_step(now)
         # (At slow start's top, below the maximum: judged by windows, as
         # GROW is; a climb there is still slow start's, on a ramp.)
         w = ev.window
@@ -1678,10 +1670,12 @@ class DomainController:
         ev = self._evidence
         used = ev.window.peak_inflight >= self._settings.min_utilization * self._limit
         step = math.floor(ev.ok_since_step * self._settings.slow_start_gain)
-        if ev.cusum > 0:
+        if ev.cusum > 0 and not self._quiet(now):
             # A 429 (not yet outweighed by clean answers) stops the growth:
             # with a slow hop, more are on their way, and growing on until
-            # they climb doubles the overshoot.
+            # they climb doubles the overshoot. Not for ever: a stray 429
+            # outweighed only after 49 clean answers held a slow site's
+            # first volley for seconds, and one more for the whole crawl.
             ev.ok_since_step = 0
             return None
         if step < 1 or not used:
@@ -1696,27 +1690,14 @@ class DomainController:
             now, target, Reason.INCREASE, new_epoch=False, keep_last_good=True
         )
 
-    def _withhold(self, now: float) -> Decision | None:
-        """Slow start: each 429 back before the climb is judged lowers the
-        limit by one. Behind a hop a 429 comes back sooner than the clean
-        answers sent with it (the site answers it at once), and its freed
-        place would send the next request into the same empty bucket; the
-        climb, a few 429s later, sets the level."""
+    def _quiet(self, now: float) -> bool:
+        """No 429 came back for ``_QUIET_SECONDS`` (or an answer time, if
+        longer)."""
         ev = self._evidence
-        seen, places = self._withheld
-        if ev.cusum == 0:
-            self._withheld = (0, 0)
-            return None
-        fresh = ev.run_limited - seen
-        if fresh <= 0:
-            return None
-        target = clamp(self._limit - fresh, self._settings)
-        self._withheld = (ev.run_limited, places + self._limit - target)
-        if target == self._limit:
-            return None
-        return self._apply(
-            now, target, Reason.WITHHOLD, new_epoch=False, keep_last_good=True
-        )
+        mark = ev.refusal_mark
+        if mark is None:
+            return True
+        return now - mark[0] >= max(ev.answer_time() or 0.0, _QUIET_SECONDS)
 
     def _slow_start_top(self) -> int:
         """The highest limit slow start doubles to (``slow_start_until``)."""
@@ -1844,9 +1825,6 @@ class DomainController:
         ev = self._evidence
         opening = self.untouched  # the crawl's first climb on this site
         slow_start = self._phase is Phase.SLOW_START
-        # The level that drew the 429s: before slow start withheld any.
-        drew = self._limit + self._withheld[1]
-        self._withheld = (0, 0)
         answer_time = ev.answer_time()
         rate = ev.admitted_rate(now)
         steady = ev.answer_time_steady()
@@ -1876,7 +1854,7 @@ class DomainController:
                 # low); what was in flight when the first 429 came includes
                 # the site's burst (too high). The site's level lies between.
                 estimate = (estimate + ev.refused_inflight) // 2
-            target = clamp(min(drew - 1, estimate), s)
+            target = clamp(min(self._limit - 1, estimate), s)
             if (
                 measured
                 and ev.answer_time_steady()
@@ -1886,10 +1864,10 @@ class DomainController:
                 self._rate = rate
                 self._derive_at(answer_time)
         else:
-            target = backoff_target(drew, ev.ok_share_of_climb(), s)
+            target = backoff_target(self._limit, ev.ok_share_of_climb(), s)
         if (
             self._last_good is not None
-            and self._last_good < drew
+            and self._last_good < self._limit
             and not (measured and faster)
         ):
             # The 429s began right after a raise or a probe from a level that
@@ -1905,7 +1883,9 @@ class DomainController:
         # Measured on fewer than min_samples clean answers (the first volley),
         # it is only a guess: grow back up to the level that drew the 429s.
         margin = math.ceil(target * s.increase_factor - 1e-9) + 1
-        self._overload_level = max(min(drew, margin), target + 1) if measured else drew
+        self._overload_level = (
+            max(min(self._limit, margin), target + 1) if measured else self._limit
+        )
         if (
             rate is not None
             and answer_time is not None
@@ -2236,7 +2216,6 @@ class DomainController:
             # does not). Probe in full steps, at once, until a climb
             # measures the rate again (on a rate limit it costs that climb).
             self._paced_measure = None
-            self._pace_step = _FASTER_STEP
             self._derive_at(answer_time)
         reason = Reason.REDERIVE
         clean = w.rate_limited <= s.tolerated_share * w.samples
@@ -2293,9 +2272,7 @@ class DomainController:
                     self._pace_ceiling = None
             self._pace_count_reset()
             if not near:
-                self._pace_step = min(
-                    self._pace_step * 2, max(_MAX_PACE_STEP, self._pace_step)
-                )
+                self._pace_step = min(self._pace_step * 2, _MAX_PACE_STEP)
             reason = Reason.PROBE
         return self._apply(now, self._paced_limit(answer_time), reason, new_epoch=False)
 
@@ -2306,7 +2283,7 @@ class DomainController:
         ``_WINDOW_STEP``: it shows an overload only at its window's end,
         several steps later."""
         if known is None:
-            step = max(_MAX_PACE_STEP, self._pace_step)
+            step = _MAX_PACE_STEP
         else:
             step = self._settings.pace_step if near else self._pace_step
         if self._evidence.reopened is not None:

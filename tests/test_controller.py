@@ -888,15 +888,13 @@ def test_a_spent_window_is_held_to_a_trickle_before_the_pace_comes_back(
     tell it sooner: eight in a row, to consecutive sends, and the site is
     held to a trickle at once (measured 8-11 after the climb and 2.7-3.5%
     in all on these seeds; over 16 seeds 2.0-3.8%, goodput 0.961 against
-    0.962). Since slow start withholds the places of its first 429s
-    (Reason.WITHHOLD), 8-13 and 2.5-3.7% (16 seeds: 1.9-3.7%, mean 2.87%
-    against 3.06%; seed 5 draws 55 429s against 52)."""
+    0.962)."""
     run = sliding_window_cold(seed)
     climb = next(d.at for d in run.decisions if d.reason is Reason.BACKOFF)
     # Answered one hop after it was sent: sent after the climb.
     after = sum(1 for t in run.limited if climb + DATACENTER_HOP <= t < climb + 2)
     assert after <= 14
-    assert run.share_429() <= 0.037
+    assert run.share_429() <= 0.036
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -947,46 +945,6 @@ def test_slow_start_pace_is_checked_against_what_the_site_admitted(
     assert 0.88 * 20 <= second.pace_rate <= 1.1 * 20  # 0.92-1.0 (16 seeds)
     assert run.share_429() <= 0.065  # measured 2.2-5.7% (seeds 1-5)
     assert run.goodput(0, 20) / 20 >= 0.92  # measured 0.948-0.990 (16 seeds)
-
-
-def test_a_429_in_slow_start_gives_back_its_place() -> None:
-    """Slow start: each 429 back before the climb is judged lowers the
-    limit by one (a clean answer between them raises nothing), and the
-    climb sets the level from the one that drew them."""
-    ctl = DomainController(replace(MOBILE_SLOW, rate_pacing=False), now=0.0)
-    now, _ = feed(ctl, 0.0, 8)
-    assert ctl.phase is Phase.SLOW_START and ctl.limit == 12
-    changes = []
-    for outcome in (Outcome.RATE_LIMITED, Outcome.OK, Outcome.RATE_LIMITED):
-        now, decisions = feed(ctl, now, 1, outcome)
-        changes += [(d.old_limit, d.new_limit, d.reason) for d in decisions]
-    assert changes == [(12, 11, Reason.WITHHOLD), (11, 10, Reason.WITHHOLD)]
-    now, decisions = feed(ctl, now, 2, Outcome.RATE_LIMITED)
-    assert [(d.old_limit, d.reason) for d in decisions] == [
-        (10, Reason.WITHHOLD),
-        (9, Reason.BACKOFF),
-    ]
-    # Too few clean answers to measure: the guess may grow back to the
-    # level that drew the 429s, 12, not to the 9 left when the climb came.
-    assert ctl.overload_level == 12
-
-
-def test_slow_start_sends_less_into_its_first_429s() -> None:
-    """Behind the residential hop a 429 comes back 0.265 s after it was
-    sent, a clean answer about 0.2 s later: each 429 freed a place that sent
-    the next request into the same empty bucket until the climb was judged
-    (measured on seeds 1-8 of the 20 req/s site: 33 429s to requests sent
-    between the first 429's return and the climb; with the place given
-    back, 14)."""
-    refused = 0
-    for seed in range(1, 9):
-        run = residential_cold(seed, 20)
-        back = run.limited[0]
-        climb = next(d.at for d in run.decisions if d.reason is Reason.BACKOFF)
-        # A 429 is answered one hop after it was sent.
-        hop = RESIDENTIAL_HOP
-        refused += sum(1 for t in run.limited if back + hop <= t < climb + hop)
-    assert refused <= 20
 
 
 def test_a_pace_trimmed_short_of_the_rate_is_checked_too() -> None:
@@ -1314,6 +1272,40 @@ def test_a_paced_site_never_seen_closed_is_not_held() -> None:
     assert ctl.pace(1.95) == pytest.approx(1 / ctl.pace_rate)
 
 
+def test_a_stray_429_holds_slow_start_for_seconds_not_for_good() -> None:
+    """A 429 stops slow start's growth until it is outweighed (49 clean
+    answers at the tolerated 2%) or no 429 came back for 3 s: at a slow
+    site's first volley of 4 the 49 took 7 s, and one more stray 429
+    meanwhile held it there for the whole crawl."""
+    ctl = DomainController(MOBILE_SLOW, now=0.0)
+    now, _ = feed(ctl, 0.0, 1, Outcome.RATE_LIMITED, spacing=0.15)
+    assert ctl.limit == 4
+    now, decisions = feed(ctl, now, 19, spacing=0.15)  # 2.85 s
+    assert decisions == [] and ctl.limit == 4
+    now, decisions = feed(ctl, now, 4, spacing=0.15)  # 3.45 s, 23 clean
+    assert [d.reason for d in decisions] == [Reason.INCREASE] * len(decisions)
+    assert ctl.limit > 4
+    assert ctl.phase is Phase.SLOW_START
+
+
+def test_slow_start_is_not_held_by_a_site_refusing_one_page_in_100() -> None:
+    """A site with no limit that answers 429 to 1% of its pages whatever the
+    load, behind the mobile hop, 20 s: over 20 seeds the lowest crawl got
+    136 pages before (its slow start held at 4 by 429s never outweighed),
+    now 859 (mean 1,475 against 1,439; 1,534-1,574 with no 429 at all)."""
+
+    def pages(seed: int) -> int:
+        run = simulate(
+            Unlimited(), MOBILE_SLOW, seed=seed, duration=20, hop=0.35,
+            site_429_latency=False, random_429=0.01,
+        )  # fmt: skip
+        return len(run.ok)
+
+    got = sorted(pages(seed) for seed in range(1, 21))
+    assert got[0] >= 600
+    assert sum(got) / len(got) >= 1450
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_slow_start_costs_nothing_without_a_limit(seed: int) -> None:
     def reached(run: Run) -> float:
@@ -1447,27 +1439,14 @@ def test_a_controller_that_keeps_the_concurrency_misses_the_rise() -> None:
     assert run.goodput(45, 60) / RATE < 0.9
 
 
-def test_answer_time_shift_on_an_inflight_cap() -> None:
-    """An in-flight cap paced as if it were a rate limit (one answer time
-    cannot tell the two apart) holds its pace when the answers get faster;
-    the probes find the cap again. Over 20 seeds, 4-5 of the 40 phases
-    fall short of 90% because those probes rose in steps of 1-10% from
-    the old pace: five before faster answers made the steps a quarter
-    (Reason.PROBE at 25%, the guide's step), the lowest at 0.57 of the
-    phase's ideal; four after, the lowest at 0.62 (seeds 1-5 alone: all
-    above 0.9 before, one at 0.75 after, as slow start's withholding moved
-    seed 5 onto that path)."""
-    short = 0
-    for seed in range(1, 21):
-        run = shifted(InflightCap(8), seed)
-        assert run.learned is not None
-        assert run.learned.kind is not LimitKind.RATE
-        for start, end, p50 in ((25, 40, 0.15), (45, 60, 0.4)):
-            assert run.share_429(start, end) <= 0.04  # measured at most 2.8%
-            goodput = run.goodput(start, end) / (8 / mean_latency(p50))
-            assert goodput >= 0.6
-            short += goodput < 0.9
-    assert short <= 4
+@pytest.mark.parametrize("seed", SEEDS)
+def test_answer_time_shift_on_an_inflight_cap(seed: int) -> None:
+    run = shifted(InflightCap(8), seed)
+    assert run.learned is not None
+    assert run.learned.kind is not LimitKind.RATE
+    for start, end, p50 in ((25, 40, 0.15), (45, 60, 0.4)):
+        assert run.share_429(start, end) <= 0.04
+        assert run.goodput(start, end) / (8 / mean_latency(p50)) >= 0.9
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -1504,19 +1483,12 @@ def test_slower_answers_on_an_inflight_cap_behind_a_hop() -> None:
     # an in-flight cap only by the site's part of the answer time (the 429s'
     # time is the hop's). Once known, slower answers cut the pace at once
     # (by the site's part of the answer time), before the 429s climb. A run
-    # whose pace drew no 429s before the first shift cannot know the kind.
-    # Measured before the cut, on seeds 1-5: no cut, 167 429s in the 3 s
-    # after the slow-down (23-42 a run), 1.7-5.4% from 5 s after; with it:
-    # 4 runs cut, 85 (11-23), 0-4.0%. The path to knowing the kind depends
-    # on every 429 before, so five seeds moved a lot with any change to
-    # slow start; over 30 seeds, before slow start withheld its 429s'
-    # places and faster answers made the probe steps a quarter: 21 cut,
-    # 555 429s in the 3 s after, 2.26% mean from 5 s after (at most 4.57%),
-    # 0.719 of the slow phase's ideal and 0.574 of the fast one's; after:
-    # 22 cut, 511, 2.87% (at most 5.69%), 0.730 and 0.665.
+    # whose pace drew no 429s before the first shift cannot know the kind
+    # (seed 5). Measured before, over SEEDS: no cut, 167 429s in the 3 s
+    # after the slow-down (23-42 a run), 1.7-5.4% from 5 s after; after: 4
+    # runs cut, 85 (11-23), 0-4.0%.
     cut = limited = 0
-    shares, fast = [], []
-    for seed in range(1, 31):
+    for seed in SEEDS:
         run = simulate(
             InflightCap(8), MOBILE_SLOW, seed=seed, duration=60, latency_p50=0.4,
             latency_p95=0.7, latency_schedule=SHIFTS, hop=0.35,
@@ -1532,14 +1504,10 @@ def test_slower_answers_on_an_inflight_cap_behind_a_hop() -> None:
             for d in run.decisions
         )
         limited += sum(1 for t in run.limited if 40 <= t < 43)
-        shares.append(run.share_429(45, 60))
-        fast.append(run.goodput(25, 40) / (8 / mean_latency(0.15)))
+        assert run.share_429(45, 60) <= 0.04
         assert run.goodput(45, 60) / (8 / mean_latency(0.4)) >= 0.6
-    assert cut >= 18
-    assert limited <= 600
-    assert max(shares) <= 0.07
-    assert sum(shares) / len(shares) <= 0.035
-    assert sum(fast) / len(fast) >= 0.62
+    assert cut >= 4
+    assert limited <= 110
 
 
 @pytest.mark.parametrize("seed", SEEDS)

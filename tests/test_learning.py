@@ -225,15 +225,6 @@ def test_a_rate_limited_site_is_paced_at_the_rate_it_admits(
     ]
     assert paces, "the site was never paced"
     assert 30 * 0.5 <= paces[-1] <= 30 * 1.5
-    # Slow start's first 429s gave their places back before the climb.
-    reasons = [
-        record["reason"] for record in read_trace(trace) if record["type"] == "decision"
-    ]
-    assert "withhold" in reasons
-    assert reasons.index("withhold") < reasons.index("backoff")
-    assert result.stats["justproxies/limit_changes/withhold"] == reasons.count(
-        "withhold"
-    )
 
 
 def test_an_entry_older_than_the_state_max_age_starts_cold_and_is_dropped(
