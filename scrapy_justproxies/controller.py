@@ -1961,6 +1961,10 @@ class DomainController:
         self._restart_pace(now)
         ev.reset_climb()
         answer_time = ev.answer_time()
+        if answer_time is not None and ev.answer_time_steady():
+            # Measured at this answer time: much faster answers later say
+            # an in-flight cap may admit more (_paced_window).
+            self._derive_at(answer_time)
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
 
     def _pace_count_reset(self) -> None:
