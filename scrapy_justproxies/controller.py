@@ -690,13 +690,13 @@ _MAX_PACE_STEP = 0.1
 """Largest step of a paced rate's probe: a token bucket's burst hides an
 overload for a while, and the steps go on meanwhile."""
 _IGNORED_SEEN = 200
+"""Answers kept to tell the share that fails before the site."""
 _QUIET_SECONDS = 3.0
 """Slow start grows again once no 429 came back for this long (or an
 answer time, if longer), whatever the CUSUM still holds: near a token
 bucket's rate its 429s are sparse, seconds apart, but a site that refuses
 1% of its pages whatever the load would otherwise hold slow start's first
 volley of 4 for a whole crawl."""
-"""Answers kept to tell the share that fails before the site."""
 _BURST_SHARE = 0.85
 """At most this share of the admitted rate measured at a paced climb is
 taken for a burst spent just before it."""
@@ -1957,14 +1957,15 @@ class DomainController:
         self._pace_ceiling = None
         # A rate measured: 429s at a pace below it are an in-flight cap's.
         self._capped_seen = self._capped_429s = 0
+        answer_time = ev.answer_time()
+        if answer_time is not None and ev.answer_time_steady():
+            # Measured at this answer time (and the pace it was measured
+            # at, as a climb's): much faster answers later say an in-flight
+            # cap may admit more (_paced_window).
+            self._derive_at(answer_time)
         self._pace_rate = max(pace, _MIN_PACE_RATE)
         self._restart_pace(now)
         ev.reset_climb()
-        answer_time = ev.answer_time()
-        if answer_time is not None and ev.answer_time_steady():
-            # Measured at this answer time: much faster answers later say
-            # an in-flight cap may admit more (_paced_window).
-            self._derive_at(answer_time)
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
 
     def _pace_count_reset(self) -> None:
