@@ -1955,8 +1955,7 @@ class DomainController:
         self._rate = rate
         self._paced_measure = rate
         self._pace_ceiling = None
-        # A rate measured: 429s at a pace below it are an in-flight cap's.
-        self._capped_seen = self._capped_429s = 0
+        self._capped_reset()
         answer_time = ev.answer_time()
         if answer_time is not None and ev.answer_time_steady():
             # Measured at this answer time (and the pace it was measured
@@ -1967,6 +1966,11 @@ class DomainController:
         self._restart_pace(now)
         ev.reset_climb()
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
+
+    def _capped_reset(self) -> None:
+        """A rate measured: 429s at a pace below it are an in-flight cap's,
+        and those counted before say nothing of it."""
+        self._capped_seen = self._capped_429s = 0
 
     def _pace_count_reset(self) -> None:
         self._pace_samples = self._pace_429s = 0
@@ -2016,8 +2020,7 @@ class DomainController:
         if admitted is not None:
             pace = max(base, min(admitted, self._pace_rate) * (1 - s.pace_margin))
             self._rate = pace / (1 - s.pace_margin)
-            # A rate measured: 429s at a pace below it are an in-flight cap's.
-            self._capped_seen = self._capped_429s = 0
+            self._capped_reset()
         if ev.reopened is not None and ev.refused_sent is not None:
             # A window limiter (seen closed before): this 429 may be its
             # window running out, closed until it ends (_Hold).
