@@ -49,7 +49,19 @@ KILLED = "plugin-killed"
 AFTER_KILL = "plugin-after-kill"
 NO_SLOW_START = "plugin-no-slow-start"
 LEARNING_VARIANTS = (WARM, KILLED, AFTER_KILL, NO_SLOW_START)
-ALL_VARIANTS = (*VARIANTS, PAUSE_SLOT, START_HIGH, TRACE, PLAIN, *LEARNING_VARIANTS)
+# The plugin slow-starting rate-first (JUSTPROXIES_THROTTLE_SLOW_START_RATE):
+# by default on the low-rate scenario, elsewhere when named in --variants.
+RATE_FIRST = "plugin-rate-first"
+RATE_FIRST_RATE = 8.0
+ALL_VARIANTS = (
+    *VARIANTS,
+    PAUSE_SLOT,
+    START_HIGH,
+    TRACE,
+    PLAIN,
+    *LEARNING_VARIANTS,
+    RATE_FIRST,
+)
 # ``fixed-<C>`` (e.g. ``fixed-12``): the throttle off and the per-domain
 # concurrency fixed at C. Run on any scenario when named in --variants (never
 # by default): a sweep of them is the frontier of fixed-concurrency clients.
@@ -74,7 +86,7 @@ def traced_file() -> Path:
 def extra_variant(variant: str) -> bool:
     """Run on any scenario when named in --variants, never by default."""
     return (
-        variant == TRACED
+        variant in (TRACED, RATE_FIRST)
         or variant in RAMP_VARIANTS
         or fixed_concurrency(variant) is not None
     )
@@ -513,7 +525,9 @@ def variant_spec(
     }
     # Cold unless the scenario shares a state file between its runs.
     settings["JUSTPROXIES_STATE_FILE"] = state_file
-    if variant in ("plugin", TRACED, *LEARNING_VARIANTS, *RAMP_VARIANTS):
+    if variant in ("plugin", TRACED, RATE_FIRST, *LEARNING_VARIANTS, *RAMP_VARIANTS):
+        if variant == RATE_FIRST:
+            settings["JUSTPROXIES_THROTTLE_SLOW_START_RATE"] = RATE_FIRST_RATE
         if variant in RAMP_VARIANTS:
             until = RAMP_VARIANTS[variant]
             settings["JUSTPROXIES_THROTTLE_SLOW_START_UNTIL"] = until
@@ -611,6 +625,25 @@ def learning_scenarios(phase: float) -> list[Scenario]:
             notes=(LEARNING_NOTE,),
         ),
     ]
+    # A small site: 5 req/s with a burst of 10. Its knee is 2.8 in flight
+    # (5/s x 0.56 s answers, the hop included): the mobile preset's start,
+    # 16, is nearly six times above it.
+    low_rate = 5.0
+    out.append(
+        Scenario(
+            "cold-low-rate",
+            "Cold start, mobile preset on a 5 req/s site (burst 10)",
+            "mobile",
+            (Site("a.test", round(low_rate * phase * 1.5), rate=low_rate),),
+            timeout=_timeout(1.5 * phase),
+            variants=(*cold_variants, RATE_FIRST),
+            notes=(
+                LEARNING_NOTE,
+                f"`{RATE_FIRST}`: the plugin with "
+                f"`JUSTPROXIES_THROTTLE_SLOW_START_RATE = {RATE_FIRST_RATE:g}`.",
+            ),
+        )
+    )
     for limiter, title, extra in (
         ("fixed_window", "a fixed window, 1,000 per 20 s", {"window_seconds": 20.0}),
         ("sliding_window", "a sliding window, 100 per 2 s", {"window_seconds": 2.0}),

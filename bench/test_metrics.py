@@ -390,6 +390,7 @@ def test_variant_specs(variant: str) -> None:
         "fixed-high": 50,
         "autothrottle": 16,
         **dict.fromkeys(scenarios.LEARNING_VARIANTS),
+        scenarios.RATE_FIRST: None,
     }[variant]
     assert spec.settings.get("CONCURRENT_REQUESTS_PER_DOMAIN") == expected
     adaptive = variant in (
@@ -398,6 +399,10 @@ def test_variant_specs(variant: str) -> None:
         scenarios.START_HIGH,
         scenarios.TRACE,
         *scenarios.LEARNING_VARIANTS,
+        scenarios.RATE_FIRST,
+    )
+    assert spec.settings.get("JUSTPROXIES_THROTTLE_SLOW_START_RATE") == (
+        scenarios.RATE_FIRST_RATE if variant == scenarios.RATE_FIRST else None
     )
     assert ("JUSTPROXIES_TRACE" in spec.settings) is (variant == scenarios.TRACE)
     assert spec.settings.get("JUSTPROXIES_THROTTLE_ENABLED", True) is adaptive
@@ -457,6 +462,15 @@ def test_learning_scenarios() -> None:
         assert "JUSTPROXIES_THROTTLE_SLOW_START" not in spec.settings
     window = by_name["cold-fixed-window"].sites[0].policy()
     assert (window["limiter"], window["window_seconds"]) == ("fixed_window", 20.0)
+    # The small site: the rate-first start beside the default, on mobile.
+    low = by_name["cold-low-rate"]
+    assert low.preset.name == "mobile"
+    assert (low.sites[0].rate, low.sites[0].burst) == (5.0, 10.0)
+    assert {"plugin", scenarios.RATE_FIRST} <= set(low.variants)
+    assert scenarios.extra_variant(scenarios.RATE_FIRST)
+    assert not any(
+        scenarios.RATE_FIRST in s.variants for s in by_name.values() if s is not low
+    )
     shift = by_name["shift-rate"]
     seconds = [Second(t, 50, 10 if t in (20, 21) else 0, 10) for t in range(60)]
     figures = scenarios.shift_metrics(shift, seconds)

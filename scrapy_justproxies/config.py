@@ -1339,6 +1339,9 @@ def in_force(settings: BaseSettings, environ: Mapping[str, str]) -> dict[str, An
 STATE_FILE_DEFAULT = "justproxies/limits.json"
 """Inside the project's data dir (``.scrapy``), as Scrapy puts HTTPCACHE_DIR."""
 STATE_MAX_AGE_DEFAULT = 7 * 24 * 3600.0
+SLOW_START_RATE_MAX: Final = 10_000.0
+"""Sends per second a rate-first slow start may begin at: above, it is no
+slow start (and a typo's extra zeros are caught)."""
 
 
 @dataclass(frozen=True)
@@ -1356,6 +1359,10 @@ class LearningConfig:
     """Where slow start stops doubling, as a multiple of
     CONCURRENT_REQUESTS_PER_DOMAIN (then +JUSTPROXIES_THROTTLE_INCREASE per
     clean window); 0: it doubles up to the per-domain maximum."""
+    slow_start_rate: float = 0.0
+    """Above 0, slow start is rate-first: a cold domain's sends are paced
+    from this many per second, the pace grows with each clean answer and
+    the first 429 cuts it (``JUSTPROXIES_THROTTLE_SLOW_START_RATE``)."""
 
     @classmethod
     def from_settings(
@@ -1398,11 +1405,23 @@ class LearningConfig:
                 "it, more to stop above it, or 0 to let it double up to the "
                 "per-domain maximum."
             )
+        rate_name = "JUSTPROXIES_THROTTLE_SLOW_START_RATE"
+        slow_start_rate = reader.number(
+            rate_name, float, default=0.0, minimum=0.0, maximum=SLOW_START_RATE_MAX
+        )
+        if slow_start_rate and not slow_start:
+            raise JustProxiesConfigError(
+                f"{reader.where(rate_name)} is {slow_start_rate}, but slow start "
+                "is off (JUSTPROXIES_THROTTLE_SLOW_START = 0): the rate-first start "
+                "is a way of slow-starting. Set JUSTPROXIES_THROTTLE_SLOW_START "
+                f"above 0 (default 4), or remove {rate_name}."
+            )
         return cls(
             state_file=state_file,
             max_age=max_age,
             slow_start=slow_start,
             slow_start_until=slow_start_until,
+            slow_start_rate=slow_start_rate,
         )
 
 

@@ -258,6 +258,7 @@ class JustProxiesThrottle:
             tolerated_share=throttle.tolerated_share,
             slow_start=learning.slow_start,
             slow_start_until=learning.slow_start_until,
+            slow_start_rate=learning.slow_start_rate,
         )
         guard = SlotGuard.of(crawler, concurrency)
         extension = cls(

@@ -681,3 +681,69 @@ def test_slow_start_until_reaches_the_controller() -> None:
     )
     throttle = JustProxiesThrottle.from_crawler(crawler)
     assert throttle.controller_settings.slow_start_until == 1.0
+
+
+# -- a rate-first slow start for every domain ------------------------------------
+
+RATE_FIRST = "JUSTPROXIES_THROTTLE_SLOW_START_RATE"
+
+
+def test_slow_start_rate_is_read_and_off_by_default() -> None:
+    assert _learning({}).slow_start_rate == 0.0
+    assert _learning({RATE_FIRST: 8}).slow_start_rate == 8.0
+    assert _learning({RATE_FIRST: "2.5"}).slow_start_rate == 2.5
+    assert _learning({}, {RATE_FIRST: "4"}).slow_start_rate == 4.0
+    assert _learning({RATE_FIRST: 0}).slow_start_rate == 0.0
+    # Empty is unset, as for every setting (JUSTPROXIES_...= scrapy crawl).
+    assert _learning({}, {RATE_FIRST: " "}).slow_start_rate == 0.0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [-1, -0.5, "fast", float("nan"), float("inf"), True, 10_001, "1e400"],
+)
+def test_slow_start_rate_refuses_what_is_not_a_pace(value: object) -> None:
+    with pytest.raises(JustProxiesConfigError, match=RATE_FIRST):
+        _learning({RATE_FIRST: value})
+
+
+def test_slow_start_rate_without_slow_start_names_both_settings() -> None:
+    """A rate-first start is a way of slow-starting: with slow start off the
+    setting would be ignored, and silently."""
+    with pytest.raises(JustProxiesConfigError) as raised:
+        _learning({RATE_FIRST: 8, "JUSTPROXIES_THROTTLE_SLOW_START": 0})
+    message = str(raised.value)
+    assert RATE_FIRST in message
+    assert "JUSTPROXIES_THROTTLE_SLOW_START above 0" in message
+    # Off with slow start off is no conflict.
+    assert _learning({RATE_FIRST: 0, "JUSTPROXIES_THROTTLE_SLOW_START": 0})
+
+
+def test_slow_start_rate_reaches_every_domain_and_the_exits_keep_their_own() -> None:
+    """Every domain's controller slow-starts rate-first at the rate set; a
+    static exit's pairs take it too (they slow-start rate-first anyway, at
+    ``EXIT_SLOW_START_RATE`` when it is unset)."""
+    from scrapy.utils.test import get_crawler  # noqa: PLC0415
+
+    from scrapy_justproxies.throttle import (  # noqa: PLC0415
+        EXIT_SLOW_START_RATE,
+        JustProxiesThrottle,
+    )
+
+    def throttle(values: dict[str, object]) -> JustProxiesThrottle:
+        crawler = get_crawler(
+            settings_dict={
+                **GOOD,
+                "ADDONS": {"scrapy_justproxies.Addon": 100},
+                "JUSTPROXIES_STATE_FILE": None,
+                **values,
+            }
+        )
+        return JustProxiesThrottle.from_crawler(crawler)
+
+    off = throttle({})
+    assert off.controller_settings.slow_start_rate == 0.0
+    assert off.exit_settings.slow_start_rate == EXIT_SLOW_START_RATE
+    on = throttle({RATE_FIRST: 3})
+    assert on.controller_settings.slow_start_rate == 3.0
+    assert on.exit_settings.slow_start_rate == 3.0

@@ -227,6 +227,48 @@ def test_a_rate_limited_site_is_paced_at_the_rate_it_admits(
     assert 30 * 0.5 <= paces[-1] <= 30 * 1.5
 
 
+def test_a_rate_first_start_paces_a_new_domain_from_its_first_answer(
+    sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
+) -> None:
+    """``JUSTPROXIES_THROTTLE_SLOW_START_RATE``: a cold domain's slow start
+    is paced (from 8 per second up), not the volleys of the default; its
+    429s are retried, none lost."""
+    configure(
+        sandbox,
+        {"small.test": {"rate": 5, "burst": 10, "latency_p50_ms": 40,
+                        "latency_p95_ms": 60}},
+    )  # fmt: skip
+    trace = tmp_path / "trace.jsonl"
+    result = run_crawl(
+        tmp_path,
+        reactor=reactor,
+        requests=urls(sandbox, "small.test", 60),
+        settings={
+            **ADDON,
+            "JUSTPROXIES_STATE_FILE": None,
+            "JUSTPROXIES_TRACE": str(trace),
+            "JUSTPROXIES_THROTTLE_SLOW_START_RATE": 8,
+        },
+        env={**gateway_env, "JUSTPROXIES_POOL": "mobile"},
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.statuses == {200: 60}
+    decisions = [
+        record
+        for record in read_trace(trace)
+        if record["type"] == "decision" and record["domain"] == "small.test"
+    ]
+    assert decisions
+    # Paced throughout. Without the setting slow start's volleys grow
+    # unpaced: its first decisions carry no pace (measured: four increases
+    # within 0.15 s, then backoffs from a pace of 147/s).
+    assert all(record["pace"] is not None for record in decisions), decisions
+    # The first 429 cut the ramp's pace: it had grown from 8/s at most to
+    # twice the site's rate (each clean answer adds half a request a second).
+    assert decisions[0]["reason"] == "backoff"
+    assert decisions[0]["pace"] <= 10, decisions[0]
+
+
 def test_an_entry_older_than_the_state_max_age_starts_cold_and_is_dropped(
     sandbox: Any, gateway_env: dict[str, str], tmp_path: Path
 ) -> None:
