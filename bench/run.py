@@ -643,8 +643,13 @@ def main(argv: list[str] | None = None) -> int:
     # fixed-<C> and plugin-traced run on every scenario they are asked for,
     # after its own variants.
     sweep = [v for v in wanted if extra_variant(v)]
+    # (Not twice where it is also one of the scenario's own.)
     scenarios = [
-        dataclasses.replace(s, variants=(*s.variants, *sweep)) if sweep else s
+        dataclasses.replace(
+            s, variants=(*s.variants, *(v for v in sweep if v not in s.variants))
+        )
+        if sweep
+        else s
         for s in scenarios
     ]
     plan = [

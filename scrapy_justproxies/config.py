@@ -1311,6 +1311,7 @@ def in_force(settings: BaseSettings, environ: Mapping[str, str]) -> dict[str, An
     concurrency = Concurrency.resolve(settings, config, environ)
     throttle = ThrottleConfig.from_settings(settings, environ)
     observability = ObservabilityConfig.from_settings(settings, environ)
+    learning = LearningConfig.from_settings(settings, environ)
     return {
         "JUSTPROXIES_POOL": config.pool.name if config.pool else None,
         "JUSTPROXIES_COUNTRY": config.country,
@@ -1323,6 +1324,9 @@ def in_force(settings: BaseSettings, environ: Mapping[str, str]) -> dict[str, An
         "JUSTPROXIES_THROTTLE_ENABLED": throttle.enabled,
         "JUSTPROXIES_THROTTLE_INCREASE": throttle.increase_factor,
         "JUSTPROXIES_THROTTLE_TOLERATED_429_SHARE": throttle.tolerated_share,
+        "JUSTPROXIES_THROTTLE_SLOW_START": learning.slow_start,
+        "JUSTPROXIES_THROTTLE_SLOW_START_UNTIL": learning.slow_start_until,
+        "JUSTPROXIES_THROTTLE_SLOW_START_RATE": learning.slow_start_rate,
         "JUSTPROXIES_RETRY_429_TIMES": throttle.retry_429_times,
         "JUSTPROXIES_RETRY_AFTER_MAX": throttle.retry_after_max,
         "JUSTPROXIES_RETRY_AFTER_MODE": throttle.retry_after_mode,
@@ -1339,9 +1343,14 @@ def in_force(settings: BaseSettings, environ: Mapping[str, str]) -> dict[str, An
 STATE_FILE_DEFAULT = "justproxies/limits.json"
 """Inside the project's data dir (``.scrapy``), as Scrapy puts HTTPCACHE_DIR."""
 STATE_MAX_AGE_DEFAULT = 7 * 24 * 3600.0
+SLOW_START_RATE_MIN: Final = 1.0
+"""Sends per second a rate-first slow start may begin at, at least: Scrapy
+keeps a slot's next send where a slower pace put it, even once the first
+answer has raised the pace (a pace of 0.001 holds the second request
+1,000 s)."""
 SLOW_START_RATE_MAX: Final = 10_000.0
-"""Sends per second a rate-first slow start may begin at: above, it is no
-slow start (and a typo's extra zeros are caught)."""
+"""At most: above, it is no slow start (and a typo's extra zeros are
+caught)."""
 
 
 @dataclass(frozen=True)
@@ -1409,6 +1418,12 @@ class LearningConfig:
         slow_start_rate = reader.number(
             rate_name, float, default=0.0, minimum=0.0, maximum=SLOW_START_RATE_MAX
         )
+        if 0 < slow_start_rate < SLOW_START_RATE_MIN:
+            raise JustProxiesConfigError(
+                f"{reader.where(rate_name)} is {slow_start_rate}; it is the sends "
+                f"per second a new domain starts at: use at least "
+                f"{SLOW_START_RATE_MIN:g}, or 0 to slow-start by volleys."
+            )
         if slow_start_rate and not slow_start:
             raise JustProxiesConfigError(
                 f"{reader.where(rate_name)} is {slow_start_rate}, but slow start "

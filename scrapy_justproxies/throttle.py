@@ -251,6 +251,16 @@ class JustProxiesThrottle:
         # controller takes against the same bounds.
         concurrency = Concurrency.resolve(settings, config, os.environ)
         learning = LearningConfig.from_settings(settings, os.environ)
+        if learning.slow_start_rate and learning.slow_start >= concurrency.domain_start:
+            raise JustProxiesConfigError(
+                "JUSTPROXIES_THROTTLE_SLOW_START_RATE is "
+                f"{learning.slow_start_rate:g}, but slow start is off: "
+                f"JUSTPROXIES_THROTTLE_SLOW_START ({learning.slow_start}) is not "
+                "below CONCURRENT_REQUESTS_PER_DOMAIN "
+                f"({concurrency.domain_start}), and the rate-first start is a way of "
+                "slow-starting. Set JUSTPROXIES_THROTTLE_SLOW_START below it, or "
+                "remove JUSTPROXIES_THROTTLE_SLOW_START_RATE."
+            )
         controller_settings = ControllerSettings(
             start=concurrency.domain_start,
             maximum=concurrency.domain_max,
@@ -265,6 +275,12 @@ class JustProxiesThrottle:
             crawler, throttle, controller_settings, guard=guard, learning=learning
         )
         shared_config = SharedStateConfig.from_settings(settings, os.environ)
+        if shared_config.enabled and learning.slow_start_rate:
+            logger.warning(
+                "JustProxies: JUSTPROXIES_THROTTLE_SLOW_START_RATE does not apply "
+                "to sites whose budget is shared through JUSTPROXIES_SHARED_STATE: "
+                "a shared site opens one request per clean answer, unpaced."
+            )
         if shared_config.enabled:
             from .shared import SharedBudgets  # noqa: PLC0415 - redis is optional
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 import pytest
 from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler
@@ -18,6 +19,7 @@ from scrapy_justproxies.config import (
     UsernameTemplate,
     check_download_handlers,
     effective_settings,
+    in_force,
 )
 from scrapy_justproxies.presets import PRESETS
 
@@ -685,65 +687,113 @@ def test_slow_start_until_reaches_the_controller() -> None:
 
 # -- a rate-first slow start for every domain ------------------------------------
 
-RATE_FIRST = "JUSTPROXIES_THROTTLE_SLOW_START_RATE"
+SLOW_START_RATE = "JUSTPROXIES_THROTTLE_SLOW_START_RATE"
 
 
 def test_slow_start_rate_is_read_and_off_by_default() -> None:
     assert _learning({}).slow_start_rate == 0.0
-    assert _learning({RATE_FIRST: 8}).slow_start_rate == 8.0
-    assert _learning({RATE_FIRST: "2.5"}).slow_start_rate == 2.5
-    assert _learning({}, {RATE_FIRST: "4"}).slow_start_rate == 4.0
-    assert _learning({RATE_FIRST: 0}).slow_start_rate == 0.0
+    assert _learning({SLOW_START_RATE: 8}).slow_start_rate == 8.0
+    assert _learning({SLOW_START_RATE: "2.5"}).slow_start_rate == 2.5
+    assert _learning({}, {SLOW_START_RATE: "4"}).slow_start_rate == 4.0
+    assert _learning({SLOW_START_RATE: 0}).slow_start_rate == 0.0
     # Empty is unset, as for every setting (JUSTPROXIES_...= scrapy crawl).
-    assert _learning({}, {RATE_FIRST: " "}).slow_start_rate == 0.0
+    assert _learning({}, {SLOW_START_RATE: " "}).slow_start_rate == 0.0
 
 
 @pytest.mark.parametrize(
     "value",
-    [-1, -0.5, "fast", float("nan"), float("inf"), True, 10_001, "1e400"],
+    [-1, -0.5, 0.001, 0.5, "fast", float("nan"), float("inf"), True, 10_001, "1e400"],
 )
 def test_slow_start_rate_refuses_what_is_not_a_pace(value: object) -> None:
-    with pytest.raises(JustProxiesConfigError, match=RATE_FIRST):
-        _learning({RATE_FIRST: value})
+    with pytest.raises(JustProxiesConfigError, match=SLOW_START_RATE):
+        _learning({SLOW_START_RATE: value})
 
 
 def test_slow_start_rate_without_slow_start_names_both_settings() -> None:
     """A rate-first start is a way of slow-starting: with slow start off the
     setting would be ignored, and silently."""
     with pytest.raises(JustProxiesConfigError) as raised:
-        _learning({RATE_FIRST: 8, "JUSTPROXIES_THROTTLE_SLOW_START": 0})
+        _learning({SLOW_START_RATE: 8, "JUSTPROXIES_THROTTLE_SLOW_START": 0})
     message = str(raised.value)
-    assert RATE_FIRST in message
+    assert SLOW_START_RATE in message
     assert "JUSTPROXIES_THROTTLE_SLOW_START above 0" in message
     # Off with slow start off is no conflict.
-    assert _learning({RATE_FIRST: 0, "JUSTPROXIES_THROTTLE_SLOW_START": 0})
+    off = _learning({SLOW_START_RATE: 0, "JUSTPROXIES_THROTTLE_SLOW_START": 0})
+    assert (off.slow_start, off.slow_start_rate) == (0, 0.0)
+
+
+def _throttle(values: dict[str, object]) -> Any:
+    """The throttle extension of a crawler with the add-on and ``values``."""
+    from scrapy.utils.test import get_crawler  # noqa: PLC0415
+
+    from scrapy_justproxies.throttle import JustProxiesThrottle  # noqa: PLC0415
+
+    crawler = get_crawler(
+        settings_dict={
+            **GOOD,
+            "ADDONS": {"scrapy_justproxies.Addon": 100},
+            "JUSTPROXIES_STATE_FILE": None,
+            **values,
+        }
+    )
+    return JustProxiesThrottle.from_crawler(crawler)
 
 
 def test_slow_start_rate_reaches_every_domain_and_the_exits_keep_their_own() -> None:
-    """Every domain's controller slow-starts rate-first at the rate set; a
-    static exit's pairs take it too (they slow-start rate-first anyway, at
+    """Every new domain's controller is paced from the rate set; a static
+    exit's pairs take it too (they slow-start rate-first anyway, at
     ``EXIT_SLOW_START_RATE`` when it is unset)."""
-    from scrapy.utils.test import get_crawler  # noqa: PLC0415
+    from scrapy_justproxies.throttle import EXIT_SLOW_START_RATE  # noqa: PLC0415
 
-    from scrapy_justproxies.throttle import (  # noqa: PLC0415
-        EXIT_SLOW_START_RATE,
-        JustProxiesThrottle,
-    )
-
-    def throttle(values: dict[str, object]) -> JustProxiesThrottle:
-        crawler = get_crawler(
-            settings_dict={
-                **GOOD,
-                "ADDONS": {"scrapy_justproxies.Addon": 100},
-                "JUSTPROXIES_STATE_FILE": None,
-                **values,
-            }
-        )
-        return JustProxiesThrottle.from_crawler(crawler)
-
-    off = throttle({})
+    off = _throttle({})
     assert off.controller_settings.slow_start_rate == 0.0
     assert off.exit_settings.slow_start_rate == EXIT_SLOW_START_RATE
-    on = throttle({RATE_FIRST: 3})
+    assert off.pace_for("a.test") is None  # volleys: unpaced
+    on = _throttle({SLOW_START_RATE: 3})
     assert on.controller_settings.slow_start_rate == 3.0
     assert on.exit_settings.slow_start_rate == 3.0
+    assert on.pace_for("a.test") == pytest.approx(1 / 3)
+    assert on.pace_for("b.test") == pytest.approx(1 / 3)
+
+
+def test_slow_start_rate_when_slow_start_is_off_by_its_level_names_all_three() -> None:
+    """Slow start is off as well when its first volley is not below the start
+    level (CONCURRENT_REQUESTS_PER_DOMAIN): the rate would be ignored."""
+    with pytest.raises(JustProxiesConfigError) as raised:
+        _throttle({SLOW_START_RATE: 8, "CONCURRENT_REQUESTS_PER_DOMAIN": 4})
+    message = str(raised.value)
+    for name in (
+        SLOW_START_RATE,
+        "JUSTPROXIES_THROTTLE_SLOW_START",
+        "CONCURRENT_REQUESTS_PER_DOMAIN (4)",
+    ):
+        assert name in message
+    assert _throttle({SLOW_START_RATE: 8, "CONCURRENT_REQUESTS_PER_DOMAIN": 5})
+
+
+def test_slow_start_rate_with_shared_budgets_warns_that_it_does_not_apply(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A shared site's opening is the shared budget's, unpaced: said at
+    start-up, not found out from the 429s. (Redis on a closed loopback port,
+    not required: the crawl would go on with budgets of its own.)"""
+    values = {
+        "JUSTPROXIES_SHARED_STATE": "redis://127.0.0.1:1/0",
+        "JUSTPROXIES_SHARED_STATE_REQUIRED": False,
+    }
+    with caplog.at_level("WARNING", logger="scrapy_justproxies"):
+        _throttle({**values, SLOW_START_RATE: 8})
+    assert "does not apply to sites whose budget is shared" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="scrapy_justproxies"):
+        _throttle(values)
+    assert "SLOW_START_RATE" not in caplog.text
+
+
+def test_the_slow_start_settings_are_in_the_trace_header() -> None:
+    header = in_force(
+        settings({**GOOD, "JUSTPROXIES_STATE_FILE": None, SLOW_START_RATE: 8}), {}
+    )
+    assert header[SLOW_START_RATE] == 8.0
+    assert header["JUSTPROXIES_THROTTLE_SLOW_START"] == 4
+    assert header["JUSTPROXIES_THROTTLE_SLOW_START_UNTIL"] == 2.0

@@ -1680,8 +1680,8 @@ def test_answers_that_take_no_time_are_judged(slow_start: int) -> None:
 
 # -- a rate-first slow start for every domain (opt-in) -----------------------------
 
-MOBILE_SLOW_START = ControllerSettings(start=16, maximum=50)
-RATE_FIRST = replace(MOBILE_SLOW_START, slow_start_rate=8.0)
+MOBILE_RATE_FIRST = replace(MOBILE_SLOW, slow_start_rate=8.0)
+BEHIND_MOBILE_HOP: dict[str, Any] = {"hop": 0.35, "site_429_latency": False}
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -1690,14 +1690,15 @@ def test_a_rate_first_start_spares_a_small_site_its_opening_429s(seed: int) -> N
     2.8 in flight). Slow start's volleys grew to 16 in flight while the
     burst hid the limit, then the pace it measured over the burst was three
     times the rate until a check cut it: 24-30 429s on these seeds, 13-19%
-    of a 30 s crawl. Paced from 8 per second, the first 429 cuts the pace at
-    once: 7 429s, 4.3-4.5% (``JUSTPROXIES_THROTTLE_SLOW_START_RATE``)."""
-    site = TokenBucket.steady(5, 10)
-    hop = dict(hop=0.35, site_429_latency=False)
-    volleys = simulate(site, MOBILE_SLOW_START, seed=seed, duration=30, **hop)
-    paced = simulate(
-        TokenBucket.steady(5, 10), RATE_FIRST, seed=seed, duration=30, **hop
-    )
+    of a 30 s crawl. Paced from 8 per second, a second 429 within ten
+    answers cuts the pace at once: 7 429s, 4.3-4.5%
+    (``JUSTPROXIES_THROTTLE_SLOW_START_RATE``)."""
+
+    def crawl(settings: ControllerSettings) -> Run:
+        site = TokenBucket.steady(5, 10)
+        return simulate(site, settings, seed=seed, duration=30, **BEHIND_MOBILE_HOP)
+
+    volleys, paced = crawl(MOBILE_SLOW), crawl(MOBILE_RATE_FIRST)
     assert len(volleys.limited) >= 20  # what the option is for
     assert len(paced.limited) <= 10
     assert paced.share_429() <= 0.06
@@ -1710,10 +1711,35 @@ def test_a_rate_first_start_costs_a_site_with_no_limit_seconds(seed: int) -> Non
     a request a second per clean answer, so 40 req/s comes after about 4 s
     instead of 1 s (1,362-1,378 pages in 20 s against 1,567-1,589), and from
     then on the two are alike."""
-    hop = dict(hop=0.35, site_429_latency=False)
-    volleys = simulate(Unlimited(), MOBILE_SLOW_START, seed=seed, duration=20, **hop)
-    paced = simulate(Unlimited(), RATE_FIRST, seed=seed, duration=20, **hop)
+
+    def crawl(settings: ControllerSettings) -> Run:
+        return simulate(
+            Unlimited(), settings, seed=seed, duration=20, **BEHIND_MOBILE_HOP
+        )
+
+    volleys, paced = crawl(MOBILE_SLOW), crawl(MOBILE_RATE_FIRST)
     assert volleys.time_to(40) <= 1.5
     assert 3 <= paced.time_to(40) <= 5
+    assert 0.8 * len(volleys.ok) <= len(paced.ok) <= 0.9 * len(volleys.ok)
     assert paced.goodput(10, 20) >= 0.95 * volleys.goodput(10, 20)
-    assert len(paced.limited) == 0
+
+
+def test_a_rate_first_start_is_not_held_by_a_site_refusing_one_page_in_100() -> None:
+    """The stray-429 test of slow start, rate-first. Each 429 cut the pace
+    at once, and the probes after it stayed below the pace it came at: over
+    20 seeds the median crawl got 560 pages (the lowest 97). A lone 429 now
+    only holds the growth; a second within ten answers cuts (two strays so
+    close are rare): median 1,293, lowest 367; 1,353-1,378 with no 429 at
+    all. On limited sites it costs a 429 or two at the first cut (a 5 req/s
+    exit: 4.75% -> 5.2% of 30 s)."""
+
+    def pages(seed: int) -> int:
+        run = simulate(
+            Unlimited(), MOBILE_RATE_FIRST, seed=seed, duration=20,
+            random_429=0.01, **BEHIND_MOBILE_HOP,
+        )  # fmt: skip
+        return len(run.ok)
+
+    got = sorted(pages(seed) for seed in range(20))
+    assert got[0] >= 250
+    assert got[10] >= 1000  # the median

@@ -631,7 +631,10 @@ def test_a_very_strict_ip_is_not_flooded_at_the_start() -> None:
     assert sum(shares) / len(shares) <= 0.15
 
 
-def test_a_fresh_429_cuts_the_rate_first_pace_at_once() -> None:
+def test_a_second_fresh_429_cuts_the_rate_first_pace_at_once() -> None:
+    """The first 429 only stops the growth (a site may refuse a page now
+    and then whatever the load); a second one within ten answers cuts the
+    pace at once, by half."""
     settings = ControllerSettings(start=20, maximum=50, slow_start_rate=8.0)
     ctl = DomainController(settings, now=0.0)
     assert ctl.pace(0.0) == pytest.approx(1 / 8)
@@ -641,16 +644,23 @@ def test_a_fresh_429_cuts_the_rate_first_pace_at_once() -> None:
         ctl.decide(t + 0.3)
         t += 0.125
     assert ctl.pace(t) == pytest.approx(1 / 10)
-    first, second = ctl.on_sent(t, 1), ctl.on_sent(t + 0.1, 2)
+    first, second = ctl.on_sent(t, 1), ctl.on_sent(t + 0.05, 2)
+    third = ctl.on_sent(t + 0.1, 3)
     ctl.record(first, Outcome.RATE_LIMITED, t + 0.2)
     assert ctl.decide(t + 0.2) is None
-    assert ctl.pace(t + 0.2) == pytest.approx(1 / 5)  # halved at once
+    assert ctl.pace(t + 0.2) == pytest.approx(1 / 10)  # held, not cut
+    ctl.record(ctl.on_sent(t + 0.2, 3), Outcome.OK, t + 0.21)
+    assert ctl.decide(t + 0.21) is None
+    assert ctl.pace(t + 0.21) == pytest.approx(1 / 10)  # and not grown
+    ctl.record(second, Outcome.RATE_LIMITED, t + 0.22)
+    assert ctl.decide(t + 0.22) is None
+    assert ctl.pace(t + 0.22) == pytest.approx(1 / 5)  # halved at once
     # Sent before the cut: says nothing about the cut pace.
-    ctl.record(second, Outcome.RATE_LIMITED, t + 0.25)
+    ctl.record(third, Outcome.RATE_LIMITED, t + 0.25)
     assert ctl.pace(t + 0.25) == pytest.approx(1 / 5)
     # Sent two gaps of the cut pace after it, admitted: clean answers count;
     # one 429 after three clean ones cuts by their share, not by half.
-    t += 0.2 + 2 / 5
+    t += 0.22 + 2 / 5
     for _ in range(3):
         ctl.record(ctl.on_sent(t, 1), Outcome.OK, t + 0.3)
         assert ctl.decide(t + 0.3) is None
@@ -677,7 +687,9 @@ def test_probes_after_a_halved_ramp_stay_below_the_pace_it_refused() -> None:
     the pace a 429 cut (8/s), and then in small ones (a site that admits
     more, as this one, is found by them). Answers take 0.3 s."""
     ctl = DomainController(replace(EXIT_PAIR, slow_start_rate=8.0), 0.0)
-    ctl.record(ctl.on_sent(0.0, 1), Outcome.RATE_LIMITED, 0.1)
+    first, second = ctl.on_sent(0.0, 1), ctl.on_sent(0.0, 2)
+    ctl.record(first, Outcome.RATE_LIMITED, 0.1)
+    ctl.record(second, Outcome.RATE_LIMITED, 0.1)
     ctl.decide(0.1)
     assert ctl.pace(0.1) == pytest.approx(1 / 4)
     answers: list[tuple[float, Any]] = []
@@ -702,6 +714,34 @@ def test_probes_after_a_halved_ramp_stay_below_the_pace_it_refused() -> None:
     assert max(ups[: reached + 1]) <= 1.1 + 1e-9
     after = [b / a for a, b in itertools.pairwise(rates[reached:]) if b > a]
     assert after and after[0] <= 1.01 + 1e-9  # then small ones
+
+
+def test_a_lone_429_holds_the_rate_first_pace_and_cuts_nothing() -> None:
+    """A 429 followed by more than ten clean answers was a stray: nothing is
+    cut, and the pace grows again once no 429 has come back for 3 s (it
+    waited on the 429 meanwhile). Before, that one 429 halved the pace and
+    bounded every probe after it."""
+    settings = ControllerSettings(start=20, maximum=50, slow_start_rate=8.0)
+    ctl = DomainController(settings, now=0.0)
+    ctl.record(ctl.on_sent(0.0, 1), Outcome.RATE_LIMITED, 0.1)
+    ctl.decide(0.1)
+    t = 0.1
+    for _ in range(11):
+        ctl.record(ctl.on_sent(t, 1), Outcome.OK, t + 0.1)
+        ctl.decide(t + 0.1)
+        assert ctl.pace(t + 0.1) == pytest.approx(1 / 8)  # neither cut nor grown
+        t += 0.125
+    # One more 429 now is a lone one again: still nothing cut.
+    ctl.record(ctl.on_sent(t, 1), Outcome.RATE_LIMITED, t + 0.1)
+    ctl.decide(t + 0.1)
+    assert ctl.pace(t + 0.1) == pytest.approx(1 / 8)
+    quiet_from = t + 0.1
+    while t < quiet_from + 3.5:
+        ctl.record(ctl.on_sent(t, 1), Outcome.OK, t + 0.1)
+        ctl.decide(t + 0.1)
+        t += 0.125
+    assert ctl.phase is Phase.SLOW_START
+    assert ctl.pace(t) < 1 / 8  # growing again
 
 
 def test_pairs_warm_start_from_the_state_file(tmp_path: Path) -> None:
