@@ -632,7 +632,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         log(str(error))
         return 2
-    wanted = [v.strip() for v in (args.variants or "").split(",") if v.strip()]
+    # Each once, in the order named.
+    wanted = list(
+        dict.fromkeys(v.strip() for v in (args.variants or "").split(",") if v.strip())
+    )
     unknown = sorted(v for v in set(wanted) - set(ALL_VARIANTS) if not extra_variant(v))
     if unknown:
         log(
@@ -677,7 +680,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"meta": {}, "scenarios": {}}
     progress = [0, total_runs]
     with run_sandbox_process(None) as sandbox:
-        used = [v for v in (*ALL_VARIANTS, *sweep) if any(v in vs for _, vs in plan)]
+        used = [
+            v
+            for v in dict.fromkeys((*ALL_VARIANTS, *sweep))
+            if any(v in vs for _, vs in plan)
+        ]
         startup_cpu = measure_startup(sandbox, used, raw_dir, args.python)
         for scenario, variants in plan:
             if not variants:

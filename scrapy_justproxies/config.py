@@ -1370,8 +1370,9 @@ class LearningConfig:
     clean window); 0: it doubles up to the per-domain maximum."""
     slow_start_rate: float = 0.0
     """Above 0, slow start is rate-first: a cold domain's sends are paced
-    from this many per second, the pace grows with each clean answer and
-    the first 429 cuts it (``JUSTPROXIES_THROTTLE_SLOW_START_RATE``)."""
+    from this many per second, the pace grows with each clean answer, a
+    lone 429 holds it and a second within ten answers cuts it
+    (``JUSTPROXIES_THROTTLE_SLOW_START_RATE``)."""
 
     @classmethod
     def from_settings(

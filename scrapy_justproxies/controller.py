@@ -714,15 +714,16 @@ _RAMP_CLEAN = 8
 """Clean answers, to requests sent after a rate-first slow start's last
 cut, after which the cut rate is paced (``PACED``)."""
 _RAMP_GAPS = 2.0
+"""Gaps of the cut pace after a rate-first slow start's cut before a 429
+cuts it again."""
 _RAMP_LONE_ANSWERS = 10
 """Clean answers after a rate-first slow start's first 429 within which a
 second one cuts the pace. A pace past a token bucket's rate, its burst
 spent, draws the next 429 within a few answers; a site that refuses 1% of
 its pages whatever the load draws two this close one time in ten. Cutting
-at every 429 held such a site at a few requests a second (median 560
-pages of 20 s against 1,293 now, mobile preset, 20 seeds)."""
-"""Gaps of the cut pace after a rate-first slow start's cut before a 429
-cuts it again."""
+at every 429 held such a site below the pace of its first stray, probed up
+in small steps (median 560 pages of 20 s against 1,293 now, mobile preset,
+20 seeds)."""
 _CLIMBS_KEPT = 6
 """Measured climbs kept to tell the kind of limit."""
 _DISTINCT_TIMES = 0.4
@@ -1736,7 +1737,7 @@ class DomainController:
         elif outcome is Outcome.OK and ramp.lone is not None:
             ramp.lone += 1
             if ramp.lone > _RAMP_LONE_ANSWERS:
-                ramp.lone = None  # a stray: the site admitted what followed
+                ramp.lone = None  # a stray: more than ten clean answers since
         elif outcome is Outcome.RATE_LIMITED and since is None and ramp.lone is None:
             # The first 429: a pace past the site's rate draws the next one
             # within a few answers, a site that refuses a page now and then

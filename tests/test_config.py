@@ -696,6 +696,8 @@ def test_slow_start_rate_is_read_and_off_by_default() -> None:
     assert _learning({SLOW_START_RATE: "2.5"}).slow_start_rate == 2.5
     assert _learning({}, {SLOW_START_RATE: "4"}).slow_start_rate == 4.0
     assert _learning({SLOW_START_RATE: 0}).slow_start_rate == 0.0
+    assert _learning({SLOW_START_RATE: 1}).slow_start_rate == 1.0  # the lowest
+    assert _learning({SLOW_START_RATE: 10_000}).slow_start_rate == 10_000.0
     # Empty is unset, as for every setting (JUSTPROXIES_...= scrapy crawl).
     assert _learning({}, {SLOW_START_RATE: " "}).slow_start_rate == 0.0
 
@@ -791,9 +793,14 @@ def test_slow_start_rate_with_shared_budgets_warns_that_it_does_not_apply(
 
 
 def test_the_slow_start_settings_are_in_the_trace_header() -> None:
-    header = in_force(
-        settings({**GOOD, "JUSTPROXIES_STATE_FILE": None, SLOW_START_RATE: 8}), {}
-    )
+    values = {
+        **GOOD,
+        "JUSTPROXIES_STATE_FILE": None,
+        SLOW_START_RATE: 8,
+        "JUSTPROXIES_THROTTLE_SLOW_START": 3,
+        "JUSTPROXIES_THROTTLE_SLOW_START_UNTIL": 1.5,
+    }
+    header = in_force(settings(values), {})
     assert header[SLOW_START_RATE] == 8.0
-    assert header["JUSTPROXIES_THROTTLE_SLOW_START"] == 4
-    assert header["JUSTPROXIES_THROTTLE_SLOW_START_UNTIL"] == 2.0
+    assert header["JUSTPROXIES_THROTTLE_SLOW_START"] == 3
+    assert header["JUSTPROXIES_THROTTLE_SLOW_START_UNTIL"] == 1.5

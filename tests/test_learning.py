@@ -197,6 +197,40 @@ def test_kill_9_leaves_a_state_file_the_next_crawl_starts_from(
     assert second.stats["justproxies/warm_start/limited.test"] == start
 
 
+def traced_crawl(
+    sandbox: Any,
+    gateway_env: dict[str, str],
+    reactor: str,
+    workdir: Path,
+    host: str,
+    count: int,
+    **settings: Any,
+) -> list[dict[str, Any]]:
+    """A cold mobile crawl of ``count`` URLs of ``host`` with a trace: its
+    decisions for ``host``, once every URL ended 200 (nothing lost to the
+    429s)."""
+    trace = workdir / "trace.jsonl"
+    result = run_crawl(
+        workdir,
+        reactor=reactor,
+        requests=urls(sandbox, host, count),
+        settings={
+            **ADDON,
+            "JUSTPROXIES_STATE_FILE": None,
+            "JUSTPROXIES_TRACE": str(trace),
+            **settings,
+        },
+        env={**gateway_env, "JUSTPROXIES_POOL": "mobile"},
+    )
+    assert result.reason == "finished", result.output[-3000:]
+    assert result.statuses == {200: count}
+    return [
+        record
+        for record in read_trace(trace)
+        if record["type"] == "decision" and record["domain"] == host
+    ]
+
+
 def test_a_rate_limited_site_is_paced_at_the_rate_it_admits(
     sandbox: Any, gateway_env: dict[str, str], reactor: str, tmp_path: Path
 ) -> None:
@@ -204,25 +238,10 @@ def test_a_rate_limited_site_is_paced_at_the_rate_it_admits(
     # and from then on sends are paced near the site's rate (the trace's
     # decisions say at what), not limited by concurrency alone.
     configure(sandbox, SITE)
-    trace = tmp_path / "trace.jsonl"
-    result = run_crawl(
-        tmp_path,
-        reactor=reactor,
-        requests=urls(sandbox, "limited.test", 360),
-        settings={
-            **ADDON,
-            "JUSTPROXIES_STATE_FILE": None,
-            "JUSTPROXIES_TRACE": str(trace),
-        },
-        env={**gateway_env, "JUSTPROXIES_POOL": "mobile"},
+    decisions = traced_crawl(
+        sandbox, gateway_env, reactor, tmp_path, "limited.test", 360
     )
-    assert result.reason == "finished", result.output[-3000:]
-    assert result.statuses == {200: 360}  # nothing lost to the 429s
-    paces = [
-        record["pace"]
-        for record in read_trace(trace)
-        if record["type"] == "decision" and record.get("pace") is not None
-    ]
+    paces = [record["pace"] for record in decisions if record["pace"] is not None]
     assert paces, "the site was never paced"
     assert 30 * 0.5 <= paces[-1] <= 30 * 1.5
 
@@ -238,26 +257,10 @@ def test_a_rate_first_start_paces_a_new_domain_from_its_first_answer(
         {"small.test": {"rate": 5, "burst": 10, "latency_p50_ms": 40,
                         "latency_p95_ms": 60}},
     )  # fmt: skip
-    trace = tmp_path / "trace.jsonl"
-    result = run_crawl(
-        tmp_path,
-        reactor=reactor,
-        requests=urls(sandbox, "small.test", 60),
-        settings={
-            **ADDON,
-            "JUSTPROXIES_STATE_FILE": None,
-            "JUSTPROXIES_TRACE": str(trace),
-            "JUSTPROXIES_THROTTLE_SLOW_START_RATE": 8,
-        },
-        env={**gateway_env, "JUSTPROXIES_POOL": "mobile"},
-    )
-    assert result.reason == "finished", result.output[-3000:]
-    assert result.statuses == {200: 60}
-    decisions = [
-        record
-        for record in read_trace(trace)
-        if record["type"] == "decision" and record["domain"] == "small.test"
-    ]
+    decisions = traced_crawl(
+        sandbox, gateway_env, reactor, tmp_path, "small.test", 60,
+        JUSTPROXIES_THROTTLE_SLOW_START_RATE=8,
+    )  # fmt: skip
     assert decisions
     # Paced throughout. Without the setting slow start's volleys grow
     # unpaced: its first decisions carry no pace (measured: four increases
@@ -266,7 +269,8 @@ def test_a_rate_first_start_paces_a_new_domain_from_its_first_answer(
     # The 429s cut the ramp's pace: it had grown from 8/s to at most twice
     # the site's rate (each clean answer adds half a request a second), and
     # the first cut halves.
-    cut = next(record for record in decisions if record["reason"] == "backoff")
+    cut = next((r for r in decisions if r["reason"] == "backoff"), None)
+    assert cut is not None, decisions
     assert cut["pace"] <= 10, cut
 
 
