@@ -260,11 +260,22 @@ class ControllerSettings:
     slow_start_rate: float = 0.0
     """Above 0, slow start is rate-first: its sends are paced, from this
     many per second, and each clean answer raises the pace by
-    ``slow_start_rate_gain`` (the concurrency follows the pace); the first
-    429 stops the growth. 0: slow start grows the concurrency only."""
+    ``slow_start_rate_gain`` (the concurrency follows the pace); 429s stop
+    the growth and cut the pace (``slow_start_rate_strays``). 0: slow start
+    grows the concurrency only."""
     slow_start_rate_gain: float = 0.5
     """Rate-first slow start: sends per second added per clean answer (0.5
     doubles the pace about every 1.4 s)."""
+    slow_start_rate_strays: int = 10
+    """Rate-first slow start: clean answers after a first 429 within which a
+    second one cuts the pace; beyond them the first was a stray, and only
+    held the growth. A pace past a token bucket's rate, its burst spent,
+    draws the next 429 within a few answers; a site that refuses 1% of its
+    pages whatever the load draws two this close one time in ten. Cutting
+    at every 429 held such a site below the pace of its first stray, probed
+    up in small steps (median 560 pages of 20 s against 1,293, mobile
+    preset, 20 seeds). 0: the first 429 cuts at once (a static exit's pair:
+    each 429 counts against a small per-IP budget)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -356,6 +367,11 @@ class ControllerSettings:
             self.slow_start_rate_gain > 0,
             "slow_start_rate_gain",
             f"must be above 0, got {self.slow_start_rate_gain}",
+        )
+        _check(
+            self.slow_start_rate_strays >= 0,
+            "slow_start_rate_strays",
+            f"must be at least 0, got {self.slow_start_rate_strays}",
         )
         _check(
             self.pace_headroom >= 1,
@@ -716,14 +732,6 @@ cut, after which the cut rate is paced (``PACED``)."""
 _RAMP_GAPS = 2.0
 """Gaps of the cut pace after a rate-first slow start's cut before a 429
 cuts it again."""
-_RAMP_LONE_ANSWERS = 10
-"""Clean answers after a rate-first slow start's first 429 within which a
-second one cuts the pace. A pace past a token bucket's rate, its burst
-spent, draws the next 429 within a few answers; a site that refuses 1% of
-its pages whatever the load draws two this close one time in ten. Cutting
-at every 429 held such a site below the pace of its first stray, probed up
-in small steps (median 560 pages of 20 s against 1,293 now, mobile preset,
-20 seeds)."""
 _CLIMBS_KEPT = 6
 """Measured climbs kept to tell the kind of limit."""
 _DISTINCT_TIMES = 0.4
@@ -831,7 +839,8 @@ class _Ramp:
     """The lowest pace a 429 cut."""
     lone: int | None = None
     """Clean answers since a 429 that cut nothing yet (None: none pending):
-    before the first cut, a second 429 within ``_RAMP_LONE_ANSWERS`` cuts."""
+    before the first cut, a second 429 within ``slow_start_rate_strays``
+    cuts."""
 
 
 _T = TypeVar("_T")
@@ -1723,7 +1732,8 @@ class DomainController:
         """Rate-first slow start: a 429 to a request sent after the last cut
         cuts the pace at once (the requests sent before the cut went out too
         fast already, and say nothing about the cut pace); before the first
-        cut, only a second 429 within ``_RAMP_LONE_ANSWERS`` does."""
+        cut, only a second 429 within ``slow_start_rate_strays`` answers
+        does."""
         since = ramp.cut_at
         # Sent two gaps of the cut pace after the cut or later: a token
         # bucket left empty has a token by the first gap only if its rate
@@ -1736,9 +1746,14 @@ class DomainController:
             ramp.clean += 1
         elif outcome is Outcome.OK and ramp.lone is not None:
             ramp.lone += 1
-            if ramp.lone > _RAMP_LONE_ANSWERS:
-                ramp.lone = None  # a stray: more than ten clean answers since
-        elif outcome is Outcome.RATE_LIMITED and since is None and ramp.lone is None:
+            if ramp.lone > self._settings.slow_start_rate_strays:
+                ramp.lone = None  # a stray: that many clean answers since
+        elif (
+            outcome is Outcome.RATE_LIMITED
+            and since is None
+            and ramp.lone is None
+            and self._settings.slow_start_rate_strays
+        ):
             # The first 429: a pace past the site's rate draws the next one
             # within a few answers, a site that refuses a page now and then
             # (1% whatever the load) does not; the growth waits meanwhile.

@@ -754,6 +754,10 @@ def test_slow_start_rate_reaches_every_domain_and_the_exits_keep_their_own() -> 
     on = _throttle({SLOW_START_RATE: 3})
     assert on.controller_settings.slow_start_rate == 3.0
     assert on.exit_settings.slow_start_rate == 3.0
+    # A domain waits for a second 429 within ten answers; an exit's pair
+    # cuts at its first (each counts against a small per-IP budget).
+    assert on.controller_settings.slow_start_rate_strays == 10
+    assert on.exit_settings.slow_start_rate_strays == 0
     assert on.pace_for("a.test") == pytest.approx(1 / 3)
     assert on.pace_for("b.test") == pytest.approx(1 / 3)
 

@@ -136,6 +136,8 @@ def decisions_of(run: Run) -> list[tuple[float, int, int, str]]:
         ("probes_to_grow", {"probes_to_grow": 0}, "at least 1"),
         ("slow_start_until", {"slow_start_until": 0.5}, "at least 1"),
         ("slow_start_until", {"slow_start_until": -1}, "0 (the maximum)"),
+        ("slow_start_rate_strays", {"slow_start_rate_strays": -1}, "at least 0"),
+        ("slow_start_rate_strays", {"slow_start_rate_strays": 2.5}, "integer"),
     ],
 )
 def test_settings_errors_name_the_field(
