@@ -172,7 +172,10 @@ def test_the_http_cache_never_stores_a_429_or_a_gateway_error(
     cache until the URL was given up; a stored gateway 503 likewise. Neither
     is stored now: the first crawl completes every URL, and a second one
     finds every page in the cache, as 200."""
-    configure(sandbox, {"a.test": refusing(1, schedule=[[2, None]])}, fail_503=0.3)
+    # Refusing for 5 s from the site's reset: a crawl process that took
+    # over 2 s to start on a loaded machine (make test's four workers)
+    # found the site open already, and no 429 came to be stored.
+    configure(sandbox, {"a.test": refusing(1, schedule=[[5, None]])}, fail_503=0.3)
     cache = {"HTTPCACHE_ENABLED": True, "HTTPCACHE_DIR": str(tmp_path / "cache")}
     first = crawl(
         sandbox, gateway_env, tmp_path / "1", urls(sandbox, "a.test", 12),
