@@ -20,6 +20,7 @@ from typing import Any
 import metrics
 
 from scrapy_justproxies.presets import PRESETS, PoolPreset
+from scrapy_justproxies.throttle import EXIT_SLOW_START_RATE
 
 # The sandbox site's default latency in the scenarios that don't model a pool.
 P50_MS = 200.0
@@ -52,7 +53,7 @@ LEARNING_VARIANTS = (WARM, KILLED, AFTER_KILL, NO_SLOW_START)
 # The plugin slow-starting rate-first (JUSTPROXIES_THROTTLE_SLOW_START_RATE):
 # by default on the low-rate scenario, elsewhere when named in --variants.
 RATE_FIRST = "plugin-rate-first"
-RATE_FIRST_RATE = 8.0
+RATE_FIRST_RATE = EXIT_SLOW_START_RATE  # the pace static exits start at
 ALL_VARIANTS = (
     *VARIANTS,
     PAUSE_SLOT,

@@ -649,6 +649,23 @@ def _learning(
     )
 
 
+def _throttle(values: dict[str, object]) -> Any:
+    """The throttle extension of a crawler with the add-on and ``values``."""
+    from scrapy.utils.test import get_crawler  # noqa: PLC0415
+
+    from scrapy_justproxies.throttle import JustProxiesThrottle  # noqa: PLC0415
+
+    crawler = get_crawler(
+        settings_dict={
+            **GOOD,
+            "ADDONS": {"scrapy_justproxies.Addon": 100},
+            "JUSTPROXIES_STATE_FILE": None,
+            **values,
+        }
+    )
+    return JustProxiesThrottle.from_crawler(crawler)
+
+
 def test_slow_start_until_is_read_and_defaults_to_twice_the_start() -> None:
     assert _learning({}).slow_start_until == 2.0
     name = "JUSTPROXIES_THROTTLE_SLOW_START_UNTIL"
@@ -669,19 +686,7 @@ def test_slow_start_until_refuses_what_is_not_0_or_a_multiple_of_1_up(
 
 
 def test_slow_start_until_reaches_the_controller() -> None:
-    from scrapy.utils.test import get_crawler  # noqa: PLC0415
-
-    from scrapy_justproxies.throttle import JustProxiesThrottle  # noqa: PLC0415
-
-    crawler = get_crawler(
-        settings_dict={
-            **GOOD,
-            "ADDONS": {"scrapy_justproxies.Addon": 100},
-            "JUSTPROXIES_STATE_FILE": None,
-            "JUSTPROXIES_THROTTLE_SLOW_START_UNTIL": 1,
-        }
-    )
-    throttle = JustProxiesThrottle.from_crawler(crawler)
+    throttle = _throttle({"JUSTPROXIES_THROTTLE_SLOW_START_UNTIL": 1})
     assert throttle.controller_settings.slow_start_until == 1.0
 
 
@@ -722,23 +727,6 @@ def test_slow_start_rate_without_slow_start_names_both_settings() -> None:
     # Off with slow start off is no conflict.
     off = _learning({SLOW_START_RATE: 0, "JUSTPROXIES_THROTTLE_SLOW_START": 0})
     assert (off.slow_start, off.slow_start_rate) == (0, 0.0)
-
-
-def _throttle(values: dict[str, object]) -> Any:
-    """The throttle extension of a crawler with the add-on and ``values``."""
-    from scrapy.utils.test import get_crawler  # noqa: PLC0415
-
-    from scrapy_justproxies.throttle import JustProxiesThrottle  # noqa: PLC0415
-
-    crawler = get_crawler(
-        settings_dict={
-            **GOOD,
-            "ADDONS": {"scrapy_justproxies.Addon": 100},
-            "JUSTPROXIES_STATE_FILE": None,
-            **values,
-        }
-    )
-    return JustProxiesThrottle.from_crawler(crawler)
 
 
 def test_slow_start_rate_reaches_every_domain_and_the_exits_keep_their_own() -> None:
