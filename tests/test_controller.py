@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from scrapy_justproxies import controller as controller_module
 from scrapy_justproxies.controller import (
     ControllerSettings,
     ControllerSettingsError,
@@ -607,6 +608,97 @@ def test_a_controller_that_never_probes_misses_a_raised_limit() -> None:
     never = replace(LOW_START, probe_interval=1e9)
     run = simulate(site, never, seed=1, duration=90)
     assert run.time_to(0.9 * 50, 20.0) > 15
+
+
+def rise_behind_the_hop(seed: int, **kwargs: Any) -> tuple[Run, float]:
+    """The benchmark's `rise` (20 -> 50 req/s, burst 10, mobile preset)
+    with every answer behind the mobile hop, the rise at another point of
+    the probe cycle on each seed (20-34 s)."""
+    rise = 20.0 + (seed * 1.37) % 14
+    site = TokenBucket([(0.0, 20.0), (rise, 50.0)], burst=10)
+    run = simulate(
+        site, MOBILE_SLOW, seed=seed, duration=rise + 30, **BEHIND_MOBILE_HOP,
+        **kwargs,
+    )  # fmt: skip
+    return run, rise
+
+
+RISE_SEEDS = range(16)
+
+
+def test_a_raised_limit_is_found_within_15_s_behind_the_hop() -> None:
+    """Issue 4's target (90% of the new rate within 15 s of a rise) with
+    every answer behind the hop. Probes that waited 5 s after each cut and
+    rose in 1% steps near the measured rate, then 10% at most, took 18 s
+    (median of 32 seeds; up to 31 s, 26 of 32 late); now 9 s (up to 13)."""
+    times = []
+    for seed in RISE_SEEDS:
+        run, rise = rise_behind_the_hop(seed)
+        times.append(run.time_to(0.9 * 50, rise))
+        assert run.share_429(rise + 5, run.duration) <= 0.03, seed
+    assert max(times) <= 15, times
+
+
+def test_the_rise_target_catches_the_slower_probes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The test above can fail: with the probe steps and waits as they were
+    (the first 429 to a probe still ending it), most seeds are late."""
+    monkeypatch.setattr(controller_module, "_RAISE_STEP", 0.1)
+    monkeypatch.setattr(controller_module, "_OPENED_WAIT", 1.0)
+    monkeypatch.setattr(controller_module, "_OPENED_GROWTH", 1.0)
+    monkeypatch.setattr(controller_module, "_OPENED_RAISE_STEP", 0.01)
+    times = [
+        run.time_to(0.9 * 50, rise)
+        for run, rise in map(rise_behind_the_hop, RISE_SEEDS)
+    ]
+    assert sum(t > 15 for t in times) >= 4, times
+
+
+def test_a_raised_limit_is_found_with_a_lagging_sender() -> None:
+    """Scrapy on a busy event loop sends about 11% below the pace: the
+    probes must go that much further (median 12 s, up to 15.5, on 32
+    seeds; before, median 20 s, up to 34)."""
+    times = [
+        run.time_to(0.9 * 50, rise)
+        for run, rise in (rise_behind_the_hop(s, pace_lag=1.12) for s in RISE_SEEDS)
+    ]
+    assert sorted(times)[len(times) // 2] <= 13, times
+    assert max(times) <= 18, times
+
+
+def _opening_429s(opened_at_once: bool, monkeypatch: pytest.MonkeyPatch) -> float:
+    """Mean 429 share of a residential crawl's opening (20 s, start 30) on
+    a 20 req/s bucket behind its hop, 16 seeds."""
+    if opened_at_once:
+        init = DomainController.__init__
+
+        def opened(self: DomainController, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **kwargs)
+            self._probed = True
+
+        monkeypatch.setattr(DomainController, "__init__", opened)
+    residential = ControllerSettings(start=30, maximum=100)
+    shares = []
+    for seed in range(1, 17):
+        run = simulate(
+            TokenBucket.steady(20, 10), residential, seed=seed, duration=20,
+            hop=0.265, site_429_latency=False,
+        )  # fmt: skip
+        shares.append(run.share_429())
+    return sum(shares) / len(shares)
+
+
+def test_the_opening_probes_as_carefully_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before a probe has ended at a 429, the rate measured may still hold
+    the burst: the probes wait the whole probe_interval and rise in 1%
+    steps. Probing faster from the start cost this opening 4.8% 429s
+    against 4.1%."""
+    careful = _opening_429s(False, monkeypatch)
+    assert careful <= 0.044
+    assert _opening_429s(True, monkeypatch) > careful + 0.004
 
 
 @pytest.mark.parametrize("seed", SEEDS)
