@@ -51,9 +51,11 @@ Phases (:class:`Phase`, changed only in ``DomainController._enter``):
   flight with ``pace_headroom``, so it follows the answer time; the rate
   is probed up in small steps (``pace_step``) near the rate measured, and
   in steps that double up to 25% beyond it (a raised limit); the first 429
-  to a probe ends it. Once a probe has ended so (the opening is over), the
-  probes wait less after a cut and their steps grow sooner, so a limit
-  raised 2.5-fold is found within 15 s behind a hop. A climb measures the rate
+  to a probe ends it (but past the near steps on a window limiter, where a
+  climb measures). Once a probe's 429 has measured the rate (the opening is
+  over), the probes wait less after a cut and their steps grow sooner, so
+  a limit raised 2.5-fold is found within about 15 s behind a hop. A climb
+  measures the rate
   again (the pace times the climb's share of clean answers). 429s sent
   while the concurrency, not the pace, was binding mean an in-flight cap:
   back to ``SETTLED``, unpaced. A warm start with a learned rate starts
@@ -238,9 +240,10 @@ class ControllerSettings:
     """Paced (:attr:`Phase.PACED`), sends go out this share below the rate
     the site admitted when its 429s last climbed."""
     pace_step: float = 0.01
-    """First step of the paced rate's probe upwards (each clean step after
-    it is ``increase_factor`` times larger): small, because a token bucket
-    shows an overload only once its burst is spent."""
+    """First step of the paced rate's probe upwards near the rate measured
+    (``_NEAR``): small, because a token bucket shows an overload only once
+    its burst is spent. Beyond that the steps double (``_RAISE_STEP``); once
+    the opening is over, near ones grow too (``_OPENED_WAIT``)."""
     slow_start_pace_share: float = 1.0
     """Share of slow start's estimate the first pace starts at. Slow start
     measures the rate while a token bucket spends its burst, which inflates
@@ -685,8 +688,10 @@ rate or so, half admitted) are rare; from a window whose count is spent,
 the rule."""
 _CLOSED_SHARE = 0.9
 _NEAR = 1.05
-"""Paced rates up to this much above the rate measured at the last climb
-are probed one small step at a time; beyond, the steps grow."""
+"""Paced rates up to this much above the rate measured (by a climb, a
+trim, a probe's end or a warm start) are probed in small steps
+(``pace_step``; growing once the opening is over); beyond, the steps
+double."""
 _RATE_SPAN = 2.0
 """Seconds the admitted rate is measured over while paced: over one, a
 token bucket's burst, spent just before the climb, inflates it."""
@@ -712,21 +717,27 @@ pace that drew 429s): a token bucket's burst hides an overload for a
 while, and the steps go on meanwhile."""
 _RAISE_STEP = 0.25
 """Largest step of a probe beyond ``_NEAR`` times the measured rate, where
-the site admits more than it did: the steps double up to the seed's 25%.
-At 10% a site that raised its limit from 20 to 50 req/s was found 18 s
-after the rise (median; up to 31 s) behind a mobile hop in the simulation,
-against a target of 15."""
+the site admits more than it did: the steps double up to 25%, the
+provider guide's raise. With 10% (and the probes' waits and near steps of
+the opening throughout) a site that raised its limit from 20 to 50 req/s
+was found 18 s after the rise (median; up to 31 s) behind a mobile hop in
+the simulation, against a target of 15."""
 _OPENED_WAIT = 0.6
-"""Once a probe has ended at a 429 (the opening is over, and the rate was
-measured past a burst), the next wait this share of ``probe_interval`` and
-``probe_samples`` after a cut, their near steps grow (``_OPENED_GROWTH``
-up to ``_OPENED_NEAR_STEP``) and those beyond start at
-``_OPENED_RAISE_STEP``: a raised limit is found within the 15 s the
-product promises. Not before: probing faster right after the opening cost
-the cold starts 429s (a residential 20 req/s site 4.8% against 4.1%)."""
+"""Once a probe has ended at a 429 that measured the rate (the opening is
+over, and the rate was measured past a burst), the next probes wait this
+share of ``probe_interval`` and ``probe_samples`` after a cut, their near
+steps grow and those beyond start larger: a limit raised 2.5-fold is found
+within 15 s behind a mobile hop. Not before: probing faster from the start
+cost a residential 20 req/s opening 4.8% 429s against 4.1% (simulated, 16
+seeds). A warm start begins with the opening's probes too."""
 _OPENED_GROWTH = 1.5
+"""Once the opening is over, each near probe's step is this many times the
+one before (from ``pace_step``)..."""
 _OPENED_NEAR_STEP = 0.04
+"""... up to this (or ``pace_step``, if larger)."""
 _OPENED_RAISE_STEP = 0.04
+"""Once the opening is over, the first step beyond the near ones (doubling
+from there)."""
 _IGNORED_SEEN = 200
 """Answers kept to tell the share that fails before the site."""
 _QUIET_SECONDS = 3.0
@@ -1316,16 +1327,16 @@ class _Watch:
 @dataclass(slots=True)
 class _Probe:
     """PACED, probing up: the pace the probes rose from (clean since the last
-    cut, which left a token bucket empty), when they began, the bound they
-    rise from or below (``None``: no 429 ends them, a climb measures),
-    whether a 429 ended them, and the 429 before it (see
+    cut, which left a token bucket empty), when they began, whether their
+    first 429 ends them (if not, a climb measures), whether one did, and
+    the 429 before it (see
     ``DomainController._end_probe``). One attribute of the controller, not
     five: past 30 attributes an instance's dict stops sharing its keys and
     every domain costs 1.3 kB more (measured: 2.8 kB a domain)."""
 
     base: float | None = None
     since: float | None = None
-    bracket: float | None = None
+    bounded: bool = False
     hit: bool = False
     mark: tuple[float, int] | None = None
 
@@ -1432,12 +1443,16 @@ class DomainController:
         self._pace: float | None = None
         self._pace_until = now
         # PACED: the rate sends are paced at, the next probe step up, when
-        # the pace was last cut (probes wait probe_interval after it), and
+        # the pace was last cut (probes wait probe_interval after it, less
+        # once the opening is over), and
         # 429s sent with the concurrency binding (counted, and not yet).
         self._pace_rate: float | None = None
         self._pace_step = settings.pace_step
         self._near_step = settings.pace_step
-        # A probe has ended at a 429: the opening is over (_OPENED_WAIT).
+        # A probe has ended at a 429 that measured the rate: the opening is
+        # over (_OPENED_WAIT). Never reset: a site that drops its limit later
+        # is measured after its burst, and a warm start or a revived domain
+        # begins with the opening's probes.
         self._probed = False
         self._paced_since = now
         self._capped_seen = 0
@@ -1614,7 +1629,7 @@ class DomainController:
         if (
             outcome is Outcome.RATE_LIMITED
             and self._probing.since is not None
-            and self._probing.bracket is not None
+            and self._probing.bounded
             and self._kind is not LimitKind.INFLIGHT
             and ticket.sent_at >= self._probing.since
             and not self._probing.hit
@@ -2086,9 +2101,9 @@ class DomainController:
             self._probing.hit = False
             self._probing.since = math.inf  # no other 429 ends this probe
             return None
-        self._probed = True
         pace = base
         if admitted is not None:
+            self._probed = True
             pace = max(base, min(admitted, self._pace_rate) * (1 - s.pace_margin))
             self._rate = pace / (1 - s.pace_margin)
             self._capped_reset()
@@ -2252,10 +2267,12 @@ class DomainController:
             self._derive_at(answer_time)
         if self._paced_measure is not None:
             # The rate the trim says, not the higher one a climb measured
-            # over a burst: the near probes end a step above it.
-            self._paced_measure = min(
-                self._paced_measure, self._pace_rate * (1 - share)
-            )
+            # over a burst: the near probes end a step above it, and a warm
+            # start begins from it.
+            trimmed = self._pace_rate * (1 - share)
+            self._paced_measure = min(self._paced_measure, trimmed)
+            if self._rate is not None:
+                self._rate = min(self._rate, trimmed)
         self._pace_rate = self._pace_rate * (1 - share) * (1 - s.pace_margin)
         self._restart_pace(now)
         ev.watch_from_next_429(now)  # _check_pace
@@ -2332,10 +2349,10 @@ class DomainController:
                 # The probes rise from here: clean since the last cut.
                 self._probing.base = self._pace_rate
                 self._probing.since = now
-            self._probing.bracket = self._probe_bound(known)
-            # Near the rate measured at the last climb, one small step at a
-            # time (a token bucket shows an overload only once its burst is
-            # spent); beyond it, steps grow, so a raised limit is found soon.
+            self._probing.bounded = self._probe_bounded(known)
+            # Near the rate measured, small steps (a token bucket shows an
+            # overload only once its burst is spent); beyond it, steps that
+            # double, so a raised limit is found soon.
             near = known is not None and self._pace_rate < known * _NEAR
             self._pace_rate *= 1 + self._probe_step(known, near=near)
             ceiling = self._pace_ceiling
@@ -2353,9 +2370,9 @@ class DomainController:
             reason = Reason.PROBE
         return self._apply(now, self._paced_limit(answer_time), reason, new_epoch=False)
 
-    def _probe_bound(self, known: float | None) -> float | None:
-        """What a probe from here rises from or below, whose first 429 ends
-        it (_end_probe); ``None``: a climb measures its 429s.
+    def _probe_bounded(self, known: float | None) -> bool:
+        """Whether the first 429 to a probe from here ends it (_end_probe);
+        if not, a climb measures its 429s.
 
         Below a pace known to draw 429s, or above a measured rate, beyond
         the near steps too: a token bucket's burst often outlasts them, and
@@ -2366,11 +2383,9 @@ class DomainController:
         fixed window behind a mobile hop), nor with nothing measured and no
         bound."""
         if known is None:
-            return self._pace_ceiling
+            return self._pace_ceiling is not None
         assert self._pace_rate is not None
-        if self._pace_rate < known * _NEAR or self._evidence.reopened is None:
-            return known
-        return None
+        return self._pace_rate < known * _NEAR or self._evidence.reopened is None
 
     def _grow_probe_steps(self, known: float | None, *, near: bool) -> None:
         """After a probe: beyond the near steps, the next step doubles (up to
@@ -2379,7 +2394,8 @@ class DomainController:
         if known is not None and not near:
             self._pace_step = min(self._raise_step() * 2, _RAISE_STEP)
         elif near and self._probed:
-            self._near_step = min(self._near_step * _OPENED_GROWTH, _OPENED_NEAR_STEP)
+            top = max(_OPENED_NEAR_STEP, self._settings.pace_step)
+            self._near_step = min(self._near_step * _OPENED_GROWTH, top)
 
     def _probe_step(self, known: float | None, *, near: bool) -> float:
         """The paced rate's next probe step up: full steps with nothing
