@@ -68,6 +68,10 @@ RATE = 50.0
 # its own tests below).
 MOBILE = ControllerSettings(start=16, maximum=50, slow_start=0)
 LOW_START = ControllerSettings(start=8, maximum=50, slow_start=0)
+# The mobile preset as it runs (slow start on), and its hop, which every
+# answer comes back after (a 429 after the hop alone).
+MOBILE_SLOW = replace(MOBILE, slow_start=4)
+BEHIND_MOBILE_HOP: dict[str, Any] = {"hop": 0.35, "site_429_latency": False}
 # The concurrency mechanics alone (an in-flight cap is limited this way).
 UNPACED = replace(LOW_START, rate_pacing=False)
 
@@ -718,17 +722,16 @@ def test_a_probe_is_ended_by_its_first_429_unless_a_window_limits() -> None:
     only near it, where beyond a climb measures (its first 429 is its count
     running out); with nothing measured, only below a pace that drew
     429s."""
-    assert _paced_at(20.5, 20.0)._probe_bounded(20.0)
-    assert _paced_at(30.0, 20.0)._probe_bounded(20.0)
+    assert _paced_at(20.5, 20.0)._probe_bounded(20.0, near=True)
+    assert _paced_at(30.0, 20.0)._probe_bounded(20.0, near=False)
     window = _paced_at(30.0, 20.0)
     window._evidence.reopened = _Reopened(sent=1.0, ok_before=10, cycle=20.0)
-    assert not window._probe_bounded(20.0)
-    window._pace_rate = 20.5
-    assert window._probe_bounded(20.0)
+    assert not window._probe_bounded(20.0, near=False)
+    assert window._probe_bounded(20.0, near=True)
     unmeasured = _paced_at(30.0, 20.0)
-    assert not unmeasured._probe_bounded(None)
+    assert not unmeasured._probe_bounded(None, near=False)
     unmeasured._pace_ceiling = 40.0
-    assert unmeasured._probe_bounded(None)
+    assert unmeasured._probe_bounded(None, near=False)
 
 
 def test_a_trim_lowers_the_rate_measured() -> None:
@@ -1530,7 +1533,6 @@ def test_slow_start_until_stops_doubling_at_the_start() -> None:
 
 
 SHIFTS = [(0.0, 0.4), (20.0, 0.15), (40.0, 0.4)]
-MOBILE_SLOW = replace(MOBILE, slow_start=4)
 
 
 def shifted(site: Any, seed: int, settings: ControllerSettings = MOBILE_SLOW) -> Run:
@@ -1816,7 +1818,6 @@ def test_answers_that_take_no_time_are_judged(slow_start: int) -> None:
 # -- a rate-first slow start for every domain (opt-in) -----------------------------
 
 MOBILE_RATE_FIRST = replace(MOBILE_SLOW, slow_start_rate=8.0)
-BEHIND_MOBILE_HOP: dict[str, Any] = {"hop": 0.35, "site_429_latency": False}
 
 
 @pytest.mark.parametrize("seed", SEEDS)
