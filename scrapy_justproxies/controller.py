@@ -1409,6 +1409,7 @@ class DomainController:
         "_paced_since",
         "_phase",
         "_probe_successes",
+        "_probe_top",
         "_probed",
         "_probing",
         "_ramp",
@@ -1472,6 +1473,10 @@ class DomainController:
         # PACED after a rate-first slow start that measured nothing: the
         # lowest pace known to draw 429s (the probes stop below it).
         self._pace_ceiling: float | None = None
+        # PACED, answers much faster than where the rate was measured, until
+        # a 429 measures it again: the pace an in-flight cap admits now (the
+        # probes step halfway towards it; a rate limit admits no more).
+        self._probe_top: float | None = None
         # PACED, probing up: the pace the probes rose from (clean since the
         # last cut, which left a token bucket empty), when they began, and
         # the 429 before the first one to a probe (see _end_probe).
@@ -2063,11 +2068,13 @@ class DomainController:
     def _restart_pace(
         self, now: float, *, step: bool = True, check: bool = False
     ) -> None:
-        """The pace changed: probes wait from now, none is under way, the
-        429s counted at the old pace are forgotten, and (``step``) the next
-        probe step is the first again; unless ``check``, the answers from
-        a 429 on are no longer watched (_check_pace)."""
+        """The pace changed: probes wait from now, none is under way, none
+        steps towards a top any more, the 429s counted at the old pace are
+        forgotten, and (``step``) the next probe step is the first again;
+        unless ``check``, the answers from a 429 on are no longer watched
+        (_check_pace)."""
         self._paced_since = now
+        self._probe_top = None
         if not check:
             self._evidence.unwatch()
         self._probe_reset()
@@ -2306,19 +2313,8 @@ class DomainController:
             else:
                 share = self._pace_429s / self._pace_samples
             return self._trim_pace(now, share, answer_time)
-        if (
-            self._kind is not LimitKind.RATE
-            and self._paced_measure is not None
-            and self._derived_at is not None
-            and answer_time is not None
-            and answer_time < self._derived_at * (1 - s.answer_time_shift)
-        ):
-            # Answers much faster than when the rate was measured: a site
-            # that limits requests in flight admits more now (a rate limit
-            # does not). Probe in full steps, at once, until a climb
-            # measures the rate again (on a rate limit it costs that climb).
-            self._paced_measure = None
-            self._derive_at(answer_time)
+        if answer_time is not None:
+            self._follow_faster_answers(answer_time)
         reason = Reason.REDERIVE
         clean = w.rate_limited <= s.tolerated_share * w.samples
         # The pace held the sends back (more would have gone out unpaced).
@@ -2370,6 +2366,35 @@ class DomainController:
             reason = Reason.PROBE
         return self._apply(now, self._paced_limit(answer_time), reason, new_epoch=False)
 
+    def _follow_faster_answers(self, answer_time: float) -> None:
+        """Paced with a rate measured: answers much faster than where it was
+        measured restart the probes towards what an in-flight cap admits
+        now, unless the site is known to limit requests per second."""
+        s = self._settings
+        ev = self._evidence
+        assert self._pace_rate is not None
+        if self._paced_measure is None:
+            return
+        if self._derived_at is None:
+            if ev.answer_time_steady():
+                # Measured while the answer time moved (_check_pace): it
+                # stands for the first steady one, so that a shift is seen.
+                self._derive_at(answer_time)
+            return
+        if self._kind is LimitKind.RATE or answer_time >= self._derived_at * (
+            1 - s.answer_time_shift
+        ):
+            return
+        # A site that limits requests in flight admits more now, by its part
+        # of the answer time (a rate limit admits no more). Probe at once,
+        # halfway towards that each step, until a climb measures the rate
+        # again (on a rate limit it costs that climb).
+        if self._derived_site is not None:
+            site_factor = self._derived_site / ev.site_time(answer_time)
+            self._probe_top = self._pace_rate * site_factor
+        self._paced_measure = None
+        self._derive_at(answer_time)
+
     def _probe_bounded(self, known: float | None, *, near: bool) -> bool:
         """Whether the first 429 to a probe from here ends it (_end_probe);
         if not, a climb measures its 429s.
@@ -2405,6 +2430,10 @@ class DomainController:
         several steps later."""
         if known is None:
             step = _MAX_PACE_STEP
+            top = self._probe_top
+            if top is not None and self._pace_rate is not None:
+                way = top * (1 - self._settings.pace_margin) / self._pace_rate - 1
+                step = min(max(step, way / 2), _RAISE_STEP)
         else:
             step = self._near_step if near else self._raise_step()
         if self._evidence.reopened is not None:
@@ -2672,6 +2701,7 @@ class DomainController:
             self._ramp = None
         if phase is not Phase.PACED:
             self._pace_rate = None
+            self._probe_top = None
             self._hold = None
             if phase is not Phase.SLOW_START:
                 self._evidence.unwatch()
