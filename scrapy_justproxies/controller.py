@@ -91,7 +91,9 @@ cap's stays. An unknown kind is only re-derived upwards (a wrong guess costs
 one climb). Behind a hop (429s that come back faster than any clean answer:
 their time is the hop's), an in-flight cap counts the site's part of the
 answer time only, so the kind is told by that part, and a paced in-flight
-cap whose answers get slower has its pace cut at once by it.
+cap whose answers get slower has its pace cut at once by it. Paced with
+the kind unknown, answers that get much faster are probed towards what an
+in-flight cap admits at them (halfway each step, at most 25%).
 
 Known limit: 429s the site sends whatever the load (a share of exits
 blocked, say) look like a climbing share once above ``tolerated_share``
@@ -712,9 +714,10 @@ at 25-40 ms answers unpaced at one in flight, 37-49% 429s on most seeds;
 1 costs a cap of 2 at 200 ms, whose paced level dips to 0.97, a little:
 6.2% against 5.8% on one seed of six.)"""
 _MAX_PACE_STEP = 0.1
-"""Largest step of a paced rate's probe with nothing measured (or below a
-pace that drew 429s): a token bucket's burst hides an overload for a
-while, and the steps go on meanwhile."""
+"""Step of a paced rate's probe with nothing measured (or below a pace that
+drew 429s), the largest but towards faster answers' rate (_probe_step): a
+token bucket's burst hides an overload for a while, and the steps go on
+meanwhile."""
 _RAISE_STEP = 0.25
 """Largest step of a probe beyond ``_NEAR`` times the measured rate, where
 the site admits more than it did: the steps double up to 25%, the
@@ -1474,7 +1477,7 @@ class DomainController:
         # lowest pace known to draw 429s (the probes stop below it).
         self._pace_ceiling: float | None = None
         # PACED, answers much faster than where the rate was measured, until
-        # a 429 measures it again: the pace an in-flight cap admits now (the
+        # the pace next changes: the pace an in-flight cap admits now (the
         # probes step halfway towards it; a rate limit admits no more).
         self._probe_top: float | None = None
         # PACED, probing up: the pace the probes rose from (clean since the
@@ -2050,7 +2053,7 @@ class DomainController:
         if answer_time is not None and ev.answer_time_steady():
             # Measured at this answer time (and the pace it was measured
             # at, as a climb's): much faster answers later say an in-flight
-            # cap may admit more (_paced_window).
+            # cap may admit more (_follow_faster_answers).
             self._derive_at(answer_time)
         self._pace_rate = max(pace, _MIN_PACE_RATE)
         self._restart_pace(now)
@@ -2367,9 +2370,9 @@ class DomainController:
         return self._apply(now, self._paced_limit(answer_time), reason, new_epoch=False)
 
     def _follow_faster_answers(self, answer_time: float) -> None:
-        """Paced with a rate measured: answers much faster than where it was
-        measured restart the probes towards what an in-flight cap admits
-        now, unless the site is known to limit requests per second."""
+        """Paced with a rate measured, the kind of limit not known to be a
+        rate: answers much faster than where it was measured restart the
+        probes towards what an in-flight cap admits now (``_probe_top``)."""
         s = self._settings
         ev = self._evidence
         assert self._pace_rate is not None
@@ -2377,8 +2380,9 @@ class DomainController:
             return
         if self._derived_at is None:
             if ev.answer_time_steady():
-                # Measured while the answer time moved (_check_pace): it
-                # stands for the first steady one, so that a shift is seen.
+                # Measured with no answer time it stands for (while the
+                # answer time moved, say): it stands for the first steady
+                # one, so that a shift is seen.
                 self._derive_at(answer_time)
             return
         if self._kind is LimitKind.RATE or answer_time >= self._derived_at * (
@@ -2388,10 +2392,12 @@ class DomainController:
         # A site that limits requests in flight admits more now, by its part
         # of the answer time (a rate limit admits no more). Probe at once,
         # halfway towards that each step, until a climb measures the rate
-        # again (on a rate limit it costs that climb).
-        if self._derived_site is not None:
-            site_factor = self._derived_site / ev.site_time(answer_time)
-            self._probe_top = self._pace_rate * site_factor
+        # again (on a rate limit it costs that climb). The factor from the
+        # median, as _cap_shift's: the mean still holds the slower answers.
+        # (A warm start learned an answer time, not its site's part.)
+        site = self._derived_site or ev.site_time(self._derived_at)
+        median = ev.answer_time_median() or answer_time
+        self._probe_top = self._pace_rate * site / ev.site_time(median)
         self._paced_measure = None
         self._derive_at(answer_time)
 
@@ -2424,16 +2430,19 @@ class DomainController:
 
     def _probe_step(self, known: float | None, *, near: bool) -> float:
         """The paced rate's next probe step up: full steps with nothing
-        measured yet; near the rate measured, small ones; beyond it, steps
-        that grow. On a site seen closed (a window limiter), at most
+        measured yet (after much faster answers, halfway towards what an
+        in-flight cap admits now, up to ``_RAISE_STEP``); near the rate
+        measured, small ones; beyond it, steps that grow. On a site seen
+        closed (a window limiter), at most
         ``_WINDOW_STEP``: it shows an overload only at its window's end,
         several steps later."""
         if known is None:
             step = _MAX_PACE_STEP
             top = self._probe_top
             if top is not None and self._pace_rate is not None:
-                way = top * (1 - self._settings.pace_margin) / self._pace_rate - 1
-                step = min(max(step, way / 2), _RAISE_STEP)
+                # Halfway towards what an in-flight cap admits now, at
+                # least the full step.
+                step = min(max(step, (top / self._pace_rate - 1) / 2), _RAISE_STEP)
         else:
             step = self._near_step if near else self._raise_step()
         if self._evidence.reopened is not None:
@@ -2636,7 +2645,7 @@ class DomainController:
         # Slower only, and clearly: behind a hop the site's part is what is
         # left of the answer time, so its noise is larger, and a pace raised
         # on noise draws a burst of 429s (faster answers are found by the
-        # probes, see _paced_window).
+        # probes, see _follow_faster_answers).
         if site_factor > 1 / _CAP_SHIFT:
             return None
         assert self._pace_rate is not None

@@ -1591,7 +1591,8 @@ def test_answer_time_shift_on_an_inflight_cap(seed: int) -> None:
 
 def test_faster_answers_restart_full_probe_steps_after_a_checked_pace() -> None:
     """README: while the kind of limit is not known, answers 25% faster than
-    where the rate was measured restart the probe in full steps. A rate
+    where the rate was measured restart the probes at once (in full steps
+    at least). A rate
     measured by the check of a pace against what the site admitted between
     its 429s did not record its answer time, and nothing was faster than
     nothing: of the 4 runs of 20 still paced when the in-flight cap's
@@ -1643,15 +1644,17 @@ def test_answer_time_drop_on_an_inflight_cap_with_a_lagging_sender(seed: int) ->
 def test_faster_answers_on_an_inflight_cap_behind_a_hop() -> None:
     """The benchmark's shift-cap, its fast phase: behind the mobile hop the
     site's part of the answer time fell from 0.45 s to 0.16 s, so an
-    in-flight cap admits 2.8 times the pace (a rate limit admits no more).
-    The probes step halfway towards that (at most 25%) until a climb
-    measures it. Before, they rose in 10% steps: 12 s from 15 to 42/s.
-    Measured on these 13 seeds: 0.665 of the ideal (0.55-0.71) against
-    0.575 (0.24-0.65); seed 21's rate, measured while the answer time
-    moved, had no answer time to compare with, and never saw the faster
-    answers (0.55 against 0.24). The cost, on a token bucket whose kind
-    was not known yet: 0-12 429s in the 3 s after the drop, against 0-5
-    (the benchmark's target is 20)."""
+    in-flight cap admits about 2.8 times the pace (a rate limit admits no
+    more). The probes step halfway towards that (at most 25%, at least the
+    full 10%) until a climb measures it; the factor, from the median answer
+    time when the faster answers are seen, was 2.2-3.6 on these seeds.
+    Before, they rose in 10% steps: 12 s from 15 to 42/s. Measured on these
+    13 seeds: 0.683 of the ideal (0.62-0.73) against 0.575 (0.24-0.65);
+    seed 21's rate, measured while the answer time moved, had no answer
+    time to compare with, and never saw the faster answers (0.62 against
+    0.24). The cost, on a token bucket whose kind was not known yet: 0-12
+    429s in the 3 s after its answers got faster, against 0-5 (the
+    benchmark's target is 20)."""
     fast: list[float] = []
     for seed in (*range(1, 13), 21):
         run = simulate(
@@ -1682,16 +1685,20 @@ def test_slower_answers_on_an_inflight_cap_behind_a_hop() -> None:
     # (seed 5). Measured before, over SEEDS: no cut, 167 429s in the 3 s
     # after the slow-down (23-42 a run), 1.7-5.4% from 5 s after; after: 4
     # runs cut, 85 (11-23), 0-4.0%.
-    # The faster phase's probes reaching higher (the test above) leave more
-    # to cut at the slow-down, and which seed lands where moves: over 32
-    # seeds the slow phase's goodput was 0.716 (0.54-0.81) against 0.723
-    # (0.60-0.81) before, its 429s 2.79% (at most 5.0%) against 2.59% (at
-    # most 4.7%); over these five, seed 1 0.54 and seed 4 4.9%. Their mean
-    # is bounded, and each run less tightly.
-    cut = limited = 0
+    # Over 12 seeds, not 5: the faster phase's probes reaching higher (the
+    # test above) leave more to cut at the slow-down, and which seed lands
+    # where moves. Measured over these 12 before that change and after it:
+    # cut at once in 10 and 9 runs; 429s in the 3 s after 17.9 and 15.9 a
+    # run (at most 34 and 26); the slow phase's goodput 0.734 and 0.703
+    # (at least 0.60 and 0.53), its 429s 2.93% and 2.89% (at most 4.7% and
+    # 7.6%: seed 12 left pacing, see the README's in-flight caps behind a
+    # hop). Over 32 seeds: 0.723 and 0.709, 2.59% and 2.57%.
+    seeds = range(1, 13)
+    cut = 0
+    limited: list[int] = []
     goodputs: list[float] = []
     shares: list[float] = []
-    for seed in SEEDS:
+    for seed in seeds:
         run = simulate(
             InflightCap(8), MOBILE_SLOW, seed=seed, duration=60, latency_p50=0.4,
             latency_p95=0.7, latency_schedule=SHIFTS, hop=0.35,
@@ -1706,15 +1713,15 @@ def test_slower_answers_on_an_inflight_cap_behind_a_hop() -> None:
             and d.pace_rate < 0.6 * before
             for d in run.decisions
         )
-        limited += sum(1 for t in run.limited if 40 <= t < 43)
+        limited.append(sum(1 for t in run.limited if 40 <= t < 43))
         shares.append(run.share_429(45, 60))
         goodputs.append(run.goodput(45, 60) / (8 / mean_latency(0.4)))
-    assert cut >= 4
-    assert limited <= 110
-    assert max(shares) <= 0.055
+    assert cut >= 8
+    assert statistics.fmean(limited) <= 22
+    assert max(shares) <= 0.08
     assert statistics.fmean(shares) <= 0.035
     assert min(goodputs) >= 0.5
-    assert statistics.fmean(goodputs) >= 0.65
+    assert statistics.fmean(goodputs) >= 0.68
 
 
 @pytest.mark.parametrize("seed", SEEDS)

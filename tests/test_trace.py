@@ -103,7 +103,10 @@ def test_trace_of_a_real_crawl(
     assert len(decisions) == changes
     for decision in decisions:
         assert decision["old"] != decision["new"]
-        assert decision["reason"] in {"increase", "probe", "backoff"}
+        # (rederive: a paced window that follows the answer time; with four
+        # test workers on two cores the 30 ms answers move by more than 25%:
+        # seen once in make test, 2026-12-02.)
+        assert decision["reason"] in {"increase", "probe", "backoff", "rederive"}
         assert {"answers", "429", "share", "overload_level"} <= set(
             decision["evidence"]
         )
