@@ -715,9 +715,9 @@ at 25-40 ms answers unpaced at one in flight, 37-49% 429s on most seeds;
 6.2% against 5.8% on one seed of six.)"""
 _MAX_PACE_STEP = 0.1
 """Step of a paced rate's probe with nothing measured (or below a pace that
-drew 429s), the largest but towards faster answers' rate (_probe_step): a
-token bucket's burst hides an overload for a while, and the steps go on
-meanwhile."""
+drew 429s): a token bucket's burst hides an overload for a while, and the
+steps go on meanwhile. Towards faster answers' rate (``_probe_top``) the
+steps may be larger, up to ``_RAISE_STEP``."""
 _RAISE_STEP = 0.25
 """Largest step of a probe beyond ``_NEAR`` times the measured rate, where
 the site admits more than it did: the steps double up to 25%, the
@@ -2372,7 +2372,9 @@ class DomainController:
     def _follow_faster_answers(self, answer_time: float) -> None:
         """Paced with a rate measured, the kind of limit not known to be a
         rate: answers much faster than where it was measured restart the
-        probes towards what an in-flight cap admits now (``_probe_top``)."""
+        probes towards what an in-flight cap admits now (``_probe_top``).
+        A rate measured with no answer time to stand for takes the first
+        steady one."""
         s = self._settings
         ev = self._evidence
         assert self._pace_rate is not None
@@ -2710,7 +2712,6 @@ class DomainController:
             self._ramp = None
         if phase is not Phase.PACED:
             self._pace_rate = None
-            self._probe_top = None
             self._hold = None
             if phase is not Phase.SLOW_START:
                 self._evidence.unwatch()
