@@ -669,6 +669,30 @@ def learning_scenarios(phase: float) -> list[Scenario]:
                 notes=(LEARNING_NOTE,),
             )
         )
+    # The same sliding window behind the slower pools' hops: slow start's
+    # ramp spends the count over more answer times, so the site frees places
+    # soon after its first 429s (what it admitted a window before) and the
+    # hold does not find it closed.
+    for pool, count in (("residential", 100), ("mobile", 40)):
+        out.append(
+            Scenario(
+                f"cold-{pool}-sliding-window",
+                f"Cold start, {pool} preset on a sliding window, {count} per 2 s",
+                pool,
+                (
+                    Site(
+                        "a.test",
+                        round(count / 2 * phase * 1.5),
+                        rate=count / 2,
+                        limiter="sliding_window",
+                        window_seconds=2.0,
+                    ),
+                ),
+                timeout=_timeout(1.5 * phase),
+                variants=cold_variants,
+                notes=(LEARNING_NOTE,),
+            )
+        )
     for name, title, site, kind in (
         (
             "shift-rate",

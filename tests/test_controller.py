@@ -1086,6 +1086,71 @@ def test_slow_start_pace_is_checked_against_what_the_site_admitted(
     assert run.goodput(0, 20) / 20 >= 0.92  # measured 0.948-0.990 (16 seeds)
 
 
+ECHO_SEEDS = range(1, 13)
+
+
+def test_an_opening_check_far_below_the_pace_is_probed_back_up() -> None:
+    """A sliding window whose hold was not found closed admits, between its
+    429s, what it admitted a window before: slow start's ramp. Slow start's
+    check took that for the rate (13-15/s of 50 on 10 seeds of 12 behind
+    the residential hop), and as a measured rate it was probed up 1% a
+    step: 0.31-0.43 of the rate over 30 s on those seeds, 0.450 mean, 9.98%
+    429s. A check below half the pace is a bound: probed back up towards
+    the pace that drew the 429s until a climb measures (measured 0.739-0.886,
+    0.809 mean, 5.92%; 40 per 2 s behind the mobile hop 0.647 mean before,
+    0.855 after). Fails with the check taken as measured."""
+    res = [
+        simulate(
+            SlidingWindowLog(100, 2.0),
+            RESIDENTIAL,
+            seed=seed,
+            duration=30,
+            hop=RESIDENTIAL_HOP,
+            site_429_latency=False,
+        )
+        for seed in ECHO_SEEDS
+    ]
+    goodputs = [run.goodput(0, 30) / RATE for run in res]
+    assert min(goodputs) >= 0.65
+    assert statistics.fmean(goodputs) >= 0.7
+    assert statistics.fmean(run.share_429() for run in res) <= 0.07
+    mob = [
+        simulate(
+            SlidingWindowLog(40, 2.0),
+            MOBILE_SLOW,
+            seed=seed,
+            duration=30,
+            **BEHIND_MOBILE_HOP,
+        ).goodput(0, 30)
+        / 20
+        for seed in ECHO_SEEDS
+    ]
+    assert statistics.fmean(mob) >= 0.75
+
+
+def test_a_small_sites_opening_check_still_cuts_to_its_rate() -> None:
+    """The other site whose opening check is far below slow start's pace: a
+    token bucket of 5 req/s with a burst of 10 (two seconds' worth), where
+    the pace over the burst is 13-14/s. The check still cuts it to the rate
+    (measured 3.8-5.1/s on 12 seeds); what the bound costs is the probes
+    back up in full steps: 17.1% 429s over 30 s against 16.6%."""
+    runs = [
+        simulate(
+            TokenBucket.steady(5, burst=10),
+            MOBILE_SLOW,
+            seed=seed,
+            duration=30,
+            **BEHIND_MOBILE_HOP,
+        )
+        for seed in ECHO_SEEDS
+    ]
+    for run in runs:
+        second = [d for d in run.decisions if d.reason is Reason.BACKOFF][1]
+        assert second.pace_rate is not None and second.pace_rate <= 5.25
+    assert statistics.fmean(run.share_429() for run in runs) <= 0.18
+    assert statistics.fmean(run.goodput(0, 30) / 5 for run in runs) >= 0.9
+
+
 def test_a_pace_trimmed_short_of_the_rate_is_checked_too() -> None:
     """A probe above a token bucket's rate is trimmed by the share of 429s
     in its window, which the bucket's burst kept low: 55-56/s on a 50 req/s
