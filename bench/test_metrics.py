@@ -462,6 +462,17 @@ def test_learning_scenarios() -> None:
         assert "JUSTPROXIES_THROTTLE_SLOW_START" not in spec.settings
     window = by_name["cold-fixed-window"].sites[0].policy()
     assert (window["limiter"], window["window_seconds"]) == ("fixed_window", 20.0)
+    # The sliding window behind the slower pools' hops: the same 2 s window,
+    # its count the pool's rate times it.
+    for name, pool, count in (
+        ("cold-residential-sliding-window", "residential", 100),
+        ("cold-mobile-sliding-window", "mobile", 40),
+    ):
+        scenario = by_name[name]
+        assert scenario.preset.name == pool
+        policy = scenario.sites[0].policy()
+        assert (policy["limiter"], policy["window_seconds"]) == ("sliding_window", 2.0)
+        assert scenario.sites[0].rate * 2 == count
     # The small site: the rate-first start beside the default, on mobile.
     low = by_name["cold-low-rate"]
     assert low.preset.name == "mobile"

@@ -716,8 +716,9 @@ at 25-40 ms answers unpaced at one in flight, 37-49% 429s on most seeds;
 _MAX_PACE_STEP = 0.1
 """Step of a paced rate's probe with nothing measured (or below a pace that
 drew 429s): a token bucket's burst hides an overload for a while, and the
-steps go on meanwhile. Towards faster answers' rate (``_probe_top``) the
-steps may be larger, up to ``_RAISE_STEP``."""
+steps go on meanwhile. Towards ``_probe_top`` (faster answers' rate, or
+slow start's pace after a check taken for a bound) the steps may be larger,
+up to ``_RAISE_STEP``."""
 _RAISE_STEP = 0.25
 """Largest step of a probe beyond ``_NEAR`` times the measured rate, where
 the site admits more than it did: the steps double up to 25%, the
@@ -1250,7 +1251,8 @@ class _Watch:
     0 until that 429 comes; ``since``, its send time), by ``seq`` less
     ``first``: send time and how it came back, at most ``_WATCH_KEPT``
     (9 bytes each). ``armed_at``: when it was armed (None: slow start's,
-    which waits for its first 429 however long). The answers are scanned
+    which waits for its first 429 however long, and whose check far below
+    the pace is a bound, ``_opening_echo``). The answers are scanned
     once each, in ``seq`` order, up to the first not back yet."""
 
     armed_at: float | None = None
@@ -1480,12 +1482,14 @@ class DomainController:
         # (admitted rate, answer time) of the last measured climbs.
         self._climbs: list[tuple[float, float]] = []
         self._ramp: _Ramp | None = None
-        # PACED after a rate-first slow start that measured nothing: the
+        # PACED after a rate-first slow start that measured nothing, or
+        # after slow start's check took for a bound (_opening_echo): the
         # lowest pace known to draw 429s (the probes stop below it).
         self._pace_ceiling: float | None = None
-        # PACED, answers much faster than where the rate was measured, until
-        # the pace next changes: the pace an in-flight cap admits now (the
-        # probes step halfway towards it; a rate limit admits no more).
+        # PACED, until the pace next changes: with answers much faster than
+        # where the rate was measured, the pace an in-flight cap admits now
+        # (a rate limit admits no more); after _opening_echo, slow start's
+        # pace. The probes step halfway towards it.
         self._probe_top: float | None = None
         # PACED, probing up: the pace the probes rose from (clean since the
         # last cut, which left a token bucket empty), when they began, and
@@ -2078,13 +2082,17 @@ class DomainController:
         closed: between its 429s it admits what it admitted a window
         before, slow start's ramp. Nothing tells the two apart yet, so the
         pace goes down to the check, unmeasured, and is probed back up
-        towards the pace that drew the 429s (``_probe_top``) in full steps,
-        until a climb measures the rate. As a measured rate it was probed
-        up 1% a step: a sliding window of 100 per 2 s behind the
-        residential hop stayed at 14 a second for 20 s."""
+        towards slow start's pace (``_probe_top``), halfway each step
+        (``_probe_step``), until a climb measures the rate. As a measured
+        rate it was probed up 1% a step: a sliding window of 100 per 2 s
+        behind the residential hop stayed at 14 a second for 20 s. The 429s
+        counted at slow start's pace say nothing of an in-flight cap, and
+        its clean pace nothing a warm start should begin from."""
         ceiling = self._pace_rate
         self._pace_rate = max(pace, _MIN_PACE_RATE)
         self._paced_measure = None
+        self._clean_pace = None
+        self._capped_reset()
         self._restart_pace(now)
         self._pace_ceiling = ceiling
         self._probe_top = ceiling
@@ -2094,8 +2102,9 @@ class DomainController:
         )
 
     def _capped_reset(self) -> None:
-        """A rate measured: 429s at a pace below it are an in-flight cap's,
-        and those counted before say nothing of it."""
+        """A rate measured (or bounded, ``_opening_echo``): 429s at a pace
+        below it are an in-flight cap's, and those counted before say
+        nothing of it."""
         self._capped_seen = self._capped_429s = 0
 
     def _pace_count_reset(self) -> None:
@@ -2465,8 +2474,9 @@ class DomainController:
 
     def _probe_step(self, known: float | None, *, near: bool) -> float:
         """The paced rate's next probe step up: full steps with nothing
-        measured yet (after much faster answers, halfway towards what an
-        in-flight cap admits now, up to ``_RAISE_STEP``); near the rate
+        measured yet (towards ``_probe_top``, halfway: what an in-flight cap
+        admits at much faster answers, or slow start's pace after a check
+        taken for a bound; up to ``_RAISE_STEP``); near the rate
         measured, small ones; beyond it, steps that grow. On a site seen
         closed (a window limiter), at most
         ``_WINDOW_STEP``: it shows an overload only at its window's end,
@@ -2475,8 +2485,8 @@ class DomainController:
             step = _MAX_PACE_STEP
             top = self._probe_top
             if top is not None and self._pace_rate is not None:
-                # Halfway towards what an in-flight cap admits now, at
-                # least the full step.
+                # Halfway towards the top (see _probe_top), at least the
+                # full step.
                 step = min(max(step, (top / self._pace_rate - 1) / 2), _RAISE_STEP)
         else:
             step = self._near_step if near else self._raise_step()

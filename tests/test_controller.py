@@ -1096,7 +1096,7 @@ def test_an_opening_check_far_below_the_pace_is_probed_back_up() -> None:
     the residential hop), and as a measured rate it was probed up 1% a
     step: 0.31-0.43 of the rate over 30 s on those seeds, 0.450 mean, 9.98%
     429s. A check below half the pace is a bound: probed back up towards
-    the pace that drew the 429s until a climb measures (measured 0.739-0.886,
+    slow start's pace until a climb measures (measured 0.739-0.886,
     0.809 mean, 5.92%; 40 per 2 s behind the mobile hop 0.647 mean before,
     0.855 after). Fails with the check taken as measured."""
     res = [
@@ -1122,7 +1122,7 @@ def test_an_opening_check_far_below_the_pace_is_probed_back_up() -> None:
             duration=30,
             **BEHIND_MOBILE_HOP,
         ).goodput(0, 30)
-        / 20
+        / (40 / 2)
         for seed in ECHO_SEEDS
     ]
     assert statistics.fmean(mob) >= 0.75
@@ -1133,7 +1133,9 @@ def test_a_small_sites_opening_check_still_cuts_to_its_rate() -> None:
     token bucket of 5 req/s with a burst of 10 (two seconds' worth), where
     the pace over the burst is 13-14/s. The check still cuts it to the rate
     (measured 3.8-5.1/s on 12 seeds); what the bound costs is the probes
-    back up in full steps: 17.1% 429s over 30 s against 16.6%."""
+    back up, halfway towards slow start's pace each step: 17.1% 429s over
+    30 s against 16.6%, goodput 0.973 against 0.950. A guard: the bound
+    must not keep the pace of the burst."""
     runs = [
         simulate(
             TokenBucket.steady(5, burst=10),
@@ -1148,7 +1150,7 @@ def test_a_small_sites_opening_check_still_cuts_to_its_rate() -> None:
         second = [d for d in run.decisions if d.reason is Reason.BACKOFF][1]
         assert second.pace_rate is not None and second.pace_rate <= 5.25
     assert statistics.fmean(run.share_429() for run in runs) <= 0.18
-    assert statistics.fmean(run.goodput(0, 30) / 5 for run in runs) >= 0.9
+    assert statistics.fmean(run.goodput(0, 30) / 5 for run in runs) >= 0.9  # 0.973
 
 
 def test_a_pace_trimmed_short_of_the_rate_is_checked_too() -> None:
