@@ -716,9 +716,8 @@ at 25-40 ms answers unpaced at one in flight, 37-49% 429s on most seeds;
 _MAX_PACE_STEP = 0.1
 """Step of a paced rate's probe with nothing measured (or below a pace that
 drew 429s): a token bucket's burst hides an overload for a while, and the
-steps go on meanwhile. Towards ``_probe_top`` (faster answers' rate, or
-slow start's pace after a check taken for a bound) the steps may be larger,
-up to ``_RAISE_STEP``."""
+steps go on meanwhile. Towards faster answers' rate (``_probe_top``) the
+steps may be larger, up to ``_RAISE_STEP``."""
 _RAISE_STEP = 0.25
 """Largest step of a probe beyond ``_NEAR`` times the measured rate, where
 the site admits more than it did: the steps double up to 25%, the
@@ -843,9 +842,10 @@ _OPENING_ECHO = 0.5
 """Slow start's check (``_check_pace``) below this share of its pace is
 taken for a bound, not the site's rate (``_opening_echo``). Simulated
 (12 seeds, 30 s): a sliding window of 100 per 2 s behind the residential
-hop got 45% of its rate at 10.0% 429s, 81% at 5.9% with the bound; a
-sliding window of 40 per 2 s behind the mobile hop 65% at 7.9%, 86% at 6.6%; a
-5 req/s site with a burst of 10 (mobile hop) drew 17.1% 429s against 16.6%."""
+hop got 45% of its rate at 10.0% 429s, 70% at 6.4% with the bound; 40 per
+2 s behind the mobile hop 65% at 7.9%, 78% at 6.5%; a 5 req/s site with a
+burst of 10 (mobile hop) 16.6% 429s either way. Probed halfway towards
+slow start's pace instead: 81% and 86%, but 17.1% on the small site."""
 
 # -- evidence ---------------------------------------------------------------
 
@@ -1486,10 +1486,9 @@ class DomainController:
         # after slow start's check took for a bound (_opening_echo): the
         # lowest pace known to draw 429s (the probes stop below it).
         self._pace_ceiling: float | None = None
-        # PACED, until the pace next changes: with answers much faster than
-        # where the rate was measured, the pace an in-flight cap admits now
-        # (a rate limit admits no more); after _opening_echo, slow start's
-        # pace. The probes step halfway towards it.
+        # PACED, answers much faster than where the rate was measured, until
+        # the pace next changes: the pace an in-flight cap admits now (the
+        # probes step halfway towards it; a rate limit admits no more).
         self._probe_top: float | None = None
         # PACED, probing up: the pace the probes rose from (clean since the
         # last cut, which left a token bucket empty), when they began, and
@@ -2081,13 +2080,15 @@ class DomainController:
         site), and so does a sliding window that the hold did not find
         closed: between its 429s it admits what it admitted a window
         before, slow start's ramp. Nothing tells the two apart yet, so the
-        pace goes down to the check, unmeasured, and is probed back up
-        towards slow start's pace (``_probe_top``), halfway each step
-        (``_probe_step``), until a climb measures the rate. As a measured
-        rate it was probed up 1% a step: a sliding window of 100 per 2 s
-        behind the residential hop stayed at 14 a second for 20 s. The 429s
-        counted at slow start's pace say nothing of an in-flight cap, and
-        its clean pace nothing a warm start should begin from."""
+        pace goes down to the check, unmeasured, and is probed back up in
+        full steps (``_MAX_PACE_STEP``) until a climb measures the rate or
+        the pace nears slow start's (``_pace_ceiling``). As a measured rate
+        it was probed up 1% a step: a sliding window of 100 per 2 s behind
+        the residential hop stayed at 14 a second for 20 s. Not halfway
+        towards slow start's pace (``_probe_top``): on small token buckets
+        that cost a 429 or two more each (simulated). The 429s counted at
+        slow start's pace say nothing of an in-flight cap, and its clean
+        pace nothing a warm start should begin from."""
         ceiling = self._pace_rate
         self._pace_rate = max(pace, _MIN_PACE_RATE)
         self._paced_measure = None
@@ -2095,7 +2096,6 @@ class DomainController:
         self._capped_reset()
         self._restart_pace(now)
         self._pace_ceiling = ceiling
-        self._probe_top = ceiling
         self._evidence.reset_climb()
         return self._apply(
             now, self._paced_limit(self._evidence.answer_time()), Reason.BACKOFF
@@ -2474,9 +2474,8 @@ class DomainController:
 
     def _probe_step(self, known: float | None, *, near: bool) -> float:
         """The paced rate's next probe step up: full steps with nothing
-        measured yet (towards ``_probe_top``, halfway: what an in-flight cap
-        admits at much faster answers, or slow start's pace after a check
-        taken for a bound; up to ``_RAISE_STEP``); near the rate
+        measured yet (after much faster answers, halfway towards what an
+        in-flight cap admits now, up to ``_RAISE_STEP``); near the rate
         measured, small ones; beyond it, steps that grow. On a site seen
         closed (a window limiter), at most
         ``_WINDOW_STEP``: it shows an overload only at its window's end,
@@ -2485,8 +2484,8 @@ class DomainController:
             step = _MAX_PACE_STEP
             top = self._probe_top
             if top is not None and self._pace_rate is not None:
-                # Halfway towards the top (see _probe_top), at least the
-                # full step.
+                # Halfway towards what an in-flight cap admits now, at
+                # least the full step.
                 step = min(max(step, (top / self._pace_rate - 1) / 2), _RAISE_STEP)
         else:
             step = self._near_step if near else self._raise_step()

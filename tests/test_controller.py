@@ -1096,9 +1096,9 @@ def test_an_opening_check_far_below_the_pace_is_probed_back_up() -> None:
     the residential hop), and as a measured rate it was probed up 1% a
     step: 0.31-0.43 of the rate over 30 s on those seeds, 0.450 mean, 9.98%
     429s. A check below half the pace is a bound: probed back up towards
-    slow start's pace until a climb measures (measured 0.739-0.886,
-    0.809 mean, 5.92%; 40 per 2 s behind the mobile hop 0.647 mean before,
-    0.855 after). Fails with the check taken as measured."""
+    in full steps until a climb measures (measured 0.619-0.886, 0.699 mean,
+    6.39%; 40 per 2 s behind the mobile hop 0.647 mean before, 0.776
+    after). Fails with the check taken as measured."""
     res = [
         simulate(
             SlidingWindowLog(100, 2.0),
@@ -1111,8 +1111,8 @@ def test_an_opening_check_far_below_the_pace_is_probed_back_up() -> None:
         for seed in ECHO_SEEDS
     ]
     goodputs = [run.goodput(0, 30) / RATE for run in res]
-    assert min(goodputs) >= 0.65
-    assert statistics.fmean(goodputs) >= 0.7
+    assert min(goodputs) >= 0.58
+    assert statistics.fmean(goodputs) >= 0.62
     assert statistics.fmean(run.share_429() for run in res) <= 0.07
     mob = [
         simulate(
@@ -1125,17 +1125,17 @@ def test_an_opening_check_far_below_the_pace_is_probed_back_up() -> None:
         / (40 / 2)
         for seed in ECHO_SEEDS
     ]
-    assert statistics.fmean(mob) >= 0.75
+    assert statistics.fmean(mob) >= 0.72
 
 
 def test_a_small_sites_opening_check_still_cuts_to_its_rate() -> None:
     """The other site whose opening check is far below slow start's pace: a
     token bucket of 5 req/s with a burst of 10 (two seconds' worth), where
     the pace over the burst is 13-14/s. The check still cuts it to the rate
-    (measured 3.8-5.1/s on 12 seeds); what the bound costs is the probes
-    back up, halfway towards slow start's pace each step: 17.1% 429s over
-    30 s against 16.6%, goodput 0.973 against 0.950. A guard: the bound
-    must not keep the pace of the burst."""
+    (measured 3.8-5.1/s on 12 seeds), and the probes back up in full steps
+    cost next to nothing: 16.65% 429s over 30 s against 16.62%, goodput
+    0.972 against 0.950. Probed halfway towards slow start's pace each
+    step, it drew 17.11% (and fails here)."""
     runs = [
         simulate(
             TokenBucket.steady(5, burst=10),
@@ -1149,8 +1149,8 @@ def test_a_small_sites_opening_check_still_cuts_to_its_rate() -> None:
     for run in runs:
         second = [d for d in run.decisions if d.reason is Reason.BACKOFF][1]
         assert second.pace_rate is not None and second.pace_rate <= 5.25
-    assert statistics.fmean(run.share_429() for run in runs) <= 0.18
-    assert statistics.fmean(run.goodput(0, 30) / 5 for run in runs) >= 0.9  # 0.973
+    assert statistics.fmean(run.share_429() for run in runs) <= 0.17
+    assert statistics.fmean(run.goodput(0, 30) / 5 for run in runs) >= 0.9  # 0.972
 
 
 def test_a_pace_trimmed_short_of_the_rate_is_checked_too() -> None:
