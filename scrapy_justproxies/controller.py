@@ -838,14 +838,6 @@ _WATCH_SHARE = 0.1
 _WATCH_GAP = 1.0
 _WATCH_KEPT = 256
 _WATCH_SECONDS = 4.0
-_OPENING_ECHO = 0.5
-"""Slow start's check (``_check_pace``) below this share of its pace is
-taken for a bound, not the site's rate (``_opening_echo``). Simulated
-(12 seeds, 30 s): a sliding window of 100 per 2 s behind the residential
-hop got 45% of its rate at 10.0% 429s, 70% at 6.4% with the bound; 40 per
-2 s behind the mobile hop 65% at 7.9%, 78% at 6.5%; a 5 req/s site with a
-burst of 10 (mobile hop) 16.6% 429s either way. Probed halfway towards
-slow start's pace instead: 81% and 86%, but 17.1% on the small site."""
 
 # -- evidence ---------------------------------------------------------------
 
@@ -1251,8 +1243,7 @@ class _Watch:
     0 until that 429 comes; ``since``, its send time), by ``seq`` less
     ``first``: send time and how it came back, at most ``_WATCH_KEPT``
     (9 bytes each). ``armed_at``: when it was armed (None: slow start's,
-    which waits for its first 429 however long, and whose check far below
-    the pace is a bound, ``_opening_echo``). The answers are scanned
+    which waits for its first 429 however long). The answers are scanned
     once each, in ``seq`` order, up to the first not back yet."""
 
     armed_at: float | None = None
@@ -1482,8 +1473,7 @@ class DomainController:
         # (admitted rate, answer time) of the last measured climbs.
         self._climbs: list[tuple[float, float]] = []
         self._ramp: _Ramp | None = None
-        # PACED after a rate-first slow start that measured nothing, or
-        # after slow start's check took for a bound (_opening_echo): the
+        # PACED after a rate-first slow start that measured nothing: the
         # lowest pace known to draw 429s (the probes stop below it).
         self._pace_ceiling: float | None = None
         # PACED, answers much faster than where the rate was measured, until
@@ -2035,12 +2025,10 @@ class DomainController:
         the burst half hid), a probe's end (the rate between two 429s
         seconds apart). Above it, the pace goes a little below it, measured.
         Not measured within ``_WATCH_SECONDS`` (too few 429s: the pace is not
-        above the site's rate), it stands. Slow start's check far below its
-        pace (``_OPENING_ECHO``) is a bound, not a measure."""
+        above the site's rate), it stands."""
         ev = self._evidence
         watch = ev.watch
         assert watch is not None and self._pace_rate is not None
-        opening = watch.armed_at is None  # slow start's (armed at the start)
         if ev.reopened is not None:
             # A window limiter (seen closed): what it admits between 429s is
             # what it admitted a window before, not a rate (_end_hold).
@@ -2057,8 +2045,6 @@ class DomainController:
         pace = rate * (1 - self._settings.pace_margin)
         if pace >= self._pace_rate:
             return None
-        if opening and pace < _OPENING_ECHO * self._pace_rate:
-            return self._opening_echo(now, pace)
         self._rate = rate
         self._paced_measure = rate
         self._pace_ceiling = None
@@ -2074,37 +2060,9 @@ class DomainController:
         ev.reset_climb()
         return self._apply(now, self._paced_limit(answer_time), Reason.BACKOFF)
 
-    def _opening_echo(self, now: float, pace: float) -> Decision:
-        """Slow start's check measured less than ``_OPENING_ECHO`` of its
-        pace. A token bucket with a burst of seconds does that (a small
-        site), and so does a sliding window that the hold did not find
-        closed: between its 429s it admits what it admitted a window
-        before, slow start's ramp. Nothing tells the two apart yet, so the
-        pace goes down to the check, unmeasured, and is probed back up in
-        full steps (``_MAX_PACE_STEP``) until a climb measures the rate or
-        the pace nears slow start's (``_pace_ceiling``). As a measured rate
-        it was probed up 1% a step: a sliding window of 100 per 2 s behind
-        the residential hop stayed at 14 a second for 20 s. Not halfway
-        towards slow start's pace (``_probe_top``): on small token buckets
-        that cost a 429 or two more each (simulated). The 429s counted at
-        slow start's pace say nothing of an in-flight cap, and its clean
-        pace nothing a warm start should begin from."""
-        ceiling = self._pace_rate
-        self._pace_rate = max(pace, _MIN_PACE_RATE)
-        self._paced_measure = None
-        self._clean_pace = None
-        self._capped_reset()
-        self._restart_pace(now)
-        self._pace_ceiling = ceiling
-        self._evidence.reset_climb()
-        return self._apply(
-            now, self._paced_limit(self._evidence.answer_time()), Reason.BACKOFF
-        )
-
     def _capped_reset(self) -> None:
-        """A rate measured (or bounded, ``_opening_echo``): 429s at a pace
-        below it are an in-flight cap's, and those counted before say
-        nothing of it."""
+        """A rate measured: 429s at a pace below it are an in-flight cap's,
+        and those counted before say nothing of it."""
         self._capped_seen = self._capped_429s = 0
 
     def _pace_count_reset(self) -> None:

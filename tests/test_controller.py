@@ -1086,56 +1086,16 @@ def test_slow_start_pace_is_checked_against_what_the_site_admitted(
     assert run.goodput(0, 20) / 20 >= 0.92  # measured 0.948-0.990 (16 seeds)
 
 
-ECHO_SEEDS = range(1, 13)
-
-
-def test_an_opening_check_far_below_the_pace_is_probed_back_up() -> None:
-    """A sliding window whose hold was not found closed admits, between its
-    429s, what it admitted a window before: slow start's ramp. Slow start's
-    check took that for the rate (13-15/s of 50 on 10 seeds of 12 behind
-    the residential hop), and as a measured rate it was probed up 1% a
-    step: 0.31-0.43 of the rate over 30 s on those seeds, 0.450 mean, 9.98%
-    429s. A check below half the pace is a bound: probed back up towards
-    in full steps until a climb measures (measured 0.619-0.886, 0.699 mean,
-    6.39%; 40 per 2 s behind the mobile hop 0.647 mean before, 0.776
-    after). Fails with the check taken as measured."""
-    res = [
-        simulate(
-            SlidingWindowLog(100, 2.0),
-            RESIDENTIAL,
-            seed=seed,
-            duration=30,
-            hop=RESIDENTIAL_HOP,
-            site_429_latency=False,
-        )
-        for seed in ECHO_SEEDS
-    ]
-    goodputs = [run.goodput(0, 30) / RATE for run in res]
-    assert min(goodputs) >= 0.58
-    assert statistics.fmean(goodputs) >= 0.62
-    assert statistics.fmean(run.share_429() for run in res) <= 0.07
-    mob = [
-        simulate(
-            SlidingWindowLog(40, 2.0),
-            MOBILE_SLOW,
-            seed=seed,
-            duration=30,
-            **BEHIND_MOBILE_HOP,
-        ).goodput(0, 30)
-        / (40 / 2)
-        for seed in ECHO_SEEDS
-    ]
-    assert statistics.fmean(mob) >= 0.72
-
-
-def test_a_small_sites_opening_check_still_cuts_to_its_rate() -> None:
-    """The other site whose opening check is far below slow start's pace: a
-    token bucket of 5 req/s with a burst of 10 (two seconds' worth), where
-    the pace over the burst is 13-14/s. The check still cuts it to the rate
-    (measured 3.8-5.1/s on 12 seeds), and the probes back up in full steps
-    cost next to nothing: 16.65% 429s over 30 s against 16.62%, goodput
-    0.972 against 0.950. Probed halfway towards slow start's pace each
-    step, it drew 17.11% (and fails here)."""
+def test_a_small_sites_opening_check_cuts_to_its_rate() -> None:
+    """A token bucket of 5 req/s with a burst of 10 (two seconds' worth):
+    slow start's pace over the burst is 12.5-15.4/s, and its check cuts it
+    to the rate (measured 3.8-5.1/s on 12 seeds), measured, so the probes
+    go up near it in small steps: 16.62% 429s over 30 s, goodput 0.950.
+    Tried and not kept: a check below half slow start's pace taken for a
+    bound and probed up in full steps, for sliding windows that echo slow
+    start's ramp (README, Known limitations). Probed halfway towards slow
+    start's pace it drew 17.11% here (and fails this test); in real
+    crawls of cold-low-rate both drew more: 13.8-15.3% against 12.8%."""
     runs = [
         simulate(
             TokenBucket.steady(5, burst=10),
@@ -1144,13 +1104,13 @@ def test_a_small_sites_opening_check_still_cuts_to_its_rate() -> None:
             duration=30,
             **BEHIND_MOBILE_HOP,
         )
-        for seed in ECHO_SEEDS
+        for seed in range(1, 13)
     ]
     for run in runs:
         second = [d for d in run.decisions if d.reason is Reason.BACKOFF][1]
         assert second.pace_rate is not None and second.pace_rate <= 5.25
     assert statistics.fmean(run.share_429() for run in runs) <= 0.17
-    assert statistics.fmean(run.goodput(0, 30) / 5 for run in runs) >= 0.9  # 0.972
+    assert statistics.fmean(run.goodput(0, 30) / 5 for run in runs) >= 0.9  # 0.950
 
 
 def test_a_pace_trimmed_short_of_the_rate_is_checked_too() -> None:
