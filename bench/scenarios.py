@@ -645,52 +645,49 @@ def learning_scenarios(phase: float) -> list[Scenario]:
             ),
         )
     )
+
+    def limited_cold(
+        name: str, title: str, pool: str, rate: float, limiter: str, **extra: Any
+    ) -> Scenario:
+        """A cold start of ``pool``'s preset on one site of ``limiter``."""
+        return Scenario(
+            name,
+            f"Cold start, {pool} preset on {title}",
+            pool,
+            (
+                Site(
+                    "a.test",
+                    round(rate * phase * 1.5),
+                    rate=rate,
+                    limiter=limiter,
+                    **extra,
+                ),
+            ),
+            timeout=_timeout(1.5 * phase),
+            variants=cold_variants,
+            notes=(LEARNING_NOTE,),
+        )
+
     for limiter, title, extra in (
         ("fixed_window", "a fixed window, 1,000 per 20 s", {"window_seconds": 20.0}),
         ("sliding_window", "a sliding window, 100 per 2 s", {"window_seconds": 2.0}),
         ("gcra", "GCRA, 50 req/s, burst 10", {}),
     ):
-        out.append(
-            Scenario(
-                f"cold-{limiter.replace('_', '-')}",
-                f"Cold start, datacenter preset on {title}",
-                "datacenter",
-                (
-                    Site(
-                        "a.test",
-                        round(50 * phase * 1.5),
-                        rate=50.0,
-                        limiter=limiter,
-                        **extra,
-                    ),
-                ),
-                timeout=_timeout(1.5 * phase),
-                variants=cold_variants,
-                notes=(LEARNING_NOTE,),
-            )
-        )
+        name = f"cold-{limiter.replace('_', '-')}"
+        out.append(limited_cold(name, title, "datacenter", 50.0, limiter, **extra))
     # The same sliding window behind the slower pools' hops: slow start's
-    # ramp spends the count over more answer times, so the site frees places
-    # soon after its first 429s (what it admitted a window before) and the
-    # hold does not find it closed.
+    # ramp spends the count over more answer times, so the site often frees
+    # places soon after its first 429s (what it admitted a window before)
+    # and the hold does not find it closed.
     for pool, count in (("residential", 100), ("mobile", 40)):
         out.append(
-            Scenario(
+            limited_cold(
                 f"cold-{pool}-sliding-window",
-                f"Cold start, {pool} preset on a sliding window, {count} per 2 s",
+                f"a sliding window, {count} per 2 s",
                 pool,
-                (
-                    Site(
-                        "a.test",
-                        round(count / 2 * phase * 1.5),
-                        rate=count / 2,
-                        limiter="sliding_window",
-                        window_seconds=2.0,
-                    ),
-                ),
-                timeout=_timeout(1.5 * phase),
-                variants=cold_variants,
-                notes=(LEARNING_NOTE,),
+                count / 2,
+                "sliding_window",
+                window_seconds=2.0,
             )
         )
     for name, title, site, kind in (

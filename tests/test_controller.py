@@ -1086,6 +1086,15 @@ def test_slow_start_pace_is_checked_against_what_the_site_admitted(
     assert run.goodput(0, 20) / 20 >= 0.92  # measured 0.948-0.990 (16 seeds)
 
 
+@cache
+def small_site_cold(seed: int, settings: ControllerSettings = MOBILE_SLOW) -> Run:
+    """A site of 5 req/s with a burst of 10 behind the mobile hop, 30 s from
+    cold (the benchmark's cold-low-rate); one run per seed and settings,
+    read by several tests."""
+    site = TokenBucket.steady(5, burst=10)
+    return simulate(site, settings, seed=seed, duration=30, **BEHIND_MOBILE_HOP)
+
+
 def test_a_small_sites_opening_check_cuts_to_its_rate() -> None:
     """A token bucket of 5 req/s with a burst of 10 (two seconds' worth):
     slow start's pace over the burst is 12.5-15.4/s, and its check cuts it
@@ -1096,16 +1105,7 @@ def test_a_small_sites_opening_check_cuts_to_its_rate() -> None:
     start's ramp (README, Known limitations). Probed halfway towards slow
     start's pace it drew 17.11% here (and fails this test); in real
     crawls of cold-low-rate both drew more: 13.8-15.3% against 12.8%."""
-    runs = [
-        simulate(
-            TokenBucket.steady(5, burst=10),
-            MOBILE_SLOW,
-            seed=seed,
-            duration=30,
-            **BEHIND_MOBILE_HOP,
-        )
-        for seed in range(1, 13)
-    ]
+    runs = [small_site_cold(seed) for seed in range(1, 13)]
     for run in runs:
         second = [d for d in run.decisions if d.reason is Reason.BACKOFF][1]
         assert second.pace_rate is not None and second.pace_rate <= 5.25
@@ -1923,11 +1923,8 @@ def test_a_rate_first_start_spares_a_small_site_its_opening_429s(seed: int) -> N
     answers cuts the pace at once: 8 429s, 4.9-5.1%
     (``JUSTPROXIES_THROTTLE_SLOW_START_RATE``; 7 when the first 429 cut)."""
 
-    def crawl(settings: ControllerSettings) -> Run:
-        site = TokenBucket.steady(5, 10)
-        return simulate(site, settings, seed=seed, duration=30, **BEHIND_MOBILE_HOP)
-
-    volleys, paced = crawl(MOBILE_SLOW), crawl(MOBILE_RATE_FIRST)
+    volleys = small_site_cold(seed)
+    paced = small_site_cold(seed, MOBILE_RATE_FIRST)
     assert len(volleys.limited) >= 20  # what the option is for
     assert len(paced.limited) <= 10
     assert paced.share_429() <= 0.06
