@@ -18,9 +18,15 @@ counted and named in one line.
 
 The middleware sits at 940, after the HTTP cache (900) on the way back and
 before ``RetryMiddleware`` (550): it sees every answer and every download
-error first, so it also reports them to the throttle (through the slot
-guard) and to the gateway health check, without signal receivers. A 429 or a
-response the gateway made itself never reaches the cache.
+error first, so it also reports them to the gateway health check. A 429 or
+a response the gateway made itself never reaches the cache.
+
+One thing cannot wait for ``process_response``: the downloader frees a
+request's place, and sends the slot's next request, before any middleware
+sees the answer (under the asyncio reactor an event-loop turn or more
+before). So a 429's place, or the whole slot while the site is closed, is
+held from the ``response_downloaded`` signal, which comes first, and the
+throttle hears of each downloaded answer there too (through the slot guard).
 """
 
 from __future__ import annotations
@@ -82,6 +88,9 @@ JOBDIR_FILE: Final = "justproxies-waiting-retries.pickle"
 
 # Private meta: how long a retry waits before it is scheduled again.
 _WAIT: Final = "_justproxies_wait"
+# Private meta: the wait chosen for a 429 when it was downloaded (its place
+# held then), until process_response makes its retry.
+_WAIT_CHOSEN: Final = "_justproxies_wait_chosen"
 # Private meta: this plugin set dont_cache on a gateway-made answer's request;
 # its retry (a copy) must not inherit it.
 _OWN_DONT_CACHE: Final = "_justproxies_dont_cache"
@@ -90,8 +99,9 @@ _OWN_DONT_CACHE: Final = "_justproxies_dont_cache"
 class JustProxiesRateLimitMiddleware:
     """Retry the site's 429s outside ``RETRY_TIMES``, after ``Retry-After``,
     holding nothing while they wait; keep 429s and gateway-made errors out of
-    the HTTP cache; report every answer to the throttle and every failure to
-    the gateway health check.
+    the HTTP cache; hold a 429's slot place (or the slot) as it is
+    downloaded; report every failure to the throttle and the gateway health
+    check.
 
     The add-on enables it; by hand add it at 940 to ``DOWNLOADER_MIDDLEWARES``.
     """
@@ -135,6 +145,7 @@ class JustProxiesRateLimitMiddleware:
         throttle = ThrottleConfig.from_settings(crawler.settings, os.environ)
         concurrency = Concurrency.resolve(crawler.settings, config, os.environ)
         middleware = cls(crawler, throttle, concurrency, config.gateway.url)
+        crawler.signals.connect(middleware._downloaded, signals.response_downloaded)
         crawler.signals.connect(middleware._scheduled, signals.request_scheduled)
         crawler.signals.connect(middleware._idle, signals.spider_idle)
         crawler.signals.connect(middleware._opened, signals.spider_opened)
@@ -149,12 +160,12 @@ class JustProxiesRateLimitMiddleware:
         meta = request.meta
         if META_ROUTED in meta:
             self.health.answered()
+        # Chosen (and the place held) when it was downloaded: never left in
+        # the meta, whatever becomes of this answer.
+        wait = meta.pop(_WAIT_CHOSEN, None)
         self.guard.answered(request, response)
         status = response.status
         if status < 400:
-            self._learn_latency(meta)
-            if self.holds:
-                self._check_hold(meta)
             return response
         if proxy_generated(response.headers):
             # The gateway's own 502/503/429 says nothing about the page: keep
@@ -164,16 +175,16 @@ class JustProxiesRateLimitMiddleware:
                 meta[_OWN_DONT_CACHE] = True
             return response
         if status != 429:
-            self._learn_latency(meta)
             return response
         if meta.get("dont_retry"):
             meta["dont_cache"] = True
             return response
-        return self._retry(request, response)
+        return self._retry(request, response, wait)
 
     def process_exception(
         self, request: Request, exception: Exception, spider: Spider | None = None
     ) -> None:
+        request.meta.pop(_WAIT_CHOSEN, None)
         self.guard.failed(request)
         if META_ROUTED not in request.meta:
             return
@@ -196,8 +207,38 @@ class JustProxiesRateLimitMiddleware:
 
     # -- 429 retries ---------------------------------------------------------
 
-    def _retry(self, request: Request, response: Response) -> Request | Response:
-        """A 429 from the site: retry later, outside RETRY_TIMES."""
+    def _downloaded(
+        self, response: Response, request: Request, spider: Spider | None = None
+    ) -> None:
+        """``response_downloaded``: a site's 429 that will be retried holds
+        its place (or the whole slot) now, before the downloader frees the
+        place and sends the slot's next request into the same 429
+        (:meth:`~scrapy_justproxies.slots.SlotGuard._downloaded`).
+        :meth:`_retry` then only schedules the retry, after the wait chosen
+        here. The site's answer time, and whether an admitted answer
+        disproves a hold, are read here too: at the same moment as the
+        429s they are compared with."""
+        meta = request.meta
+        status = response.status
+        if status < 400:
+            self._learn_latency(meta)
+            if self.holds:
+                self._check_hold(meta)
+            return
+        if proxy_generated(response.headers):
+            return
+        if status != 429:
+            self._learn_latency(meta)
+            return
+        if meta.get("dont_retry") or _retries(meta) >= self.throttle.retry_429_times:
+            return  # not retried (see process_response and _retry): held by none
+        meta[_WAIT_CHOSEN] = self._hold(request, response, _retries(meta) + 1)
+
+    def _retry(
+        self, request: Request, response: Response, wait: float | None
+    ) -> Request | Response:
+        """A 429 from the site: retry later, outside RETRY_TIMES, after
+        ``wait`` (chosen when it was downloaded) if known."""
         # Never stored, whatever happens next: a cached 429 would answer
         # every retry.
         asked_dont_cache = request.meta.get("dont_cache")
@@ -221,14 +262,24 @@ class JustProxiesRateLimitMiddleware:
             # retry may be looked up in (and its answer stored to) the cache.
             retry.meta.pop("dont_cache", None)
         self._inc("justproxies/retries/rate_limited")
-        retry_after = parse_retry_after(
-            response.headers.get(b"Retry-After"), time.time()
-        )
-        delay = compute_retry_delay(
-            retry_after,
-            attempt=retry.meta[RETRIES_META],
-            maximum=self.throttle.retry_after_max,
-        )
+        if wait is None and "cached" in response.flags:
+            # A 429 stored by a crawl without this plugin: nothing went to
+            # the site, so nothing is held; the retry only waits.
+            wait = self._wait(response, retry.meta[RETRIES_META])[1]
+        elif wait is None:
+            # Not downloaded (a middleware's process_request made it).
+            wait = self._hold(request, response, retry.meta[RETRIES_META])
+        retry.meta[_WAIT] = wait
+        # HttpProxyMiddleware puts the credentials back on the way out.
+        retry.headers.pop(b"Proxy-Authorization", None)
+        retry.meta.pop("_auth_proxy", None)
+        return retry
+
+    def _hold(self, request: Request, response: Response, attempt: int) -> float:
+        """How long the 429'd ``request`` waits before its ``attempt``-th
+        retry; holds its slot place for as long as the site's usual answer
+        takes, or the whole slot while the site is closed."""
+        retry_after, delay = self._wait(response, attempt)
         key = request.meta.get("download_slot", "")
         if self.throttle.retry_after_mode == "slot":
             # Hold the whole slot: nothing more goes to the site until then.
@@ -250,11 +301,18 @@ class JustProxiesRateLimitMiddleware:
             usual = self.latency.get(key, HOLD_WITHOUT_LATENCY)
             hold = min(usual - (took if isinstance(took, float) else 0.0), delay)
             self.guard.hold_place(key, hold)
-        retry.meta[_WAIT] = delay
-        # HttpProxyMiddleware puts the credentials back on the way out.
-        retry.headers.pop(b"Proxy-Authorization", None)
-        retry.meta.pop("_auth_proxy", None)
-        return retry
+        return delay
+
+    def _wait(self, response: Response, attempt: int) -> tuple[float | None, float]:
+        """The 429's ``Retry-After`` in seconds (None: none readable), and
+        how long its ``attempt``-th retry waits."""
+        retry_after = parse_retry_after(
+            response.headers.get(b"Retry-After"), time.time()
+        )
+        delay = compute_retry_delay(
+            retry_after, attempt=attempt, maximum=self.throttle.retry_after_max
+        )
+        return retry_after, delay
 
     def _scheduled(self, request: Request, spider: Spider) -> None:
         meta = request.meta
@@ -536,3 +594,9 @@ def _sent_at(meta: dict[str, Any], now: float) -> float:
     """When the request of an answer that came ``now`` was sent."""
     took = meta.get("download_latency")
     return now - (took if isinstance(took, float) else 0.0)
+
+
+def _retries(meta: dict[str, Any]) -> int:
+    """The 429 retries a request has had (as :func:`get_429_retry_request`
+    counts them)."""
+    return int(meta.get(RETRIES_META, 0))

@@ -4,10 +4,11 @@ Thin glue: the limit algorithm is :mod:`scrapy_justproxies.controller`
 (pure, simulation-tested); this module feeds it samples and applies its
 decisions to the download slots through
 :class:`~scrapy_justproxies.slots.SlotGuard`, which also makes the limits
-real on Scrapy 2.14+. Samples come by direct calls, not signals: a request
-is "sent" when it leaves its slot's queue (the guard's claiming queue), and
-its answer is judged by the rate-limit middleware, the first to see it on
-the way back, before a 429 becomes a retry.
+real on Scrapy 2.14+. Samples come from the guard: a request is "sent"
+when it leaves its slot's queue (the guard's claiming queue), and its
+answer is judged at Scrapy's ``response_downloaded`` signal, before the
+downloader frees its place and starts the slot's next request (a failure,
+from the rate-limit middleware's ``process_exception``).
 
 State stays bounded on broad crawls: a domain idle for
 :data:`IDLE_SECONDS` is evicted and only its limit is remembered (a bounded

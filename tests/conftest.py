@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from scrapy_justproxies.sandbox import crawl as crawl_module
 from scrapy_justproxies.sandbox import run_sandbox_process
 from scrapy_justproxies.sandbox.crawl import REACTORS
 from scrapy_justproxies.sandbox.redis_server import (
@@ -20,6 +21,26 @@ from scrapy_justproxies.sandbox.redis_server import (
     run_redis,
     server_binary,
 )
+
+SIGNAL_HANDLER_ERROR = "Error caught on signal handler"
+
+
+@pytest.fixture(autouse=True)
+def _no_signal_handler_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The throttle and the 429 holds run in ``response_downloaded``
+    handlers, and Scrapy logs and swallows what a signal handler raises: a
+    bug there would leave every crawl finished. So every crawl a test runs
+    fails it if one did."""
+    collect = crawl_module._collect
+
+    def checked(*args: Any, **kwargs: Any) -> crawl_module.CrawlResult:
+        result = collect(*args, **kwargs)
+        for text in (result.log, result.output):
+            at = text.find(SIGNAL_HANDLER_ERROR)
+            assert at < 0, text[at : at + 3000]
+        return result
+
+    monkeypatch.setattr(crawl_module, "_collect", checked)
 
 
 @pytest.fixture(params=REACTORS)

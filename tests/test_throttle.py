@@ -231,11 +231,16 @@ def test_a_429_holds_its_place_instead_of_feeding_the_next_request_in(
         CONCURRENT_REQUESTS=100, CONCURRENT_REQUESTS_PER_DOMAIN=8,
         JUSTPROXIES_THROTTLE_ENABLED=False,
     )  # fmt: skip
-    # The crawl's first second (not the sandbox's: on a loaded machine
-    # Scrapy can take more than a second to start).
+    # The sandbox's second in which the first 429s came (not its first: on
+    # a loaded machine Scrapy can take more than a second to start, and the
+    # first request can land at the very end of a second, alone, with the
+    # 429s in the next). Their places are held for 1 s, so the next volley
+    # falls in the next second (measured: 7, then 13-20 as the holds
+    # shorten to the answer time).
     seconds = site(sandbox, "a.test")["per_second"]
-    first = next(s for s in seconds if s["admitted"] + s["rate_limited"])
-    assert 0 < first["rate_limited"] <= 16, first
+    first = next((s for s in seconds if s["rate_limited"]), None)
+    assert first is not None, seconds
+    assert first["rate_limited"] <= 16, first
     assert result.statuses == {200: 40}, result.output[-3000:]
 
 
