@@ -57,6 +57,7 @@ from .retry import (
     disproves_closed,
     ewma,
     get_429_retry_request,
+    next_429_attempt,
     parse_retry_after,
     probe_delay,
 )
@@ -163,7 +164,6 @@ class JustProxiesRateLimitMiddleware:
         # Chosen (and the place held) when it was downloaded: never left in
         # the meta, whatever becomes of this answer.
         wait = meta.pop(_WAIT_CHOSEN, None)
-        self.guard.answered(request, response)
         status = response.status
         if status < 400:
             return response
@@ -230,9 +230,10 @@ class JustProxiesRateLimitMiddleware:
         if status != 429:
             self._learn_latency(meta)
             return
-        if meta.get("dont_retry") or _retries(meta) >= self.throttle.retry_429_times:
+        attempt = next_429_attempt(meta, max_retries=self.throttle.retry_429_times)
+        if meta.get("dont_retry") or attempt is None:
             return  # not retried (see process_response and _retry): held by none
-        meta[_WAIT_CHOSEN] = self._hold(request, response, _retries(meta) + 1)
+        meta[_WAIT_CHOSEN] = self._hold(request, response, attempt)
 
     def _retry(
         self, request: Request, response: Response, wait: float | None
@@ -594,9 +595,3 @@ def _sent_at(meta: dict[str, Any], now: float) -> float:
     """When the request of an answer that came ``now`` was sent."""
     took = meta.get("download_latency")
     return now - (took if isinstance(took, float) else 0.0)
-
-
-def _retries(meta: dict[str, Any]) -> int:
-    """The 429 retries a request has had (as :func:`get_429_retry_request`
-    counts them)."""
-    return int(meta.get(RETRIES_META, 0))

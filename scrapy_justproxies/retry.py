@@ -15,9 +15,11 @@ import re
 from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from scrapy import Request
 
 _DELAY_SECONDS: Final = re.compile(r"[0-9]{1,10}")  # ASCII only: "²".isdigit()
@@ -167,15 +169,22 @@ def disproves_closed(refused_sent_at: float, resume: float, sent_at: float) -> b
     )
 
 
+def next_429_attempt(meta: Mapping[str, Any], *, max_retries: int) -> int | None:
+    """Which 429 retry a request with this ``meta`` would get next (1: its
+    first), or None once its 429 budget is spent."""
+    attempt = int(meta.get(RETRIES_META, 0)) + 1
+    return attempt if attempt <= max_retries else None
+
+
 def get_429_retry_request(request: Request, *, max_retries: int) -> Request | None:
     """A copy of ``request`` to send again after a 429, or None once its 429
     budget is spent. The copy skips the dupe filter and keeps the request's
     priority: a rate-limited URL is not worth less than the others."""
-    retries = int(request.meta.get(RETRIES_META, 0)) + 1
-    if retries > max_retries:
+    attempt = next_429_attempt(request.meta, max_retries=max_retries)
+    if attempt is None:
         return None
     retry = request.copy()
-    retry.meta[RETRIES_META] = retries
+    retry.meta[RETRIES_META] = attempt
     retry.dont_filter = True
     return retry
 

@@ -237,14 +237,6 @@ class SlotGuard:
 
     # -- what the downloader and its middleware report ------------------------
 
-    def answered(self, request: Request, response: Response) -> None:
-        """An answer reached the rate-limit middleware. The throttle heard of
-        every downloaded one already (:meth:`_downloaded`), and counts a
-        request once: this is a no-op unless a download ended without
-        Scrapy's signal (a cached answer was never sent, so never counted)."""
-        if self.throttle is not None:
-            self.throttle.answered(request, response)
-
     def _downloaded(
         self, response: Response, request: Request, spider: Spider | None = None
     ) -> None:
@@ -253,8 +245,11 @@ class SlotGuard:
         a decision taken here binds that very request. A middleware's
         ``process_response`` comes after it, and under the asyncio reactor an
         event-loop turn or more later (measured at a fixed window's first
-        429: 7-20 ms, during which 6-30 other answers freed their places)."""
-        self.answered(request, response)
+        429: 7-20 ms, during which 6-30 other answers freed their places).
+        Every request the throttle saw sent is answered here or failed
+        (:meth:`failed`): a cached answer was never sent."""
+        if self.throttle is not None:
+            self.throttle.answered(request, response)
 
     def failed(self, request: Request) -> None:
         if self.throttle is not None:

@@ -5,7 +5,7 @@ was done with it.
 ``Downloader._download`` sends ``response_downloaded``, then frees the
 request's place and runs the slot's queue, then sends
 ``request_left_downloader`` (on every Scrapy version). A 429 is held if,
-by then, the slot has one more held place (``slots._Place``) than when it was
+by then, the slot has one more held place (:class:`slots._Place`) than when it was
 downloaded, or is closed (concurrency 0, a long Retry-After). Counted in
 the stats per slot: ``probe/429s/<slot>`` and ``probe/429s_held/<slot>``.
 Extensions connect to signals before the downloader middlewares do, so this
@@ -18,11 +18,13 @@ from typing import Any
 from scrapy import signals
 from scrapy.crawler import Crawler
 
+from scrapy_justproxies.slots import _Place
+
 PATH = "tests.place_probe.PlaceProbe"
 
 
 def held_places(slot: Any) -> int:
-    return sum(1 for item in slot.transferring if type(item).__name__ == "_Place")
+    return sum(1 for item in slot.transferring if isinstance(item, _Place))
 
 
 class PlaceProbe:
